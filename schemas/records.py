@@ -1,0 +1,93 @@
+"""Decoding NDJSON wire records into models; errors are values (a ``Rejection``), not exceptions."""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from schemas.clinical import ClinicalEvent, Infusion
+from schemas.deadletter import RejectDetail
+from schemas.lab_result import LabResult
+from schemas.vocab import RejectReason
+
+WireRecord = LabResult | Infusion | ClinicalEvent
+
+_MODELS: dict[str, type[WireRecord]] = {
+    "lab_result": LabResult,
+    "infusion": Infusion,
+    "clinical_event": ClinicalEvent,
+}
+_VOCABULARY_FIELDS = {"risk_factors", "kind", "costimulatory_domain", "method", "status"}
+_PYDANTIC_REASONS = {
+    "timezone_aware": RejectReason.NAIVE_DATETIME,
+    "missing": RejectReason.MISSING_FIELD,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one input could not be accepted. ``reason`` is the first detail's reason."""
+
+    details: tuple[RejectDetail, ...]
+    patient_id: str | None = None
+
+    @property
+    def reason(self) -> RejectReason:
+        return self.details[0].reason
+
+    @classmethod
+    def of(
+        cls, reason: RejectReason, message: str, field: str | None = None, patient_id: str | None = None
+    ) -> "Rejection":
+        return cls((RejectDetail(reason=reason, field=field, message=message),), patient_id)
+
+
+def decode_record(data: bytes | str | dict[str, Any]) -> WireRecord | Rejection:
+    """Decode one NDJSON line (or an already-parsed object) into a wire record."""
+    if isinstance(data, dict):
+        obj: Any = data
+    else:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Rejection.of(RejectReason.MALFORMED_JSON, f"not JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Rejection.of(RejectReason.MALFORMED_JSON, "a record must be a JSON object")
+    patient_id = obj.get("patient_id") if isinstance(obj.get("patient_id"), str) else None
+    model = _MODELS.get(obj.get("type"))  # type: ignore[arg-type]
+    if model is None:
+        return Rejection.of(
+            RejectReason.UNKNOWN_TYPE, f"unknown record type {obj.get('type')!r}", "type", patient_id
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        return Rejection(_details(exc), patient_id)
+
+
+def _details(exc: ValidationError) -> tuple[RejectDetail, ...]:
+    details = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or None
+        details.append(
+            RejectDetail(reason=_reason(error["type"], field), field=field, message=error["msg"])
+        )
+    return tuple(details)
+
+
+def _reason(error_type: str, field: str | None) -> RejectReason:
+    if error_type in RejectReason.__members__.values():
+        return RejectReason(error_type)
+    if error_type in _PYDANTIC_REASONS:
+        return _PYDANTIC_REASONS[error_type]
+    top = (field or "").split(".")[0]
+    if error_type == "enum" and top == "analyte":
+        return RejectReason.UNKNOWN_ANALYTE
+    if error_type == "enum" and top in _VOCABULARY_FIELDS:
+        return RejectReason.UNKNOWN_VOCABULARY
+    return RejectReason.INVALID_FIELD
+
+
+#: Used by the JSON Schema generator and tests.
+WIRE_RECORD_ADAPTER: TypeAdapter[WireRecord] = TypeAdapter(WireRecord)

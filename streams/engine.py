@@ -1,0 +1,168 @@
+"""The pure rule engine: ``step`` and ``tick`` (DESIGN.md "The core: a pure rule engine").
+
+No Kafka, clock, network or global state here. ``tick`` is the only entry for wall-clock time
+(``now`` is passed in). The Faust agents and ``carwatch replay`` call these same functions.
+
+``apply`` is ``step`` plus the record's outcome (accepted, duplicate, not_enrolled, ...) for
+counting; ``step`` keeps the signature of the design. Both update ``state`` in place and return it.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.alert import AlertEvent
+from schemas.clinical import ClinicalEvent, Infusion
+from schemas.lab_result import LabResult
+from schemas.vocab import Analyte, Outcome, ResultStatus, RuleName
+from streams.lifecycle import reconcile
+from streams.policy import Policy
+from streams.rules import (
+    bca_loss,
+    hct_consolidation,
+    hypogammaglobulinemia,
+    iec_hs,
+    monitoring_gap,
+    mrd_positive,
+    prolonged_neutropenia,
+)
+from streams.rules.base import Cite, Finding, Rule, RuleInput
+from streams.state import ClinicalEventRecord, Enrollment, PatientState, StoredResult
+
+PatientEvent = LabResult | Infusion | ClinicalEvent
+
+#: Evaluation order: a rule comes after the rules it depends on.
+RULES: tuple[Rule, ...] = (
+    bca_loss.RULE,
+    hypogammaglobulinemia.RULE,
+    prolonged_neutropenia.RULE,
+    iec_hs.RULE,
+    mrd_positive.RULE,
+    hct_consolidation.RULE,
+    monitoring_gap.RULE,
+)
+RULES_BY_NAME: dict[RuleName, Rule] = {rule.name: rule for rule in RULES}
+
+
+def _affected(analytes: frozenset[Analyte], events: frozenset[str]) -> tuple[Rule, ...]:
+    names: set[RuleName] = set()
+    for rule in RULES:
+        if rule.analytes & analytes or rule.events & events or rule.depends_on & names:
+            names.add(rule.name)
+    return tuple(rule for rule in RULES if rule.name in names)
+
+
+_RULES_FOR_ANALYTE = {a: _affected(frozenset((a,)), frozenset()) for a in Analyte}
+_RULES_FOR_EVENT = {
+    kind: _affected(frozenset(), frozenset((kind,)))
+    for kind in ("ivig_given", "reinfusion", "crs_resolved")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    state: PatientState
+    alerts: list[AlertEvent]
+    outcome: Outcome
+
+
+def step(
+    state: PatientState, event: PatientEvent, policy: Policy
+) -> tuple[PatientState, list[AlertEvent]]:
+    """Apply one normalised record to one patient's state; return the alert events it causes."""
+    result = apply(state, event, policy)
+    return result.state, result.alerts
+
+
+def apply(state: PatientState, event: PatientEvent, policy: Policy) -> StepResult:
+    if isinstance(event, Infusion):
+        return _apply_infusion(state, event, policy)
+    if state.enrollment is None:
+        return StepResult(state, [], Outcome.NOT_ENROLLED)
+    if isinstance(event, ClinicalEvent):
+        outcome = state.record_event(ClinicalEventRecord(kind=event.kind, at=event.at))
+        rules = _RULES_FOR_EVENT.get(event.kind.value, ()) if outcome is Outcome.ACCEPTED else ()
+        alerts = _evaluate(state, policy, rules, event.at, event.at, None)
+        return StepResult(state, alerts, outcome)
+    return _apply_result(state, event, policy)
+
+
+def tick(
+    state: PatientState, now: datetime, policy: Policy
+) -> tuple[PatientState, list[AlertEvent]]:
+    """Advance the patient's wall clock to ``now``: only monitoring gaps depend on it."""
+    if state.enrollment is None:
+        return state, []
+    if state.clock is None or now > state.clock:
+        state.clock = now
+    rules = (RULES_BY_NAME[RuleName.MONITORING_GAP],)
+    return state, _evaluate(state, policy, rules, now, now, None)
+
+
+def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> StepResult:
+    enrollment = Enrollment(
+        infused_at=event.infused_at,
+        product=event.product,
+        costimulatory_domain=event.costimulatory_domain,
+        prior_hct=event.prior_hct,
+        hct_eligible=event.hct_eligible,
+        risk_factors=event.risk_factors,
+    )
+    if state.enrollment == enrollment:
+        return StepResult(state, [], Outcome.DUPLICATE)
+    state.enrollment = enrollment
+    alerts = _evaluate(state, policy, RULES, event.infused_at, event.infused_at, None)
+    return StepResult(state, alerts, Outcome.ACCEPTED)
+
+
+def _apply_result(state: PatientState, result: LabResult, policy: Policy) -> StepResult:
+    analyte = result.analyte
+    assert analyte is not None, "ingest resolves the analyte before the engine"
+    stored = StoredResult(
+        collected_at=result.collected_at,
+        value=result.value,
+        status=result.status,
+        accession=result.accession,
+        source=result.source,
+        resulted_at=result.resulted_at,
+        detected=result.detected,
+        method=result.method,
+        sensitivity=result.sensitivity,
+    )
+    outcome = state.record_result(analyte, stored)
+    if outcome is not Outcome.ACCEPTED or (
+        result.status is ResultStatus.PRELIMINARY and not policy.alert_on_preliminary
+    ):
+        return StepResult(state, [], outcome)
+    decided_at = result.resulted_at or result.collected_at
+    trigger = Cite(analyte, stored, "result that triggered this event")
+    alerts = _evaluate(
+        state, policy, _RULES_FOR_ANALYTE[analyte], result.collected_at, decided_at, trigger
+    )
+    state.prune(policy.history_window_days, policy.max_results_per_analyte)
+    return StepResult(state, alerts, outcome)
+
+
+def _evaluate(
+    state: PatientState,
+    policy: Policy,
+    rules: tuple[Rule, ...],
+    trigger_time: datetime,
+    decided_at: datetime,
+    trigger: Cite | None,
+) -> list[AlertEvent]:
+    if not rules:
+        return []
+    findings: dict[RuleName, list[Finding]] = {}
+
+    def findings_of(name: RuleName) -> list[Finding]:
+        if name not in findings:
+            findings[name] = RULES_BY_NAME[name].evaluate(ctx)
+        return findings[name]
+
+    ctx = RuleInput(state=state, policy=policy, clock=state.clock, findings_of=findings_of)
+    alerts: list[AlertEvent] = []
+    for rule in rules:
+        alerts.extend(
+            reconcile(ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger)
+        )
+    return alerts
