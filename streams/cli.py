@@ -1,0 +1,173 @@
+"""The ``carwatch`` command (DESIGN.md "The carwatch command").
+
+Invalid input never produces a traceback: unusable arguments or unreadable files print one line
+``carwatch: error: ...`` on stderr and exit 2.
+"""
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from schemas.records import Rejection
+from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
+from streams.ingest.hl7v2 import Hl7Config
+from streams.policy import DEFAULT_POLICY, Policy, PolicyError
+from streams.replay import Replay
+
+EXIT_USAGE = 2
+
+
+class UsageFailure(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def parse_aware_datetime(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageFailure(f"--now {text!r} is not an ISO 8601 date-time") from exc
+    if moment.tzinfo is None:
+        raise UsageFailure(f"--now {text!r} has no time zone (naive_datetime); add Z or +hh:mm")
+    return moment
+
+
+def load_policy(path: str | None) -> Policy:
+    if path is None:
+        return DEFAULT_POLICY
+    try:
+        return Policy.from_toml(Path(path))
+    except PolicyError as exc:
+        raise UsageFailure(str(exc)) from exc
+
+
+@click.group()
+def cli() -> None:
+    """CAR-T Watch: lab monitoring after CD19 CAR T-cell therapy for B-ALL."""
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format for all files.")
+@click.option("--alerts-out", type=click.Path(dir_okay=False, writable=True), help="NDJSON file.")
+@click.option("--now", help="Clock for a final tick (ISO 8601 with zone): monitoring gaps.")
+@click.option("--policy", "policy_path", help="Policy TOML file with threshold overrides.")
+def replay(
+    files: tuple[str, ...],
+    fmt: str | None,
+    alerts_out: str | None,
+    now: str | None,
+    policy_path: str | None,
+) -> None:
+    """Run the rule engine offline over FILES (- for stdin); alert events as NDJSON."""
+    policy = load_policy(policy_path)
+    clock = parse_aware_datetime(now) if now is not None else None
+    with ExitStack() as stack:
+        inputs = [(name, _open_input(stack, name), _format(name, fmt)) for name in files]
+        out = (
+            stack.enter_context(open(alerts_out, "w", encoding="utf-8"))
+            if alerts_out
+            else sys.stdout
+        )
+        engine = Replay(
+            policy=policy,
+            on_alert=lambda alert: out.write(alert.model_dump_json() + "\n"),
+            on_reject=_report_reject,
+        )
+        progress = _Progress() if sys.stderr.isatty() else None
+        hl7 = Hl7Config()
+        for name, stream, file_format in inputs:
+            items = read_items(stream, file_format, name, policy, hl7)
+            engine.feed(items if progress is None else progress.track(items, stream, name))
+        engine.finish(clock)
+        if progress is not None:
+            progress.clear()
+        out.flush()
+    click.echo(f"carwatch replay: {engine.counts.summary()}", err=True)
+
+
+def _open_input(stack: ExitStack, name: str) -> BinaryIO:
+    if name == "-":
+        return sys.stdin.buffer
+    try:
+        return stack.enter_context(open(name, "rb"))
+    except OSError as exc:
+        raise UsageFailure(f"cannot read {name}: {exc.strerror}") from exc
+
+
+def _format(name: str, fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt
+    if name == "-":
+        raise UsageFailure("reading stdin needs --format (ndjson, hl7 or fhir)")
+    detected = format_for_path(Path(name))
+    if detected is None:
+        raise UsageFailure(f"cannot tell the format of {name} from its extension; use --format")
+    return detected
+
+
+def _report_reject(item: InputItem, rejection: Rejection) -> None:
+    detail = rejection.details[0]
+    where = f" ({detail.field})" if detail.field else ""
+    click.echo(
+        f"{item.location}: rejected: {detail.reason.value}{where}: {detail.message}", err=True
+    )
+
+
+class _Progress:
+    """Records/s and percent of bytes read, on a terminal only, at most twice a second."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.shown = 0.0
+        self.count = 0
+
+    def track(self, items: Iterator[InputItem], stream: BinaryIO, name: str) -> Iterator[InputItem]:
+        size = _size(stream)
+        for item in items:
+            self.count += 1
+            now = time.monotonic()
+            if now - self.shown >= 0.5:
+                self.shown = now
+                rate = self.count / max(now - self.started, 1e-9)
+                percent = f" {100 * stream.tell() / size:5.1f} %" if size else ""
+                sys.stderr.write(f"\r{name}:{percent} {self.count} records, {rate:,.0f} records/s ")
+                sys.stderr.flush()
+            yield item
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+
+
+def _size(stream: BinaryIO) -> int:
+    try:
+        return Path(stream.name).stat().st_size if stream.seekable() else 0
+    except (OSError, AttributeError, TypeError):
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors, exit 2 for unusable arguments."""
+    try:
+        cli.main(args=argv, prog_name="carwatch", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        click.echo(f"carwatch: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"carwatch: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("carwatch: aborted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
