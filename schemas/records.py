@@ -70,9 +70,11 @@ def _details(exc: ValidationError) -> tuple[RejectDetail, ...]:
     details = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"]) or None
-        details.append(
-            RejectDetail(reason=_reason(error["type"], field), field=field, message=error["msg"])
-        )
+        reason = _reason(error["type"], field)
+        message = error["msg"]
+        if reason in (RejectReason.UNKNOWN_VOCABULARY, RejectReason.UNKNOWN_ANALYTE):
+            message = f"unknown value {error['input']!r}: {message}"
+        details.append(RejectDetail(reason=reason, field=field, message=message))
     return tuple(details)
 
 

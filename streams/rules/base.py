@@ -139,11 +139,22 @@ class RuleInput:
 class Rule(Protocol):
     """One module per rule under ``streams/rules``; registered in ``streams.engine.RULES``."""
 
-    name: RuleName
-    #: analytes whose results (or clinical events) can change this rule's findings
-    analytes: frozenset[Analyte]
-    events: frozenset[str]
-    #: other rules whose findings this rule reads
-    depends_on: frozenset[RuleName]
+    @property
+    def name(self) -> RuleName: ...
+
+    @property
+    def analytes(self) -> frozenset[Analyte]:
+        """Analytes whose results can change this rule's findings."""
+        ...
+
+    @property
+    def events(self) -> frozenset[str]:
+        """Clinical event kinds that can change this rule's findings."""
+        ...
+
+    @property
+    def depends_on(self) -> frozenset[RuleName]:
+        """Other rules whose findings this rule reads."""
+        ...
 
     def evaluate(self, ctx: RuleInput) -> list[Finding]: ...

@@ -18,7 +18,6 @@ The alert's episode is the patient's enrollment, so its id is stable for the pat
 
 from dataclasses import dataclass
 
-
 from schemas.vocab import Analyte, CostimulatoryDomain, RiskFactor, RuleName, Severity
 from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts
 
@@ -51,18 +50,18 @@ class HctConsolidationRule:
     def evaluate(self, ctx: RuleInput) -> list[Finding]:
         enrollment = ctx.state.enrollment
         assert enrollment is not None
+        bases: list[tuple[str, Finding | None]] = []
         early_losses = [
             f for f in ctx.findings(RuleName.BCA_LOSS) if f.severity is Severity.CRITICAL
         ]
         if enrollment.prior_hct:
             if not early_losses:
                 return []
-            bases = [("early loss of B-cell aplasia after prior HCT", early_losses[0])]
+            bases.append(("early loss of B-cell aplasia after prior HCT", early_losses[0]))
             return [_finding(ctx, Severity.INFO, [], bases, special=True)]
         if enrollment.hct_eligible is False:
             return []
         reasons = [MAY_CONSIDER[f] for f in enrollment.risk_factors if f in MAY_CONSIDER]
-        bases: list[tuple[str, Finding | None]] = []
         if enrollment.costimulatory_domain is CostimulatoryDomain.CD28:
             bases.append(("CD28-costimulated product (HCT 4-8 weeks after infusion)", None))
         bases += [("loss of B-cell aplasia within 6 months", f) for f in early_losses[:1]]

@@ -246,12 +246,13 @@ def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -
     ]
     categories = sorted(episode.supports)
     start = episode.raised_at
+    peak = episode.peak
 
     def texts() -> Texts:
         summary = (
             f"IEC-HS pattern: ferritin {first.result.value:g} ng/mL on day "
             f"{ctx.day(first.result.collected_at)} ({first.note.removeprefix('ferritin ') if first.note else ''}) "
-            f"with {', '.join(categories)}; peak ferritin {episode.peak.value:g} ng/mL."
+            f"with {', '.join(categories)}; peak ferritin {peak.value:g} ng/mL."
         )
         if ldh:
             summary += f" LDH above {policy.ldh_uln_u_l:g} U/L (context)."

@@ -86,7 +86,7 @@ def neutropenia_episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
     current: NeutropeniaEpisode | None = None
     above: list[Dated] = []
     for index, item in enumerate(dated):
-        day, result = item
+        _, result = item
         value = result.value or 0.0
         if current is None:
             if value <= limit:
