@@ -44,11 +44,8 @@ RULES_BY_NAME: dict[RuleName, Rule] = {rule.name: rule for rule in RULES}
 
 
 def _affected(analytes: frozenset[Analyte], events: frozenset[str]) -> tuple[Rule, ...]:
-    names: set[RuleName] = set()
-    for rule in RULES:
-        if rule.analytes & analytes or rule.events & events or rule.depends_on & names:
-            names.add(rule.name)
-    return tuple(rule for rule in RULES if rule.name in names)
+    """Rules that read these analytes or events directly (dependents are added when needed)."""
+    return tuple(rule for rule in RULES if rule.analytes & analytes or rule.events & events)
 
 
 _RULES_FOR_ANALYTE = {a: _affected(frozenset((a,)), frozenset()) for a in Analyte}
@@ -128,17 +125,23 @@ def _apply_result(state: PatientState, result: LabResult, policy: Policy) -> Ste
         method=result.method,
         sensitivity=result.sensitivity,
     )
-    outcome = state.record_result(analyte, stored)
+    outcome, replaced = state.record_result(analyte, stored)
     if outcome is not Outcome.ACCEPTED or (
         result.status is ResultStatus.PRELIMINARY and not policy.alert_on_preliminary
     ):
         return StepResult(state, [], outcome)
     decided_at = result.resulted_at or result.collected_at
     trigger = Cite(analyte, stored, "result that triggered this event")
-    alerts = _evaluate(
-        state, policy, _RULES_FOR_ANALYTE[analyte], result.collected_at, decided_at, trigger
+    probe = RuleInput(state=state, policy=policy, clock=state.clock)
+    changed = (stored,) if replaced is None else (stored, replaced)
+    rules = tuple(
+        rule
+        for rule in _RULES_FOR_ANALYTE[analyte]
+        if any(rule.may_change(probe, analyte, version) for version in changed)
     )
-    state.prune(policy.history_window_days, policy.max_results_per_analyte)
+    alerts = _evaluate(state, policy, rules, result.collected_at, decided_at, trigger)
+    if state.needs_pruning(analyte, policy.history_window_days, policy.max_results_per_analyte):
+        state.prune(policy.history_window_days, policy.max_results_per_analyte)
     return StepResult(state, alerts, outcome)
 
 
@@ -161,8 +164,16 @@ def _evaluate(
 
     ctx = RuleInput(state=state, policy=policy, clock=state.clock, findings_of=findings_of)
     alerts: list[AlertEvent] = []
-    for rule in rules:
-        alerts.extend(
-            reconcile(ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger)
+    changed: set[RuleName] = set()
+    for rule in RULES:
+        # A dependent rule reads only its dependencies' findings: if none of them announced a
+        # change in this step, its own findings cannot have changed either.
+        if rule not in rules and not rule.depends_on & changed:
+            continue
+        events = reconcile(
+            ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger
         )
+        if events:
+            changed.add(rule.name)
+            alerts.extend(events)
     return alerts

@@ -121,33 +121,46 @@ class PatientState:
     def new(cls, patient_id: str) -> "PatientState":
         return cls(patient_id=patient_id)
 
-    def record_result(self, analyte: Analyte, incoming: StoredResult) -> Outcome:
-        """Apply one result to the history; the outcome says whether anything changed."""
+    def record_result(
+        self, analyte: Analyte, incoming: StoredResult
+    ) -> tuple[Outcome, StoredResult | None]:
+        """Apply one result to the history.
+
+        Returns the outcome (``accepted`` when the history changed) and the stored version it
+        replaced, if any.
+        """
         history = self.results.setdefault(analyte, [])
         index = _find_same_result(history, incoming)
         stored = None if index is None else history[index]
         if stored is not None and _same_record(stored, incoming):
-            return Outcome.DUPLICATE
+            return Outcome.DUPLICATE, None
         if incoming.is_cancelled:
             if stored is None:
-                return Outcome.UNKNOWN_ACCESSION
+                return Outcome.UNKNOWN_ACCESSION, None
             if stored.is_cancelled:
-                return Outcome.DUPLICATE
+                return Outcome.DUPLICATE, None
             incoming = _tombstone(incoming)
         elif stored is not None and _RANK[incoming.status] < _RANK[stored.status]:
             restores_cancelled = stored.is_cancelled and incoming.status is ResultStatus.CORRECTED
             if not restores_cancelled:
-                return Outcome.SUPERSEDED
+                return Outcome.SUPERSEDED, None
         if index is not None:
             del history[index]
         insort(history, incoming)
-        return Outcome.ACCEPTED
+        return Outcome.ACCEPTED, stored
 
     def record_event(self, event: ClinicalEventRecord) -> Outcome:
         if event in self.events:
             return Outcome.DUPLICATE
         insort(self.events, event, key=lambda e: (e.at, e.kind.value))
         return Outcome.ACCEPTED
+
+    def needs_pruning(self, analyte: Analyte, window_days: int, max_per_analyte: int) -> bool:
+        history = self.results.get(analyte)
+        if not history:
+            return False
+        span = history[-1].collected_at - history[0].collected_at
+        return len(history) > max_per_analyte or span > timedelta(days=window_days)
 
     def prune(self, window_days: int, max_per_analyte: int) -> None:
         """Bound the history, never cutting into an open alert's episode."""

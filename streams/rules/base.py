@@ -11,13 +11,17 @@ corrected and cancelled results come out right, and makes the result independent
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from functools import lru_cache
+from typing import Literal, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 from schemas.alert import Evidence
 from schemas.base import utc_isoformat
 from schemas.vocab import CANONICAL_UNIT, Analyte, ResultStatus, RuleName, Severity
 from streams.policy import Policy
 from streams.state import ClinicalEventRecord, PatientState, StoredResult
+
+T = TypeVar("T")
 
 REVIEW = (
     "Westhafen 2025: Deimundo Roura et al., Opportunities and Challenges with CAR T-cell "
@@ -86,8 +90,9 @@ class RuleInput:
     policy: Policy
     clock: datetime | None = None
     _results: dict[Analyte, list[StoredResult]] = field(default_factory=dict)
-    _findings: dict[RuleName, list[Finding]] = field(default_factory=dict)
     findings_of: Callable[[RuleName], list[Finding]] | None = None
+    _midnight: float | Literal[False] | None = None
+    _memo: dict[str, object] = field(default_factory=dict)
 
     @property
     def day0(self) -> datetime:
@@ -96,20 +101,31 @@ class RuleInput:
 
     def day(self, moment: datetime) -> int:
         """Calendar day number in the policy time zone; the infusion date is day 0."""
+        if self._midnight is None:
+            self._midnight = _local_midnight(self.day0, self.policy.timezone)
+        if self._midnight is not False:
+            return int((moment.timestamp() - self._midnight) // 86400)
         tz = self.policy.tz
         return (moment.astimezone(tz).date() - self.day0.astimezone(tz).date()).days
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """Compute once per evaluation something two rules read (e.g. neutropenia episodes)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[return-value]
 
     def results(self, analyte: Analyte) -> list[StoredResult]:
         cached = self._results.get(analyte)
         if cached is None:
-            allowed = (
-                (ResultStatus.FINAL, ResultStatus.CORRECTED, ResultStatus.PRELIMINARY)
-                if self.policy.alert_on_preliminary
-                else (ResultStatus.FINAL, ResultStatus.CORRECTED)
-            )
-            cached = [r for r in self.state.results.get(analyte, ()) if r.status in allowed]
+            cached = [r for r in self.state.results.get(analyte, ()) if self.usable(r)]
             self._results[analyte] = cached
         return cached
+
+    def usable(self, result: StoredResult) -> bool:
+        """May a rule build on this result? Final or corrected (preliminary only by policy)."""
+        if result.status is ResultStatus.PRELIMINARY:
+            return self.policy.alert_on_preliminary
+        return result.status is not ResultStatus.CANCELLED
 
     def events(self) -> list[ClinicalEventRecord]:
         return self.state.events
@@ -136,6 +152,20 @@ class RuleInput:
         )
 
 
+@lru_cache(maxsize=4096)
+def _local_midnight(day0: datetime, timezone: str) -> float | Literal[False]:
+    """Epoch seconds of day 0's local midnight when the zone has a fixed offset, else False.
+
+    In a fixed-offset zone (UTC by default) a day number is plain arithmetic; zones with daylight
+    saving time take the exact calendar path.
+    """
+    local = day0.astimezone(ZoneInfo(timezone))
+    jan, jul = (local.replace(month=m, day=1) for m in (1, 7))
+    if jan.utcoffset() != jul.utcoffset():
+        return False
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
 class Rule(Protocol):
     """One module per rule under ``streams/rules``; registered in ``streams.engine.RULES``."""
 
@@ -157,4 +187,19 @@ class Rule(Protocol):
         """Other rules whose findings this rule reads."""
         ...
 
+    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
+        """False only when this new result provably cannot change the rule's findings.
+
+        Lets the engine skip a re-evaluation (and its reconcile) on the hot path; when in doubt,
+        True. The findings themselves always come from ``evaluate`` over the whole history.
+        """
+        ...
+
     def evaluate(self, ctx: RuleInput) -> list[Finding]: ...
+
+
+class EveryResultMatters:
+    """Mixin for rules whose findings any result of their analytes may change."""
+
+    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
+        return True

@@ -21,7 +21,15 @@ from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
 from streams.policy import Policy
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
+from streams.rules.base import (
+    REVIEW,
+    Cite,
+    EveryResultMatters,
+    Finding,
+    RuleInput,
+    Texts,
+    episode_key,
+)
 from streams.state import StoredResult
 
 CD19 = (Analyte.CD19_PCT, Analyte.CD19_ABS)
@@ -44,7 +52,7 @@ Specimen = tuple[datetime, list[tuple[Analyte, StoredResult]]]
 
 
 @dataclass(frozen=True)
-class BcaLossRule:
+class BcaLossRule(EveryResultMatters):
     name: RuleName = RuleName.BCA_LOSS
     analytes: frozenset[Analyte] = frozenset(CD19)
     events: frozenset[str] = frozenset({ClinicalEventKind.REINFUSION.value})

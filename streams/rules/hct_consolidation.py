@@ -19,7 +19,7 @@ The alert's episode is the patient's enrollment, so its id is stable for the pat
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, CostimulatoryDomain, RiskFactor, RuleName, Severity
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts
+from streams.rules.base import REVIEW, Cite, EveryResultMatters, Finding, RuleInput, Texts
 
 REFERENCES = (
     f"{REVIEW} -- section 'HCT for all vs. selective use', recommendations for patients "
@@ -41,7 +41,7 @@ SPECIAL_FACTORS = (
 
 
 @dataclass(frozen=True)
-class HctConsolidationRule:
+class HctConsolidationRule(EveryResultMatters):
     name: RuleName = RuleName.HCT_CONSOLIDATION
     analytes: frozenset[Analyte] = frozenset()
     events: frozenset[str] = frozenset()

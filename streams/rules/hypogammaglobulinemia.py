@@ -10,7 +10,15 @@ infusion, so the alert states the days since the last dose before the latest IgG
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
+from streams.rules.base import (
+    REVIEW,
+    Cite,
+    EveryResultMatters,
+    Finding,
+    RuleInput,
+    Texts,
+    episode_key,
+)
 from streams.state import StoredResult
 
 REFERENCES = (f"{REVIEW} -- section 'Hypogammaglobulinemia and risk of infections'",)
@@ -22,7 +30,7 @@ RECOMMENDATION = (
 
 
 @dataclass(frozen=True)
-class HypogammaglobulinemiaRule:
+class HypogammaglobulinemiaRule(EveryResultMatters):
     name: RuleName = RuleName.HYPOGAMMAGLOBULINEMIA
     analytes: frozenset[Analyte] = frozenset({Analyte.IGG})
     events: frozenset[str] = frozenset({ClinicalEventKind.IVIG_GIVEN.value})

@@ -62,17 +62,32 @@ class _Episode:
 @dataclass(frozen=True)
 class IecHsRule:
     name: RuleName = RuleName.IEC_HS
-    analytes: frozenset[Analyte] = frozenset({Analyte.FERRITIN, Analyte.LDH, *SUPPORT_ANALYTES})
+    #: LDH is context only (read when another result triggers): it never changes a finding
+    analytes: frozenset[Analyte] = frozenset({Analyte.FERRITIN, *SUPPORT_ANALYTES})
     events: frozenset[str] = frozenset({ClinicalEventKind.CRS_RESOLVED.value})
     depends_on: frozenset[RuleName] = frozenset()
+
+    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
+        """A supporting result matters only near a ferritin: within the ±7-day support window
+        of it, plus the 7-day cytopenia look-back through which it can change a later result."""
+        if analyte is Analyte.FERRITIN:
+            return True
+        p = ctx.policy
+        reach = timedelta(days=p.iec_hs_support_window_days + p.cytopenia_lookback_days + 1)
+        return any(
+            abs(f.collected_at - result.collected_at) <= reach
+            for f in ctx.state.results.get(Analyte.FERRITIN, ())
+        )
 
     def evaluate(self, ctx: RuleInput) -> list[Finding]:
         ferritins = [r for r in ctx.results(Analyte.FERRITIN) if r.value is not None]
         if not ferritins:
             return []
         counts = _timing(ctx)
-        supports = _supporting_results(ctx, counts)
         baseline = _baseline(ctx, ferritins)
+        if not _any_ferritin_criterion(ctx.policy, ferritins, baseline, counts):
+            return []
+        supports = _supporting_results(ctx, counts)
         episodes = _episodes(ctx.policy, ferritins, supports, baseline, counts)
         return [_finding(ctx, e, baseline) for e in episodes]
 
@@ -97,6 +112,16 @@ class _Counts:
 def _baseline(ctx: RuleInput, ferritins: list[StoredResult]) -> StoredResult | None:
     before = [r for r in ferritins if ctx.day(r.collected_at) <= 0]
     return before[-1] if before else None
+
+
+def _any_ferritin_criterion(
+    policy: Policy, ferritins: list[StoredResult], baseline: StoredResult | None, counts: "_Counts"
+) -> bool:
+    """Cheap pre-check: does any counting ferritin meet the criterion at all?"""
+    return any(
+        counts(f) and _meets_ferritin(policy, f, ferritins[:i], baseline) is not None
+        for i, f in enumerate(ferritins)
+    )
 
 
 def _supporting_results(ctx: RuleInput, counts: _Counts) -> list[tuple[str, Cite]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, RuleName, Severity
-from streams.rules.base import Cite, Finding, RuleInput, Texts, episode_key
+from streams.rules.base import Cite, EveryResultMatters, Finding, RuleInput, Texts, episode_key
 from streams.rules.prolonged_neutropenia import neutropenia_episodes
 from streams.state import StoredResult
 
@@ -36,7 +36,7 @@ WHAT = {"cd19": "CD19 (B-cell) result", "igg": "IgG result", "anc": "ANC during 
 
 
 @dataclass(frozen=True)
-class MonitoringGapRule:
+class MonitoringGapRule(EveryResultMatters):
     name: RuleName = RuleName.MONITORING_GAP
     analytes: frozenset[Analyte] = frozenset(
         {Analyte.CD19_PCT, Analyte.CD19_ABS, Analyte.IGG, Analyte.ANC}

@@ -10,7 +10,15 @@ the ``detected`` flag decides, the value is only the level.
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, RuleName, Severity
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
+from streams.rules.base import (
+    REVIEW,
+    Cite,
+    EveryResultMatters,
+    Finding,
+    RuleInput,
+    Texts,
+    episode_key,
+)
 from streams.state import StoredResult
 
 REFERENCES = (
@@ -24,7 +32,7 @@ RECOMMENDATION = (
 
 
 @dataclass(frozen=True)
-class MrdPositiveRule:
+class MrdPositiveRule(EveryResultMatters):
     name: RuleName = RuleName.MRD_POSITIVE
     analytes: frozenset[Analyte] = frozenset({Analyte.MRD})
     events: frozenset[str] = frozenset()

@@ -28,7 +28,14 @@ from datetime import datetime
 
 from schemas.vocab import Analyte, RuleName, Severity
 from streams.policy import Policy
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
+from streams.rules.base import (
+    REVIEW,
+    Cite,
+    Finding,
+    RuleInput,
+    Texts,
+    episode_key,
+)
 from streams.state import StoredResult
 
 REFERENCES = (
@@ -75,11 +82,18 @@ class NeutropeniaEpisode:
 
 def neutropenia_episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
     """All ANC ≤ 500 episodes on the current history, graded (shared with ``monitoring_gap``)."""
+    return ctx.memo("neutropenia_episodes", lambda: _episodes(ctx))
+
+
+def _episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
     policy = ctx.policy
     limit = policy.anc_neutropenia_per_ul
+    results = ctx.results(Analyte.ANC)
+    if not any(r.value is not None and r.value <= limit for r in results):
+        return []
     dated = [
         (ctx.day(r.collected_at), r)
-        for r in ctx.results(Analyte.ANC)
+        for r in results
         if r.value is not None and ctx.day(r.collected_at) >= 0
     ]
     episodes: list[NeutropeniaEpisode] = []
@@ -216,12 +230,47 @@ def platelet_early_grade(ctx: RuleInput) -> tuple[int, int, int, StoredResult | 
     return grade, low, profound, lowest
 
 
+def open_episode_possible(ctx: RuleInput, result: StoredResult) -> bool:
+    """Can a neutropenia episode be open at ``result`` or be changed by it?
+
+    False only for an ANC > 500 appended after the latest ANC when, before it, either no ANC
+    ≤ 500 (day ≥ 0) exists or the trailing run of ANC > 500 already is a stable recovery: then
+    no episode is open, the result opens none, and earlier episodes end before it.
+    """
+    policy = ctx.policy
+    limit = policy.anc_neutropenia_per_ul
+    history = ctx.state.results.get(Analyte.ANC, [])
+    if (result.value or 0.0) <= limit or not history or history[-1] is not result:
+        return True
+    run: list[StoredResult] = []
+    for earlier in reversed(history[:-1]):
+        if earlier.value is None or not ctx.usable(earlier):
+            continue
+        if ctx.day(earlier.collected_at) < 0:
+            break
+        if earlier.value <= limit:
+            return not _stable(ctx, run)
+        run.append(earlier)
+    return False
+
+
+def _stable(ctx: RuleInput, run_newest_first: list[StoredResult]) -> bool:
+    if len(run_newest_first) < 2:
+        return False
+    span = ctx.day(run_newest_first[0].collected_at) - ctx.day(run_newest_first[-1].collected_at)
+    return span + 1 >= ctx.policy.icaht_stable_recovery_days
+
+
 @dataclass(frozen=True)
 class ProlongedNeutropeniaRule:
     name: RuleName = RuleName.PROLONGED_NEUTROPENIA
-    analytes: frozenset[Analyte] = frozenset({Analyte.ANC, Analyte.PLATELETS})
+    #: platelets are context only (read when an ANC result triggers): they never change a finding
+    analytes: frozenset[Analyte] = frozenset({Analyte.ANC})
     events: frozenset[str] = frozenset()
     depends_on: frozenset[RuleName] = frozenset()
+
+    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
+        return open_episode_possible(ctx, result)
 
     def evaluate(self, ctx: RuleInput) -> list[Finding]:
         alert_grade = ctx.policy.icaht_alert_grade

@@ -1,0 +1,78 @@
+"""Benchmark the pure engine on one core, against a same-run parse-and-validate baseline.
+
+    python -m bench.engine --patients 10000
+
+Figures: (1) baseline -- the same records only decoded and validated (``decode_record`` +
+``normalise_lab_result``), no rules; (2) engine -- ``apply`` over the already-validated records;
+(3) end to end -- both. Then peak RSS and the serialized state per patient (the Faust table's
+codec). Targets (issue #2): engine ≥ 100,000 results/s, ≤ 8 KB of state per patient after a year.
+"""
+
+import argparse
+import gc
+import resource
+import statistics
+import time
+
+from schemas.records import Rejection, decode_record
+from schemas.lab_result import LabResult
+from streams.engine import apply
+from streams.ingest.normalise import Unmapped, normalise_lab_result
+from streams.policy import DEFAULT_POLICY
+from streams.state import PatientState
+from streams.state_codec import encode_state
+
+from bench.engine.cohort import cohort
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=10_000)
+    args = parser.parse_args()
+    policy = DEFAULT_POLICY
+
+    lines = list(cohort(args.patients))
+    results = sum(1 for line in lines if b'"lab_result"' in line)
+    print(f"cohort: {args.patients:,} patients x 1 year, {len(lines):,} records ({results:,} lab results)")
+
+    gc.collect()
+    started = time.perf_counter()
+    records = []
+    for line in lines:
+        record = decode_record(line)
+        if isinstance(record, LabResult):
+            record = normalise_lab_result(record, policy)
+        assert not isinstance(record, (Rejection, Unmapped)), record
+        records.append(record)
+    parse_s = time.perf_counter() - started
+
+    gc.collect()
+    states: dict[str, PatientState] = {}
+    alerts = 0
+    started = time.perf_counter()
+    for record in records:
+        state = states.get(record.patient_id)
+        if state is None:
+            state = states[record.patient_id] = PatientState.new(record.patient_id)
+        alerts += len(apply(state, record, policy).alerts)
+    engine_s = time.perf_counter() - started
+
+    sizes = [len(encode_state(state)) for state in states.values()]
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = len(records)
+    print(f"{'stage':<44}{'records/s':>14}{'seconds':>10}")
+    print(f"{'baseline: decode + validate + normalise':<44}{n / parse_s:>14,.0f}{parse_s:>10.2f}")
+    print(f"{'engine: apply (rules, state, lifecycle)':<44}{n / engine_s:>14,.0f}{engine_s:>10.2f}")
+    print(f"{'end to end: both':<44}{n / (parse_s + engine_s):>14,.0f}{parse_s + engine_s:>10.2f}")
+    print(f"engine / baseline throughput ratio: {parse_s / engine_s:.2f}")
+    print(f"alert events: {alerts:,}")
+    print(f"peak RSS: {peak_rss_mb:,.0f} MiB")
+    print(
+        f"serialized state per patient after a year: mean {statistics.mean(sizes):,.0f} B, "
+        f"p99 {sorted(sizes)[int(len(sizes) * 0.99)]:,} B, max {max(sizes):,} B"
+    )
+    print("targets: engine >= 100,000 results/s; state <= 8,192 B per patient")
+
+
+if __name__ == "__main__":
+    main()
