@@ -68,7 +68,8 @@ def replay(
     policy = load_policy(policy_path)
     clock = parse_aware_datetime(now) if now is not None else None
     with ExitStack() as stack:
-        inputs = [(name, _open_input(stack, name), _format(name, fmt)) for name in files]
+        formats = [_format(name, fmt) for name in files]
+        inputs = [(n, _open_input(stack, n), f) for n, f in zip(files, formats, strict=True)]
         out = (
             stack.enter_context(open(alerts_out, "w", encoding="utf-8"))
             if alerts_out

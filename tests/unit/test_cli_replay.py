@@ -1,0 +1,128 @@
+"""``carwatch replay``: scenario files give their expected alerts; bad input is reported, not fatal."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.cli import main
+
+SCENARIOS = Path(__file__).parents[1] / "data" / "scenarios"
+SCENARIO_FILES = sorted(p for p in SCENARIOS.glob("*.ndjson") if ".expected." not in p.name)
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_FILES, ids=lambda p: p.stem)
+def test_scenario_replays_to_its_expected_alerts(
+    scenario: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(scenario)]) == 0
+    expected = scenario.with_suffix(".expected.ndjson").read_text(encoding="utf-8")
+    assert capsys.readouterr().out == expected
+
+
+def test_every_scenario_has_expected_alerts_beside_it() -> None:
+    assert len(SCENARIO_FILES) >= 9
+    for scenario in SCENARIO_FILES:
+        assert scenario.with_suffix(".expected.ndjson").exists(), scenario
+
+
+def test_every_alert_carries_evidence_threshold_recommendation_and_source() -> None:
+    for expected in SCENARIOS.glob("*.expected.ndjson"):
+        for line in expected.read_text(encoding="utf-8").splitlines():
+            alert = json.loads(line)
+            if alert["action"] == "retracted":
+                assert alert["evidence"], "a retraction shows the result that changed"
+                continue
+            assert alert["threshold"] and alert["recommendation"] and alert["references"]
+            if alert["rule"] != "hct_consolidation":  # HCT advice may rest on enrollment alone
+                assert alert["evidence"], alert["summary"]
+            for evidence in alert["evidence"]:
+                assert {"analyte", "value", "unit", "collected_at", "accession"} <= set(evidence)
+
+
+def test_bad_lines_are_reported_with_location_and_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(SCENARIOS / "hospital_feed_with_bad_lines.ndjson")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    rejects = [line for line in err if ": rejected: " in line]
+    assert [line.split(": rejected: ")[1].split()[0] for line in rejects] == [
+        "malformed_json:",
+        "naive_datetime",
+        "unknown_unit",
+        "implausible_value",
+        "unknown_vocabulary",
+        "negative_value:",
+    ]
+    assert rejects[0].startswith(str(SCENARIOS / "hospital_feed_with_bad_lines.ndjson") + ":5:")
+    assert "'haircut'" in rejects[4]
+    summary = err[-1]
+    assert summary.startswith("carwatch replay: records read 11, accepted 2, rejected 6 (")
+    assert "unmapped 1, not enrolled 2" in summary
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_replay_twice_is_byte_identical(capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = []
+    for _ in range(2):
+        assert main(["replay", *map(str, SCENARIO_FILES)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0]
+
+
+def test_stdin_with_format_and_alerts_out_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = SCENARIOS / "igg_decline.ndjson"
+    out = tmp_path / "alerts.ndjson"
+    with open(scenario, encoding="utf-8") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert main(["replay", "-", "--format", "ndjson", "--alerts-out", str(out)]) == 0
+    assert out.read_text() == scenario.with_suffix(".expected.ndjson").read_text()
+    assert capsys.readouterr().out == ""
+
+
+def test_now_runs_a_final_tick_for_monitoring_gaps(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = SCENARIOS / "bca_maintained.ndjson"  # last CD19 on day 180
+    assert main(["replay", str(scenario), "--now", "2026-08-30T00:00:00Z"]) == 0
+    alerts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gaps = [(a["rule"], a["action"], a["decided_at"]) for a in alerts]
+    assert ("monitoring_gap", "raised", "2026-08-30T00:00:00Z") in gaps
+
+
+def test_policy_file_changes_thresholds_and_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "site-3pct"\nbca_cd19_pct_threshold = 3.0\n')
+    scenario = SCENARIOS / "bca_early_loss.ndjson"  # CD19 1.2-1.6 %: aplastic under a 3 % policy
+    assert main(["replay", str(scenario), "--policy", str(policy)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "does-not-exist.ndjson"], "cannot read does-not-exist.ndjson"),
+        (["replay", "x.txt"], "cannot tell the format of x.txt"),
+        (["replay", "-"], "reading stdin needs --format"),
+        (["replay", "a.ndjson", "--now", "yesterday"], "is not an ISO 8601 date-time"),
+        (["replay", "a.ndjson", "--now", "2026-01-01T00:00:00"], "has no time zone"),
+        (["replay", "a.ndjson", "--format", "xml"], "Invalid value for '--format'"),
+        (["replay"], "Missing argument"),
+        (["nonsense"], "No such command"),
+    ],
+)
+def test_unusable_arguments_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("carwatch: error: ") and message in err
+
+
+def test_bad_policy_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("bca_cd19_pct_threshold = 7.0\n")
+    data = SCENARIOS / "igg_decline.ndjson"
+    assert main(["replay", str(data), "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bca_cd19_pct_threshold" in err
