@@ -15,6 +15,7 @@ from typing import BinaryIO
 import click
 
 from schemas.records import Rejection
+from schemas.vocab import Outcome
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.ingest.hl7v2 import Hl7Config
 from streams.policy import DEFAULT_POLICY, Policy, PolicyError
@@ -79,6 +80,7 @@ def replay(
             policy=policy,
             on_alert=lambda alert: out.write(alert.model_dump_json() + "\n"),
             on_reject=_report_reject,
+            on_ignored=_report_ignored,
         )
         progress = _Progress() if sys.stderr.isatty() else None
         hl7 = Hl7Config()
@@ -117,6 +119,14 @@ def _report_reject(item: InputItem, rejection: Rejection) -> None:
     where = f" ({detail.field})" if detail.field else ""
     click.echo(
         f"{item.location}: rejected: {detail.reason.value}{where}: {detail.message}", err=True
+    )
+
+
+def _report_ignored(item: InputItem, outcome: Outcome) -> None:
+    click.echo(
+        f"{item.location}: ignored: {outcome.value}: cancellation of a result that was never "
+        "received (no stored result with this accession)",
+        err=True,
     )
 
 

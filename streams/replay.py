@@ -48,6 +48,8 @@ class Replay:
     policy: Policy
     on_alert: Callable[[AlertEvent], None]
     on_reject: Callable[[InputItem, Rejection], None]
+    #: called for records that were valid but changed nothing worth a note (unknown accession)
+    on_ignored: Callable[[InputItem, Outcome], None] = lambda item, outcome: None
     states: dict[str, PatientState] = field(default_factory=dict)
     counts: ReplayCounts = field(default_factory=ReplayCounts)
 
@@ -68,6 +70,8 @@ class Replay:
             if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
                 self.states[outcome.patient_id] = state
             self.counts.outcomes[result.outcome] += 1
+            if result.outcome is Outcome.UNKNOWN_ACCESSION:
+                self.on_ignored(item, result.outcome)
             self._emit(result.alerts)
 
     def finish(self, now: datetime | None) -> None:

@@ -40,7 +40,9 @@ def test_every_alert_carries_evidence_threshold_recommendation_and_source() -> N
                 assert {"analyte", "value", "unit", "collected_at", "accession"} <= set(evidence)
 
 
-def test_bad_lines_are_reported_with_location_and_reason(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_lines_are_reported_with_location_and_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["replay", str(SCENARIOS / "hospital_feed_with_bad_lines.ndjson")]) == 0
     err = capsys.readouterr().err.splitlines()
     rejects = [line for line in err if ": rejected: " in line]
@@ -126,3 +128,20 @@ def test_bad_policy_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["replay", str(data), "--policy", str(policy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bca_cd19_pct_threshold" in err
+
+
+def test_cancellation_of_an_unknown_accession_is_ignored_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "cancel.ndjson"
+    data.write_text(
+        '{"type": "infusion", "patient_id": "P9", "infused_at": "2026-01-01T10:00:00Z"}\n'
+        '{"type": "lab_result", "patient_id": "P9", "analyte": "igg", "value": 300, '
+        '"unit": "mg/dL", "collected_at": "2026-02-01T08:00:00Z", "status": "cancelled", '
+        '"accession": "NEVER-SEEN"}\n'
+    )
+    assert main(["replay", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{data}:2: ignored: unknown_accession" in captured.err
+    assert "unknown accession 1" in captured.err.splitlines()[-1]
