@@ -5,8 +5,14 @@ Per (patient, rule, episode): ``raised`` → ``updated`` (escalation or new evid
 whose resolving result is corrected away re-opens with ``updated`` under the same id; a late result
 that reveals an episode already over yields ``raised`` then ``resolved`` (clinical-rules.md 0).
 
-``alert_id`` = hash(patient id, rule, episode, policy version): the same history always gives the
+``alert_id`` = hash(patient id, rule, episode, policy version): the same input always gives the
 same ids, so restarts, duplicates and replays never create a second alert for one episode.
+
+Episode identity follows the episode, not its first result: when a late result moves an open
+episode's start earlier (the condition held all along), the finding keeps the alert it was
+announced under -- ``updated`` with the new start and evidence, never ``retracted`` + ``raised``
+again ("a condition that stays true never raises twice"). An announced alert belongs to the
+finding whose episode covers the announced start.
 """
 
 import hashlib
@@ -34,11 +40,17 @@ def reconcile(
     """Events that bring subscribers from the announced alerts to ``findings`` of one rule."""
     alerts = ctx.state.alerts
     events: list[AlertEvent] = []
-    seen: set[str] = set()
+    seen: set[str] = {
+        f"{rule.value}|{f.episode_key}"
+        for f in findings
+        if f"{rule.value}|{f.episode_key}" in alerts
+    }
     for finding in findings:
         key = f"{rule.value}|{finding.episode_key}"
-        seen.add(key)
         announced = alerts.get(key)
+        if announced is None or announced.status is AlertStatus.RETRACTED:
+            key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
+        seen.add(key)
         if announced is None or announced.status is AlertStatus.RETRACTED:
             announced = _announce(ctx, key, finding, announced)
             events.append(
@@ -66,6 +78,25 @@ def reconcile(
     return events
 
 
+def _lineage(
+    alerts: dict[str, AnnouncedAlert], rule: RuleName, finding: Finding, seen: set[str]
+) -> tuple[str, AnnouncedAlert] | None:
+    """The standing alert whose episode this finding extends backwards, if any."""
+    prefix = finding.episode_key.split("@")[0] if "@" in finding.episode_key else ""
+    end = finding.resolved_at
+    for key, announced in alerts.items():
+        if (
+            announced.rule is rule
+            and key not in seen
+            and announced.status is not AlertStatus.RETRACTED
+            and announced.episode_start > finding.episode_start
+            and (end is None or announced.episode_start <= end)
+            and announced.episode_key.startswith(prefix)
+        ):
+            return key, announced
+    return None
+
+
 def _announce(
     ctx: RuleInput, key: str, finding: Finding, previous: AnnouncedAlert | None
 ) -> AnnouncedAlert:
@@ -83,7 +114,11 @@ def _announce(
 
 
 def _changed(announced: AnnouncedAlert, finding: Finding) -> bool:
-    return announced.signature != finding.signature or announced.severity is not finding.severity
+    return (
+        announced.signature != finding.signature
+        or announced.severity is not finding.severity
+        or announced.episode_start != finding.episode_start
+    )
 
 
 def _update(
@@ -91,6 +126,7 @@ def _update(
 ) -> AlertEvent:
     announced.signature = finding.signature
     announced.severity = finding.severity
+    announced.episode_start = finding.episode_start
     announced.seq += 1
     return _from_finding(ctx, announced, finding, AlertAction.UPDATED, at, decided_at)
 

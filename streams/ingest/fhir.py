@@ -382,8 +382,12 @@ class _Code:
 
 
 def _identify(code: Any, config: FhirConfig) -> _Code:
-    codings = code.get("coding") if isinstance(code, dict) else None
-    codings = [c for c in codings or [] if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    listed = code.get("coding") if isinstance(code, dict) else None
+    codings = [
+        c
+        for c in (listed if isinstance(listed, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("code"), str)
+    ]
     loinc = next((c["code"] for c in codings if is_loinc_system(c.get("system"))), None)
     from_table = analyte_for_loinc(loinc)
     local = None
@@ -601,6 +605,7 @@ def _result(
     status_text = resource.get("status")
     if status_text == "registered":
         return Unmapped(code.shown, "status registered: no result yet")
+    patient_id = _patient_id(resource, bundle, config)
     status = _STATUS.get(status_text) if isinstance(status_text, str) else None
     if status is None:
         raise _Reject(
@@ -644,7 +649,7 @@ def _result(
         accession = identifiers[0].get("value")
     record: dict[str, Any] = {
         "type": "lab_result",
-        "patient_id": _patient_id(resource, bundle, config),
+        "patient_id": patient_id,
         "analyte": code.analyte,
         "value": value.value,
         "unit": value.unit,
@@ -661,7 +666,7 @@ def _result(
     decoded = decode_record(record)
     outcome = normalise_lab_result(decoded, policy) if isinstance(decoded, LabResult) else decoded
     if isinstance(outcome, Rejection):
-        return relocate(outcome, _FIELDS, record["patient_id"])
+        return relocate(outcome, _FIELDS, patient_id)
     assert not isinstance(outcome, Infusion | ClinicalEvent)
     return outcome
 

@@ -56,7 +56,13 @@ class _Episode:
     raised_at: datetime | None = None
     changed_at: datetime | None = None
     peak: StoredResult | None = None
+    latest: StoredResult | None = None
     resolved_by: StoredResult | None = None
+    resolved_at: datetime | None = None
+
+    def has_fallen(self, ferritin: StoredResult, fraction: float) -> bool:
+        assert self.peak is not None
+        return (ferritin.value or 0.0) < fraction * (self.peak.value or 0.0)
 
 
 @dataclass(frozen=True)
@@ -198,17 +204,20 @@ def _episodes(
     lowest_since_resolution: float | None = None
     seen_supports: list[tuple[str, Cite]] = []
     earlier_ferritins: list[StoredResult] = []
+    fraction = policy.iec_hs_resolve_fraction
     for at, _, ferritin, support in timeline:
         if support is not None:
             seen_supports.append(support)
         if ferritin is not None:
             value = ferritin.value or 0.0
+            if current.peak is not None:
+                current.latest = ferritin
             if current.raised_at is not None:
                 assert current.peak is not None
                 if value > (current.peak.value or 0.0):
                     current.peak = ferritin
-                elif value < policy.iec_hs_resolve_fraction * (current.peak.value or 0.0):
-                    current.resolved_by = ferritin
+                elif current.has_fallen(ferritin, fraction):
+                    current.resolved_by, current.resolved_at = ferritin, at
                     episodes.append(current)
                     current = _Episode()
                     lowest_since_resolution = value
@@ -241,6 +250,13 @@ def _episodes(
             if current.raised_at is None:
                 current.raised_at = at
             current.changed_at = at
+            # the pattern completed only after ferritin had already halved: raised and resolved
+            latest = current.latest
+            if latest is not None and current.has_fallen(latest, fraction):
+                current.resolved_by, current.resolved_at = latest, at
+                episodes.append(current)
+                current = _Episode()
+                lowest_since_resolution = latest.value or 0.0
     if current.raised_at is not None:
         episodes.append(current)
     return episodes
@@ -308,7 +324,7 @@ def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -
         severity=Severity.CRITICAL,
         raised_at=episode.raised_at,
         changed_at=episode.changed_at,
-        resolved_at=None if episode.resolved_by is None else episode.resolved_by.collected_at,
+        resolved_at=episode.resolved_at,
         signature="+".join(categories),
         texts=texts,
         evidence=tuple(cites),

@@ -188,26 +188,29 @@ def _early_grade(days_500: int, days_100: int, full: bool) -> int:
 def _values_by_day(results: list[Dated], last_day: int) -> dict[int, tuple[float, datetime]]:
     """Value in effect for each day from the first result's day to ``last_day``.
 
-    The lowest result of a day, else the last earlier result; with the collection time at which
-    that day's value became known (its own result, else the next result that revealed it).
+    The lowest result of a day, else the last earlier result (the latest one by collection time);
+    with the collection time at which that day's value became known (its own lowest result, else
+    the next result, which revealed the carried-forward day). Nothing is carried past the latest.
     """
-    own: dict[int, StoredResult] = {}
+    lowest: dict[int, StoredResult] = {}
+    latest: dict[int, StoredResult] = {}
     for day, result in results:
-        if day not in own or (result.value or 0.0) < (own[day].value or 0.0):
-            own[day] = result
-    first_day = results[0][0]
+        if day not in lowest or (result.value or 0.0) < (lowest[day].value or 0.0):
+            lowest[day] = result
+        latest[day] = result
+    days_with_results = sorted(lowest)
     values: dict[int, tuple[float, datetime]] = {}
     carried: StoredResult | None = None
-    next_known = iter(sorted(own.items()))
-    upcoming = next(next_known, None)
-    for day in range(first_day, last_day + 1):
-        while upcoming is not None and upcoming[0] < day:
-            upcoming = next(next_known, None)
-        if day in own:
-            carried = own[day]
-            values[day] = (carried.value or 0.0, carried.collected_at)
-        elif carried is not None and upcoming is not None:
-            values[day] = (carried.value or 0.0, upcoming[1].collected_at)
+    following = 0
+    for day in range(results[0][0], last_day + 1):
+        while following < len(days_with_results) and days_with_results[following] <= day:
+            following += 1
+        if day in lowest:
+            values[day] = (lowest[day].value or 0.0, lowest[day].collected_at)
+            carried = latest[day]
+        elif carried is not None and following < len(days_with_results):
+            revealed_by = lowest[days_with_results[following]]
+            values[day] = (carried.value or 0.0, revealed_by.collected_at)
     return values
 
 
