@@ -145,3 +145,36 @@ def test_cancellation_of_an_unknown_accession_is_ignored_and_reported(
     assert captured.out == ""
     assert f"{data}:2: ignored: unknown_accession" in captured.err
     assert "unknown accession 1" in captured.err.splitlines()[-1]
+
+
+def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    data = tmp_path / "big.ndjson"
+    line = (SCENARIOS / "hospital_feed_with_bad_lines.ndjson").read_text().splitlines()[1]
+    data.write_text((line + "\n") * 40_000)
+    command = [sys.executable, "-m", "streams.cli", "replay", str(data)]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert "records/s" not in piped.stderr and "\r" not in piped.stderr
+
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=follower, timeout=120, check=True)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    text = shown.decode()
+    assert "records/s" in text and "%" in text
+    assert "carwatch replay: records read 40000" in text
