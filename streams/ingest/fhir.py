@@ -69,7 +69,7 @@ from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
-from streams.ingest.loinc import analyte_for_loinc, is_loinc_system
+from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
     SNOMED_FINDINGS,
     ResultItem,
@@ -388,28 +388,19 @@ def _identify(code: Any, config: FhirConfig) -> _Code:
         for c in (listed if isinstance(listed, list) else [])
         if isinstance(c, dict) and isinstance(c.get("code"), str)
     ]
-    loinc = next((c["code"] for c in codings if is_loinc_system(c.get("system"))), None)
-    from_table = analyte_for_loinc(loinc)
-    local = None
-    for coding in codings:
-        if coding["code"] == loinc and from_table is not None:
-            continue
-        for key in (f"{coding.get('system')}|{coding['code']}", coding["code"]):
-            if key in config.local_codes:
-                local = key
-                break
-        if local:
-            break
-    from_local = config.local_codes[local] if local else None
-    if from_table is not None and from_local is not None and from_table is not from_local:
-        raise _Reject(
-            RejectReason.INVALID_FIELD,
-            f"LOINC {loinc} ({from_table.value}) and local code {local} "
-            f"({from_local.value}) disagree",
-            "code",
+    sent = [
+        SentCode(
+            c["code"],
+            is_loinc_system(c.get("system")),
+            (f"{c.get('system')}|{c['code']}", c["code"]),
         )
-    shown = loinc or (codings[0]["code"] if codings else None)
-    return _Code(from_table or from_local, loinc, local, shown)
+        for c in codings
+    ]
+    match = resolve_codes(sent, config.local_codes)
+    if match.conflict is not None:
+        raise _Reject(RejectReason.INVALID_FIELD, match.conflict, "code")
+    shown = match.loinc or (sent[0].code if sent else None)
+    return _Code(match.analyte, match.loinc, match.local, shown)
 
 
 def _unmapped(code: _Code, code_text: Any) -> Unmapped:

@@ -6,7 +6,7 @@ status). Later 2.x versions read the same way; 2.3/2.4 messages (``TS`` timestam
 docs/feeds.md is the interface engineer's view of the same rules.
 
 The tokeniser is ours rather than python-hl7's parser: that one splits segments on ``\\r`` only,
-raises on malformed input and decodes no escapes below the field level; here every input —
+raises on malformed input and leaves escape sequences to the caller; here every input —
 arbitrary bytes included — yields a value (``Hl7Message``) and every failure is a ``Rejection``
 with a ``RejectReason``. python-hl7 remains the MLLP transport (``hl7.mllp``).
 
@@ -29,8 +29,9 @@ Decisions (safety first — a wrong value must never become an alert):
   triplet) says so (``LN``, ``LOINC``, the LOINC OID). A LOINC-shaped code in another or an empty
   system (``1554-5^GLUCOSE^POST 12H CFST:...`` in the HL7 2.4 example) is *not* read as LOINC —
   local code systems reuse such strings — it is only looked up in ``Hl7Config.local_codes``
-  (which may also name LOINC codes our table does not map, e.g. a site's MRD code). A LOINC code
-  our table maps and a local code mapped to a different analyte → ``invalid_field``.
+  (which may also name LOINC codes our table does not map, e.g. a site's MRD code). Both CWE
+  triplets are read; codes that map to different analytes → ``invalid_field``
+  (``streams.ingest.loinc.resolve_codes``, shared with FHIR).
 - Values: NM and SN ``=``/no comparator are exact. A comparator (``<15`` inside NM, SN
   ``<^0.01``, ``>^4``, ``<=``, ``>=``, ``<>``) is a censored value, not a number: rejected as
   ``invalid_field`` ("censored value") — the wire contract has no comparator, and reading "<100"
@@ -41,8 +42,8 @@ Decisions (safety first — a wrong value must never become an alert):
   detected/not detected/positive/negative codes, else their text).
 - Result status (OBX-11, else OBR-25): F, B → final; C, A → corrected; P, S → preliminary;
   X, D, W → cancelled (W "posted as wrong" withdraws the result); U (status change to final)
-  → final, and without a value it is rejected (``missing_value``: we cannot finalise a value we
-  were never sent). I (pending), O (order detail), N (not asked) and R (entered, not verified)
+  → final, and without a value it is rejected (``missing_value``: the engine cannot promote a
+  stored preliminary on its own; the sender must resend the result as F). I (pending), O (order detail), N (not asked) and R (entered, not verified)
   are not results: ``Unmapped`` with the status in the reason, never an error. Missing →
   ``missing_field``; anything else → ``unknown_vocabulary``.
 - Timestamps (DTM ``YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]``): at least a date is required;
@@ -51,6 +52,9 @@ Decisions (safety first — a wrong value must never become an alert):
   timestamps are rejected). Impossible values (hour 26) → ``invalid_timestamp``. An unusable
   *optional* report time rejects the result too: a feed that sends one wrong time field is
   configured wrongly and should hear about it.
+- Order of checks per OBX: the code first — an OBX that is not ours is ``Unmapped`` whatever
+  else is wrong with it (a hospital feed is mostly other tests) — then status, times, value,
+  unit and plausibility. A cancellation (X, D, W) whose value cannot be read still cancels.
 - Whole-message rejections (``message_rejection``, no items): undecodable or not HL7
   (``malformed_hl7``), not ``ORU^R01`` (``unsupported_message``), a PID without a usable
   identifier or no PID at all (``missing_patient_id``).
@@ -72,7 +76,7 @@ from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
-from streams.ingest.loinc import analyte_for_loinc, is_loinc_system
+from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
     SNOMED_FINDINGS,
     ResultItem,
@@ -256,8 +260,8 @@ class _Fields:
         return "" if value == '""' else value
 
     def component(self, raw: str, number: int) -> str:
-        """Component ``number`` (1-based) of the first repetition, sub-components joined by
-        nothing but the first kept (an HD inside a CX reads as its namespace id)."""
+        """Component ``number`` (1-based) of the first repetition, unescaped; of a component with
+        sub-components only the first (an HD inside a CX reads as its namespace id)."""
         comps = self.components(raw)
         if number > len(comps):
             return ""
@@ -339,7 +343,7 @@ def _encoding(msh: str) -> _Encoding:
 def _segments(text: str) -> tuple[_Encoding, list[_Segment]]:
     if not text.startswith("MSH"):
         raise _MessageError(RejectReason.MALFORMED_HL7, "not an HL7 v2 message (no MSH first)")
-    lines = [line for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
+    lines = [line.lstrip(" \t") for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
     encoding = _encoding(lines[0])
     segments = []
     for number, line in enumerate(lines, start=1):
@@ -428,6 +432,10 @@ _NOT_A_RESULT: Final[dict[str, str]] = {
 }
 _TEXT_TYPES: Final = frozenset({"ST", "TX", "FT", ""})
 _CODED_TYPES: Final = frozenset({"CWE", "CE", "CNE", "CF"})
+#: HL7 table 0396 names (and the OID) of SNOMED CT.
+_SNOMED_SYSTEMS: Final = frozenset(
+    {"SCT", "SNM", "SNM3", "SNOMED", "SNOMEDCT", "2.16.840.1.113883.6.96"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,38 +596,24 @@ def _identify(obx: _Segment, fields: _Fields, config: Hl7Config) -> _Code | Reje
     def part(number: int) -> str:
         return fields.text(comps[number - 1]) if number <= len(comps) else ""
 
-    loinc: str | None = None
-    others: list[tuple[str, str]] = []
-    for code, system in ((part(1), part(3)), (part(4), part(6))):
-        if not code:
-            continue
-        if loinc is None and is_loinc_system(system):
-            loinc = code
-        else:
-            others.append((code, system))
-    if loinc is None and not others:
+    sent = [
+        SentCode(code, is_loinc_system(system), (code,))
+        for code, system in ((part(1), part(3)), (part(4), part(6)))
+        if code
+    ]
+    if not sent:
         return Rejection.of(RejectReason.MISSING_FIELD, "OBX-3 carries no test code", "OBX-3")
-    from_table = analyte_for_loinc(loinc)
-    candidates = [code for code, _ in others]
-    if loinc is not None and from_table is None:
-        candidates.append(loinc)
-    local = next((code for code in candidates if code in config.local_codes), None)
-    from_local = config.local_codes[local] if local is not None else None
-    if from_table is not None and from_local is not None and from_table is not from_local:
-        return Rejection.of(
-            RejectReason.INVALID_FIELD,
-            f"LOINC {loinc} ({from_table.value}) and local code {local} "
-            f"({from_local.value}) disagree",
-            "OBX-3",
-        )
-    analyte = from_table or from_local
-    if analyte is not None:
-        return _Code(analyte, loinc, local)
-    if loinc is not None:
-        return Unmapped(loinc, f"LOINC {loinc} is not one of our analytes")
-    code, system = others[0]
+    match = resolve_codes(sent, config.local_codes)
+    if match.conflict is not None:
+        return Rejection.of(RejectReason.INVALID_FIELD, match.conflict, "OBX-3")
+    if match.analyte is not None:
+        return _Code(match.analyte, match.loinc, match.local)
+    if match.loinc is not None:
+        return Unmapped(match.loinc, f"LOINC {match.loinc} is not one of our analytes")
+    system = part(3) if part(1) else part(6)
     return Unmapped(
-        code, f"code {code} (coding system {system!r}) is not LOINC-coded and not in local_codes"
+        sent[0].code,
+        f"code {sent[0].code} (coding system {system!r}) is not LOINC-coded and not in local_codes",
     )
 
 
@@ -770,7 +764,7 @@ def _value(obx: _Segment, fields: _Fields, analyte: Analyte) -> _Value:
         for code_index, system_index in ((0, 2), (3, 5)):
             code = comps[code_index] if code_index < len(comps) else ""
             system = comps[system_index].upper() if system_index < len(comps) else ""
-            if code in SNOMED_FINDINGS and system in {"SCT", "SNM", "SNOMED", "SNOMEDCT"}:
+            if code in SNOMED_FINDINGS and system in _SNOMED_SYSTEMS:
                 return _Value(detected=SNOMED_FINDINGS[code])
         text = " ".join(c for i, c in enumerate(comps) if i in (1, 4, 8) and c)
         return _qualitative(text, analyte)

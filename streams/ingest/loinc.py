@@ -13,11 +13,16 @@ MRD has no entry: there is no LOINC code we are sure every laboratory uses for B
 qPCR or NGS. MRD arrives through an interface's local codes (``Hl7Config.local_codes``) or the
 wire contract's ``analyte`` field.
 
+``resolve_codes`` applies the table and a feed's local codes to all codes a result carries (HL7
+OBX-3 triplets, FHIR ``code.coding``) and refuses codes that disagree.
+
 To add a code: quote its LOINC long common name, check its property (``PrThr``/``NCnc``/
 ``MCnc``/``CCnc``/``NFr``...) against the analyte's canonical unit, add a test.
 """
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from schemas.vocab import Analyte
@@ -105,3 +110,49 @@ def has_valid_check_digit(code: str) -> bool:
                 digit -= 9
         total += digit
     return (10 - total % 10) % 10 == check
+
+
+@dataclass(frozen=True, slots=True)
+class SentCode:
+    """One test code as a message carries it: the code, whether its coding system is LOINC,
+    and the keys under which a feed's ``local_codes`` may list it (``code``, ``system|code``)."""
+
+    code: str
+    is_loinc: bool
+    local_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeMatch:
+    """What a result's codes resolve to. ``conflict`` explains codes that disagree."""
+
+    analyte: Analyte | None
+    loinc: str | None
+    local: str | None
+    conflict: str | None = None
+
+
+def resolve_codes(codes: Sequence[SentCode], local_codes: Mapping[str, Analyte]) -> CodeMatch:
+    """Resolve all codes of one result (HL7 OBX-3 triplets, FHIR ``code.coding``).
+
+    Our LOINC table first; a feed's ``local_codes`` for the other codes and for LOINC codes the
+    table lacks. Every code that maps must map to the same analyte, else ``conflict``.
+    """
+    loinc_codes = [sent.code for sent in codes if sent.is_loinc]
+    found: list[tuple[str, Analyte]] = []
+    from_table = [(c, a) for c in loinc_codes if (a := analyte_for_loinc(c)) is not None]
+    found.extend((f"LOINC {code}", analyte) for code, analyte in from_table)
+    local: str | None = None
+    for sent in codes:
+        if sent.is_loinc and analyte_for_loinc(sent.code) is not None:
+            continue
+        key = next((k for k in sent.local_keys if k in local_codes), None)
+        if key is not None:
+            local = local or key
+            found.append((f"local code {key}", local_codes[key]))
+    analytes = {analyte for _, analyte in found}
+    loinc = from_table[0][0] if from_table else (loinc_codes[0] if loinc_codes else None)
+    if len(analytes) > 1:
+        shown = ", ".join(f"{name} ({analyte.value})" for name, analyte in found)
+        return CodeMatch(None, loinc, local, f"codes disagree: {shown}")
+    return CodeMatch(analytes.pop() if analytes else None, loinc, local)
