@@ -17,6 +17,7 @@ import click
 from schemas.records import Rejection
 from schemas.vocab import Outcome
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
+from streams.ingest.fhir import FhirConfig
 from streams.ingest.hl7v2 import Hl7Config
 from streams.policy import DEFAULT_POLICY, Policy, PolicyError
 from streams.replay import Replay
@@ -58,12 +59,17 @@ def cli() -> None:
 @click.option("--alerts-out", type=click.Path(dir_okay=False, writable=True), help="NDJSON file.")
 @click.option("--now", help="Clock for a final tick (ISO 8601 with zone): monitoring gaps.")
 @click.option("--policy", "policy_path", help="Policy TOML file with threshold overrides.")
+@click.option(
+    "--feed-timezone",
+    help="IANA zone of HL7/FHIR timestamps sent without an offset (else they are rejected).",
+)
 def replay(
     files: tuple[str, ...],
     fmt: str | None,
     alerts_out: str | None,
     now: str | None,
     policy_path: str | None,
+    feed_timezone: str | None,
 ) -> None:
     """Run the rule engine offline over FILES (- for stdin); alert events as NDJSON."""
     policy = load_policy(policy_path)
@@ -83,15 +89,22 @@ def replay(
             on_ignored=_report_ignored,
         )
         progress = _Progress() if sys.stderr.isatty() else None
-        hl7 = Hl7Config()
+        hl7, fhir = _feed_configs(feed_timezone)
         for name, stream, file_format in inputs:
-            items = read_items(stream, file_format, name, policy, hl7)
+            items = read_items(stream, file_format, name, policy, hl7, fhir)
             engine.feed(items if progress is None else progress.track(items, stream, name))
         engine.finish(clock)
         if progress is not None:
             progress.clear()
         out.flush()
     click.echo(f"carwatch replay: {engine.counts.summary()}", err=True)
+
+
+def _feed_configs(timezone: str | None) -> tuple[Hl7Config, FhirConfig]:
+    try:
+        return Hl7Config(default_timezone=timezone), FhirConfig(default_timezone=timezone)
+    except ValueError as exc:
+        raise UsageFailure(f"--feed-timezone {timezone!r} is not a known IANA time zone") from exc
 
 
 def _open_input(stack: ExitStack, name: str) -> BinaryIO:

@@ -178,3 +178,17 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
     text = shown.decode()
     assert "records/s" in text and "%" in text
     assert "carwatch replay: records read 40000" in text
+
+
+def test_hl7_file_replays_and_feed_timezone_opts_in_to_offsetless_times(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hepatitis = Path(__file__).parents[1] / "data" / "external" / "hl7v2"
+    message = str(hepatitis / "cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7")
+    assert main(["replay", message]) == 0
+    assert "naive_datetime" in capsys.readouterr().err
+    assert main(["replay", message, "--feed-timezone", "America/New_York"]) == 0
+    err = capsys.readouterr().err
+    assert "naive_datetime" not in err and "not enrolled 2" in err.splitlines()[-1]
+    assert main(["replay", message, "--feed-timezone", "Mars/Olympus"]) == 2
+    assert "not a known IANA time zone" in capsys.readouterr().err
