@@ -16,8 +16,8 @@ import click
 
 from schemas.records import Rejection
 from schemas.vocab import Outcome
-from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.ingest.fhir import FhirConfig
+from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.ingest.hl7v2 import Hl7Config
 from streams.policy import DEFAULT_POLICY, Policy, PolicyError
 from streams.replay import Replay

@@ -62,7 +62,7 @@ def reconcile(
                 events.append(_close(ctx, announced, finding, decided_at))
         elif announced.status is AlertStatus.OPEN:
             if _changed(announced, finding):
-                events.append(_update(ctx, announced, finding, finding.changed_at, decided_at))
+                events.append(_update(ctx, announced, finding, trigger_time, decided_at))
             if not finding.is_open:
                 events.append(_close(ctx, announced, finding, decided_at))
         elif finding.is_open:  # resolved, and the resolving result is gone: re-open
@@ -89,7 +89,7 @@ def _lineage(
             announced.rule is rule
             and key not in seen
             and announced.status is not AlertStatus.RETRACTED
-            and announced.episode_start > finding.episode_start
+            and announced.episode_start >= finding.episode_start
             and (end is None or announced.episode_start <= end)
             and announced.episode_key.startswith(prefix)
         ):

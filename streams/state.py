@@ -55,6 +55,12 @@ class StoredResult:
     detected: bool | None = None
     method: MrdMethod | None = None
     sensitivity: float | None = None
+    #: fingerprints of the earlier versions this one replaced (re-deliveries are duplicates)
+    replaced: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        """Identity of one applied version: status, specimen time, value and detection."""
+        return f"{self.status.value}|{self.collected_at.timestamp():.0f}|{self.value!r}|{self.detected!r}"
 
     def sort_key(self) -> tuple[datetime, str, float]:
         return (
@@ -132,7 +138,9 @@ class PatientState:
         history = self.results.setdefault(analyte, [])
         index = _find_same_result(history, incoming)
         stored = None if index is None else history[index]
-        if stored is not None and _same_record(stored, incoming):
+        if stored is not None and (
+            _same_record(stored, incoming) or incoming.fingerprint() in stored.replaced
+        ):
             return Outcome.DUPLICATE, None
         if incoming.is_cancelled:
             if stored is None:
@@ -144,6 +152,8 @@ class PatientState:
             restores_cancelled = stored.is_cancelled and incoming.status is ResultStatus.CORRECTED
             if not restores_cancelled:
                 return Outcome.SUPERSEDED, None
+        if stored is not None:
+            incoming.replaced = (*stored.replaced, stored.fingerprint())
         if index is not None:
             del history[index]
         insort(history, incoming)

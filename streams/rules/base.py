@@ -152,17 +152,23 @@ class RuleInput:
         )
 
 
+#: Zones without daylight saving time or historical offset changes: day numbers by arithmetic.
+FIXED_OFFSET_ZONES = frozenset(
+    {"UTC", "Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "GMT", "Etc/GMT", "Zulu"}
+)
+
+
 @lru_cache(maxsize=4096)
 def _local_midnight(day0: datetime, timezone: str) -> float | Literal[False]:
-    """Epoch seconds of day 0's local midnight when the zone has a fixed offset, else False.
+    """Epoch seconds of day 0's local midnight in a fixed-offset zone, else False.
 
-    In a fixed-offset zone (UTC by default) a day number is plain arithmetic; zones with daylight
-    saving time take the exact calendar path.
+    Only zones known to have one offset for all time qualify (UTC by default); any zone with
+    daylight saving time or offset changes -- even rare ones such as Ramadan rules -- takes the
+    exact calendar path.
     """
-    local = day0.astimezone(ZoneInfo(timezone))
-    jan, jul = (local.replace(month=m, day=1) for m in (1, 7))
-    if jan.utcoffset() != jul.utcoffset():
+    if timezone not in FIXED_OFFSET_ZONES:
         return False
+    local = day0.astimezone(ZoneInfo(timezone))
     return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 

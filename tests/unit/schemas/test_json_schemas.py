@@ -19,8 +19,20 @@ def test_generated_schema_is_in_sync(name: str) -> None:
 def test_lab_result_schema_names_every_contract_field() -> None:
     schema = json.loads((JSON_DIR / "lab_result.schema.json").read_text(encoding="utf-8"))
     contract = {
-        "type", "patient_id", "analyte", "value", "unit", "collected_at", "resulted_at",
-        "status", "accession", "source", "loinc", "method", "detected", "sensitivity",
+        "type",
+        "patient_id",
+        "analyte",
+        "value",
+        "unit",
+        "collected_at",
+        "resulted_at",
+        "status",
+        "accession",
+        "source",
+        "loinc",
+        "method",
+        "detected",
+        "sensitivity",
     }
     assert contract <= set(schema["properties"])
     assert {"patient_id", "collected_at"} <= set(schema["required"])

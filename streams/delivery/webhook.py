@@ -1,0 +1,127 @@
+"""Webhook delivery of alert events: signed, retried, at least once (DESIGN.md data flow).
+
+Each alert event is POSTed as its wire JSON to every configured URL with
+
+- ``X-Carwatch-Event-Id``: the event's ``event_id`` -- receivers drop re-deliveries by it;
+- ``X-Carwatch-Timestamp``: Unix seconds of this attempt;
+- ``X-Carwatch-Signature``: ``sha256=`` + HMAC-SHA256 over ``"{timestamp}.{body}"`` with the
+  shared secret, so a receiver can check origin and integrity and reject replays of old requests.
+
+Delivery is retried with capped exponential backoff on timeouts, connection errors, 408, 429 and
+5xx; any other 4xx is a permanent failure (the receiver rejected the request: retrying cannot help),
+counted and logged without patient data. The Kafka offset of an event is committed only after
+every URL succeeded or failed permanently, so a crash re-delivers rather than loses.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from streams.metrics import PipelineMetrics
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def signature(secret: bytes, timestamp: int, body: bytes) -> str:
+    """``sha256=<hex>`` of HMAC-SHA256(secret, "{timestamp}.{body}")."""
+    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify(
+    secret: bytes, timestamp: int, body: bytes, header: str, now: float, tolerance_s: int = 300
+) -> bool:
+    """What a receiver does: constant-time signature check and a freshness window."""
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(signature(secret, timestamp, body), header)
+
+
+def headers(secret: bytes, event_id: str, body: bytes, now: float) -> dict[str, str]:
+    timestamp = int(now)
+    return {
+        "Content-Type": "application/json",
+        "X-Carwatch-Event-Id": event_id,
+        "X-Carwatch-Timestamp": str(timestamp),
+        "X-Carwatch-Signature": signature(secret, timestamp, body),
+    }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    first_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Wait before retry number ``attempt`` (1-based)."""
+        return min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+
+
+def retryable(status: int | None) -> bool:
+    """None = no response (timeout, connection error): retry."""
+    return status is None or status in RETRYABLE_STATUS
+
+
+#: Sends one request; returns the HTTP status, or None when no response came.
+Send = Callable[[str, bytes, dict[str, str]], Awaitable[int | None]]
+
+
+@dataclass
+class WebhookDeliverer:
+    urls: Sequence[str]
+    secret: bytes
+    send: Send
+    metrics: PipelineMetrics
+    retry: RetryPolicy = RetryPolicy()
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def deliver(self, event_id: str, body: bytes) -> bool:
+        """Deliver to every URL; True when all succeeded, False when any failed for good."""
+        results = [await self._deliver_one(url, event_id, body) for url in self.urls]
+        return all(results)
+
+    async def _deliver_one(self, url: str, event_id: str, body: bytes) -> bool:
+        for attempt in range(1, self.retry.attempts + 1):
+            status = await self.send(url, body, headers(self.secret, event_id, body, self.clock()))
+            if status is not None and 200 <= status < 300:
+                self.metrics.deliveries.labels("webhook", "delivered").inc()
+                return True
+            if not retryable(status) or attempt == self.retry.attempts:
+                break
+            self.metrics.deliveries.labels("webhook", "retried").inc()
+            await self.sleep(self.retry.delay(attempt))
+        self.metrics.deliveries.labels("webhook", "failed").inc()
+        log.warning("webhook delivery failed for good (last status %s)", status)
+        return False
+
+
+def aiohttp_sender(timeout_s: float = 10.0) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """A ``Send`` over one aiohttp session, and the coroutine that closes it."""
+    import aiohttp
+
+    session: aiohttp.ClientSession | None = None
+
+    async def send(url: str, body: bytes, request_headers: dict[str, str]) -> int | None:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        try:
+            async with session.post(url, data=body, headers=request_headers) as response:
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def close() -> None:
+        if session is not None:
+            await session.close()
+
+    return send, close

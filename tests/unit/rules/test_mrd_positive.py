@@ -1,0 +1,148 @@
+"""MRD positivity (clinical-rules.md section 5; streams/rules/mrd_positive.py).
+
+Any detected MRD collected after day 0 (flow, qPCR or NGS), at any level including "detected,
+below the limit of quantification" → critical. A rising level is ``updated``, not a new alert;
+resolved by a later undetectable result. "Not detected" is never turned into 0.
+"""
+
+import pytest
+
+from schemas.vocab import AlertAction, Analyte, MrdMethod, RuleName
+from streams.testing import Timeline, actions, active, at_day, run
+
+MRD = RuleName.MRD_POSITIVE
+
+
+def mrd(alerts):
+    return [(action, severity) for _, action, severity in actions(alerts, MRD)]
+
+
+def only(alerts):
+    return [a for a in alerts if a.rule is MRD]
+
+
+def patient() -> Timeline:
+    return Timeline("P1").infusion(day=0)
+
+
+def test_mrd_detected_below_the_limit_of_quantification_is_critical(documented):
+    t = patient().mrd(day=28, fraction=None, detected=True, method="flow", sensitivity=1e-4)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical")]
+    alert = alerts[0]
+    assert alert.event_time == at_day(28)
+    (evidence,) = alert.evidence
+    assert evidence.value is None
+    assert evidence.detected is True
+    assert evidence.method is MrdMethod.FLOW
+    assert evidence.sensitivity == 1e-4
+    assert evidence.unit == "1"
+    assert "detected, below the limit of quantification" in alert.summary
+    documented(alert, analytes={Analyte.MRD}, collected={at_day(28)})
+    assert "consolidative HCT" in alert.recommendation
+    assert "CD19" in alert.recommendation
+    assert "limit of quantification" in alert.threshold
+
+
+@pytest.mark.parametrize("method", ["flow", "pcr", "ngs"])
+def test_detected_mrd_by_any_method_is_critical(method):
+    t = patient().mrd(day=28, fraction=0.0003, detected=True, method=method)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical")]
+    assert f"by {method}" in alerts[0].summary
+    assert alerts[0].evidence[0].value == 0.0003
+    assert alerts[0].evidence[0].method is MrdMethod(method)
+
+
+def test_very_low_ngs_level_of_one_per_million_is_still_positive():
+    t = patient().mrd(day=90, fraction=1e-6, detected=True, method="ngs", sensitivity=1e-6)
+    assert mrd(run(t.events)) == [("raised", "critical")]
+
+
+@pytest.mark.parametrize("sensitivity", [1e-4, 1e-6, None])
+def test_mrd_not_detected_never_alerts(sensitivity):
+    t = patient().mrd(day=28, fraction=None, detected=False, sensitivity=sensitivity)
+    t.mrd(day=90, fraction=None, detected=False, sensitivity=sensitivity)
+    assert mrd(run(t.events)) == []
+
+
+def test_mrd_not_detected_resolves_the_alert_and_stays_not_detected_in_the_evidence(
+    documented,
+):
+    t = patient().mrd(day=28, fraction=0.001, detected=True)
+    t.mrd(day=60, fraction=None, detected=False, sensitivity=1e-6)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("resolved", "critical")]
+    resolved = alerts[1]
+    assert resolved.alert_id == alerts[0].alert_id
+    assert resolved.event_time == at_day(60)
+    cleared = resolved.evidence[-1]
+    assert (cleared.value, cleared.detected, cleared.sensitivity) == (None, False, 1e-6)
+    assert "not detected" in resolved.summary
+    documented(resolved, analytes={Analyte.MRD}, collected={at_day(28), at_day(60)})
+    assert active(alerts) == {}
+
+
+def test_rising_level_is_an_update_of_the_same_alert_not_a_new_alert():
+    t = patient().mrd(day=28, fraction=None, detected=True)
+    t.mrd(day=45, fraction=0.0005, detected=True).mrd(day=60, fraction=0.002, detected=True)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [
+        ("raised", "critical"),
+        ("updated", "critical"),
+        ("updated", "critical"),
+    ]
+    assert len({a.alert_id for a in alerts}) == 1
+    assert [a.event_time for a in alerts] == [at_day(28), at_day(45), at_day(60)]
+    assert (Analyte.MRD, 0.002) in {(e.analyte, e.value) for e in alerts[-1].evidence}
+    assert "0.2 %" in alerts[-1].summary
+
+
+def test_falling_but_detected_level_raises_nothing_more():
+    t = patient().mrd(day=28, fraction=0.002, detected=True)
+    t.mrd(day=60, fraction=0.0005, detected=True)
+    assert mrd(run(t.events)) == [("raised", "critical")]
+
+
+@pytest.mark.parametrize("day", [-3, 0])
+def test_mrd_detected_on_or_before_day_0_does_not_count(day):
+    # the pre-infusion marrow shows the disease CAR T treats, not a failure of it
+    t = patient().mrd(day=day, fraction=0.05, detected=True)
+    assert mrd(run(t.events)) == []
+    alerts = only(run(t.mrd(day=1, fraction=0.0001, detected=True).events))
+    assert mrd(alerts) == [("raised", "critical")]
+    assert alerts[0].episode_start == at_day(1)
+
+
+def test_mrd_detected_after_clearance_is_a_new_episode():
+    t = patient().mrd(day=28, fraction=0.001, detected=True)
+    t.mrd(day=60, fraction=None, detected=False).mrd(day=120, fraction=None, detected=True)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [
+        ("raised", "critical"),
+        ("resolved", "critical"),
+        ("raised", "critical"),
+    ]
+    assert alerts[2].alert_id != alerts[0].alert_id
+
+
+def test_late_earlier_detected_mrd_is_an_update_of_the_open_alert():
+    # MRD detected on day 60; the day-30 result (detected below LOQ) arrives late
+    t = patient().mrd(day=60, fraction=0.001, detected=True)
+    t.mrd(day=30, fraction=None, detected=True)  # the day-30 marrow, reported late
+    alerts = only(run(t.events))
+    assert [a.action for a in alerts] == [AlertAction.RAISED, AlertAction.UPDATED]
+    raised, updated = alerts
+    assert updated.alert_id == raised.alert_id
+    assert updated.episode_start < raised.episode_start
+    assert list(active(alerts)) == [raised.alert_id]
+
+
+def test_late_earlier_detected_mrd_keeps_one_alert_for_the_rest_of_the_episode():
+    t = patient().mrd(day=60, fraction=0.001, detected=True)
+    t.mrd(day=30, fraction=None, detected=True)  # the day-30 marrow, reported late
+    t.mrd(day=90, fraction=0.003, detected=True)  # still detected, rising
+    alerts = only(run(t.events))
+    assert [a.action for a in alerts].count(AlertAction.RAISED) == 1
+    assert AlertAction.RETRACTED not in [a.action for a in alerts]
+    assert list(active(alerts)) == [alerts[0].alert_id]
