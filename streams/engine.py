@@ -170,10 +170,17 @@ def _evaluate(
         # change in this step, its own findings cannot have changed either.
         if rule not in rules and not rule.depends_on & changed:
             continue
+        horizon = _horizon(state, rule)
         events = reconcile(
-            ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger
+            ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger, horizon
         )
         if events:
             changed.add(rule.name)
             alerts.extend(events)
     return alerts
+
+
+def _horizon(state: PatientState, rule: Rule) -> datetime | None:
+    """Latest pruning cut among the analytes a rule reads (None while nothing was pruned)."""
+    cuts = [state.pruned_before[a] for a in rule.analytes if a in state.pruned_before]
+    return max(cuts) if cuts else None

@@ -13,6 +13,11 @@ episode's start earlier (the condition held all along), the finding keeps the al
 announced under -- ``updated`` with the new start and evidence, never ``retracted`` + ``raised``
 again ("a condition that stays true never raises twice"). An announced alert belongs to the
 finding whose episode covers the announced start.
+
+Bounded history: before ``horizon`` (where pruning cut the rule's analytes) the history is
+settled. A closed alert that started before it and is no longer found is forgotten, not retracted
+(its condition did hold; its results aged out), and a closed episode starting at the cut is not
+announced (it may be the tail of one that was).
 """
 
 import hashlib
@@ -36,6 +41,7 @@ def reconcile(
     trigger_time: datetime,
     decided_at: datetime,
     trigger: Cite | None,
+    horizon: datetime | None = None,
 ) -> list[AlertEvent]:
     """Events that bring subscribers from the announced alerts to ``findings`` of one rule."""
     alerts = ctx.state.alerts
@@ -51,6 +57,9 @@ def reconcile(
         if announced is None or announced.status is AlertStatus.RETRACTED:
             key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
         seen.add(key)
+        settled = horizon is not None and finding.episode_start <= horizon
+        if announced is None and settled and not finding.is_open:
+            continue
         if announced is None or announced.status is AlertStatus.RETRACTED:
             announced = _announce(ctx, key, finding, announced)
             events.append(
@@ -68,13 +77,17 @@ def reconcile(
         elif finding.is_open:  # resolved, and the resolving result is gone: re-open
             announced.status = AlertStatus.OPEN
             events.append(_update(ctx, announced, finding, trigger_time, decided_at))
+    forgotten = []
     for key, announced in alerts.items():
-        if (
-            announced.rule is rule
-            and key not in seen
-            and announced.status is not AlertStatus.RETRACTED
-        ):
+        if announced.rule is not rule or key in seen:
+            continue
+        aged_out = horizon is not None and announced.episode_start < horizon
+        if aged_out and announced.status is not AlertStatus.OPEN:
+            forgotten.append(key)
+        elif announced.status is not AlertStatus.RETRACTED:
             events.append(_retraction(ctx, announced, trigger_time, decided_at, trigger))
+    for key in forgotten:
+        del alerts[key]
     return events
 
 

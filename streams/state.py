@@ -122,6 +122,8 @@ class PatientState:
     events: list[ClinicalEventRecord] = field(default_factory=list)
     alerts: dict[str, AnnouncedAlert] = field(default_factory=dict)
     clock: datetime | None = None
+    #: per analyte, the first collection time still held after pruning dropped older results
+    pruned_before: dict[Analyte, datetime] = field(default_factory=dict)
 
     @classmethod
     def new(cls, patient_id: str) -> "PatientState":
@@ -173,12 +175,16 @@ class PatientState:
         return len(history) > max_per_analyte or span > timedelta(days=window_days)
 
     def prune(self, window_days: int, max_per_analyte: int) -> None:
-        """Bound the history, never cutting into an open alert's episode."""
+        """Bound the history, never cutting into an open alert's episode.
+
+        Where results were dropped, ``pruned_before`` records the cut: episodes before it are
+        settled history that re-evaluation can no longer see (``streams.lifecycle``).
+        """
         open_starts = [
             a.episode_start for a in self.alerts.values() if a.status is AlertStatus.OPEN
         ]
         floor = min(open_starts) if open_starts else None
-        for history in self.results.values():
+        for analyte, history in self.results.items():
             if not history:
                 continue
             horizon = history[-1].collected_at - timedelta(days=window_days)
@@ -193,6 +199,7 @@ class PatientState:
                 excess -= 1
             if keep_from:
                 del history[:keep_from]
+                self.pruned_before[analyte] = history[0].collected_at
         if self.events:
             latest = self.events[-1].at - timedelta(days=window_days)
             self.events[:] = [e for e in self.events if e.at >= latest]

@@ -516,14 +516,6 @@ def test_day_number_in_a_zone_whose_offset_changes_outside_january_and_july():
 # --- history bounds never rewrite what happened ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: pruning the history (730-day window) retracts an already-resolved alert whose "
-        "results aged out, although its condition held"
-    ),
-)
 def test_resolved_alert_is_not_retracted_when_its_results_age_out_of_the_history_window():
     t = Timeline("P1").infusion(day=0).igg(day=10, mg_dl=300).igg(day=40, mg_dl=520)
     for day in range(100, 901, 60):
@@ -532,14 +524,6 @@ def test_resolved_alert_is_not_retracted_when_its_results_age_out_of_the_history
     assert rule_actions(alerts, HYPO) == [("raised", "warning"), ("resolved", "warning")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: pruning by max_results_per_analyte (120) retracts the resolved early ICAHT alert "
-        "when a later neutropenia is evaluated, although the early episode held"
-    ),
-)
 def test_resolved_early_icaht_is_not_retracted_when_daily_counts_push_it_out_of_the_history():
     # daily counts: neutropenic days 0-14, recovered to day 159, neutropenic again from day 160
     t = Timeline("P1").infusion(day=0)
