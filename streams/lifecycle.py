@@ -24,7 +24,7 @@ import hashlib
 from datetime import datetime
 
 from schemas.alert import AlertEvent
-from schemas.vocab import AlertAction, RuleName
+from schemas.vocab import AlertAction, ResultStatus, RuleName
 from streams.rules.base import Cite, Finding, RuleInput, Texts
 from streams.state import AlertStatus, AnnouncedAlert
 
@@ -171,7 +171,8 @@ def _retraction(
             "corrected, cancelled or added late) its condition never held."
         ),
         recommendation="Disregard the earlier alert; the evidence shows the result that changed.",
-        threshold="",
+        threshold=f"{announced.rule.value} thresholds of policy {ctx.policy.version_tag}: no "
+        "longer met by any result on the current history",
     )
     evidence = (trigger,) if trigger is not None else ()
     return _event(ctx, announced, AlertAction.RETRACTED, at, decided_at, texts, evidence, (), ())
@@ -193,8 +194,22 @@ def _from_finding(
         decided_at,
         finding.texts(),
         finding.evidence,
-        finding.context,
+        (*finding.context, *_preliminary_context(ctx, finding)),
         finding.references,
+    )
+
+
+def _preliminary_context(ctx: RuleInput, finding: Finding) -> tuple[Cite, ...]:
+    """Preliminary results of the episode's analytes: shown, never built on (clinical rules 0)."""
+    if ctx.policy.alert_on_preliminary:
+        return ()
+    analytes = {c.analyte for c in finding.evidence}
+    return tuple(
+        Cite(analyte, result, "preliminary result: context only, no rule builds on it")
+        for analyte in sorted(analytes)
+        for result in ctx.state.results.get(analyte, ())
+        if result.status is ResultStatus.PRELIMINARY
+        and result.collected_at >= finding.episode_start
     )
 
 

@@ -12,7 +12,8 @@ says "if eligible for HCT") and ``prior_hct`` is false:
   when nothing remains.
 
 With prior HCT and a ``bca_loss`` within 6 months: info "requires special consideration" with the
-factors to weigh. With prior HCT and MRD positivity the review makes no recommendation: nothing.
+factors to weigh. A patient recorded as not eligible for HCT (``hct_eligible`` false) gets no HCT
+advice at all, prior HCT or not: the eligibility decision is the clinicians' and already made. With prior HCT and MRD positivity the review makes no recommendation: nothing.
 The alert's episode is the patient's enrollment, so its id is stable for the patient.
 """
 
@@ -54,13 +55,13 @@ class HctConsolidationRule(EveryResultMatters):
         early_losses = [
             f for f in ctx.findings(RuleName.BCA_LOSS) if f.severity is Severity.CRITICAL
         ]
+        if enrollment.hct_eligible is False:
+            return []
         if enrollment.prior_hct:
             if not early_losses:
                 return []
             bases.append(("early loss of B-cell aplasia after prior HCT", early_losses[0]))
             return [_finding(ctx, Severity.INFO, [], bases, special=True)]
-        if enrollment.hct_eligible is False:
-            return []
         reasons = [MAY_CONSIDER[f] for f in enrollment.risk_factors if f in MAY_CONSIDER]
         if enrollment.costimulatory_domain is CostimulatoryDomain.CD28:
             bases.append(("CD28-costimulated product (HCT 4-8 weeks after infusion)", None))

@@ -576,3 +576,20 @@ def test_decided_at_of_a_tick_is_now():
 def test_final_and_corrected_results_both_count(status):
     t = Timeline("P1").infusion(day=0).igg(day=30, mg_dl=300, status=status.value)
     assert rule_actions(run(t.events), HYPO) == [("raised", "warning")]
+
+
+def test_preliminary_result_is_shown_as_context_but_not_built_on():
+    t = (
+        Timeline("P1")
+        .infusion(day=0)
+        .igg(day=30, mg_dl=300)
+        .igg(day=60, mg_dl=250, status="preliminary")
+    )
+    t.igg(day=90, mg_dl=280)
+    alerts = run(t.events)
+    assert [a.action.value for a in alerts] == ["raised"]
+    updated = run(t.igg(day=120, mg_dl=900).events)[-1]
+    assert updated.action.value == "resolved"
+    notes = [(c.value, c.status.value, c.note) for c in updated.context]
+    assert (250.0, "preliminary", "preliminary result: context only, no rule builds on it") in notes
+    assert all(e.status.value != "preliminary" for e in updated.evidence)

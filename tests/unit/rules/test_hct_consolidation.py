@@ -217,3 +217,14 @@ def test_one_alert_per_patient_across_several_bases():
     assert [a for a in hct(alerts) if a[0] == "raised"] == [("raised", "info")]
     assert len({a.alert_id for a in alerts}) == 1
     assert len(active(alerts)) == 1
+
+
+def test_not_hct_eligible_after_prior_hct_gets_no_hct_advice_even_after_early_bca_loss():
+    t = (
+        Timeline("P1")
+        .infusion(day=0, prior_hct=True, hct_eligible=False)
+        .cd19_pct(day=28, pct=0.1)
+        .cd19_pct(day=90, pct=5.0)
+    )
+    alerts = run(t.events)
+    assert [a.rule for a in alerts] == [RuleName.BCA_LOSS]

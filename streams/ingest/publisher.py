@@ -1,0 +1,295 @@
+"""Publishing ingested records to Kafka with broker acknowledgement (the network listeners' sink).
+
+``LabPublisher`` wraps one aiokafka ``AIOKafkaProducer`` shared by every connection of a listener
+(``carwatch mllp``, ``carwatch fhir-gateway``):
+
+- ``acks="all"`` and ``enable_idempotence=True``: a record counts as written only once the
+  broker has it in every in-sync replica, and the producer's own retries never duplicate it.
+- Every call awaits the acknowledgement of **every** record it was given before it returns; a
+  caller acknowledges its sender (HL7 ``AA``, HTTP 2xx) only after that. When the broker cannot
+  confirm within ``timeout_s`` (down, unreachable, topic missing, slow) the call raises
+  ``BrokerUnavailable`` and the caller must answer "retry" (HL7 ``AR``, HTTP 503). A record
+  whose acknowledgement was not seen may still have been written: the sender's resend then makes
+  a duplicate, which the pipeline ignores (DESIGN.md "Duplicates"). Nothing is lost either way.
+- Keys: lab results and dead letters are keyed by the patient id (UTF-8), so one patient's
+  records land on one partition in the order they were sent. A dead letter without a known
+  patient (a message that could not be read far enough) has no key.
+- The producer is created lazily and again after a failure: the listener starts while the broker
+  is still down, and a producer that timed out (batches expired, sequence numbers in doubt) is
+  discarded rather than reused. ``request_timeout_ms`` is the same bound as ``timeout_s``.
+- A dead letter's ``raw`` is cut to ``MAX_DEAD_LETTER_RAW`` characters (with a marker) so that one
+  oversized input cannot exceed the broker's message size limit and block its sender forever.
+
+No patient identifier is ever logged here: log lines name topics, counts and the broker address.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Protocol, Self
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from schemas.deadletter import DeadLetter
+from schemas.lab_result import LabResult
+
+log = logging.getLogger(__name__)
+
+LABS_TOPIC: Final = "carwatch.labs"
+DEADLETTER_TOPIC: Final = "carwatch.deadletter"
+DEFAULT_BROKER_URL: Final = "kafka://127.0.0.1:9092"
+#: Seconds a publish call waits for the broker's acknowledgement of all its records.
+DEFAULT_TIMEOUT_S: Final = 10.0
+#: Characters of ``DeadLetter.raw`` kept (the broker's default message limit is about 1 MB).
+MAX_DEAD_LETTER_RAW: Final = 256 * 1024
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge every record within the timeout: nothing may be confirmed
+    to the sender, who must retry."""
+
+
+def broker_url_from_env() -> str:
+    """``CARWATCH_BROKER_URL`` (default ``kafka://127.0.0.1:9092``).
+
+    The one place the listeners read the broker address; ``streams.settings`` replaces it once
+    the shared settings exist.
+    """
+    return os.environ.get("CARWATCH_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
+
+
+def bootstrap_servers(url: str) -> str:
+    """``kafka://h1:9092;kafka://h2:9092`` (Faust's URL style) or ``h1:9092,h2:9092`` →
+    ``h1:9092,h2:9092`` for aiokafka."""
+    hosts = []
+    for part in url.replace(";", ",").split(","):
+        part = part.strip()
+        if "://" in part:
+            scheme, _, part = part.partition("://")
+            if scheme.lower() != "kafka":
+                raise ValueError(f"broker URL {url!r}: only kafka:// is supported")
+        part = part.rstrip("/")
+        if part:
+            hosts.append(part if ":" in part else f"{part}:9092")
+    if not hosts:
+        raise ValueError(f"broker URL {url!r} names no host")
+    return ",".join(hosts)
+
+
+class Publisher(Protocol):
+    """What a listener needs from a publisher (a fake in unit tests)."""
+
+    async def publish(
+        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+ProducerFactory = Callable[..., Any]
+
+
+def _fit(dead_letter: DeadLetter) -> DeadLetter:
+    raw = dead_letter.raw
+    if len(raw) <= MAX_DEAD_LETTER_RAW:
+        return dead_letter
+    cut = len(raw) - MAX_DEAD_LETTER_RAW
+    return dead_letter.model_copy(
+        update={"raw": f"{raw[:MAX_DEAD_LETTER_RAW]}…[{cut} characters cut by carwatch]"}
+    )
+
+
+class LabPublisher:
+    """Async Kafka publisher of lab results and dead letters; see the module docstring.
+
+    Use as ``async with LabPublisher(...) as publisher:`` or call ``start``/``stop``. ``start``
+    only tries to connect (a failure is logged, not raised) so a listener can come up before the
+    broker; every publish call connects if needed.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        labs_topic: str = LABS_TOPIC,
+        deadletter_topic: str = DEADLETTER_TOPIC,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        client_id: str = "carwatch-ingest",
+        producer_factory: ProducerFactory = AIOKafkaProducer,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.bootstrap = bootstrap_servers(broker_url or broker_url_from_env())
+        self.labs_topic = labs_topic
+        self.deadletter_topic = deadletter_topic
+        self.timeout_s = timeout_s
+        self._client_id = client_id
+        self._factory = producer_factory
+        self._producer: Any = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect now if the broker answers; otherwise log and connect on first publish."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._ensure_producer()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning(
+                "Kafka at %s not reachable yet (%s); will retry on the first message",
+                self.bootstrap,
+                type(exc).__name__,
+            )
+
+    async def stop(self) -> None:
+        """Flush and close the producer (bounded by ``timeout_s``)."""
+        self._closed = True
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._close(producer)
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def publish_results(self, results: Sequence[LabResult]) -> None:
+        """Write ``results`` to the labs topic keyed by patient id; return once all are acked."""
+        await self.publish(results, ())
+
+    async def publish_dead_letter(self, dead_letter: DeadLetter, key: str | None) -> None:
+        """Write one dead letter (keyed by the patient id when known); return once acked."""
+        await self.publish((), ((dead_letter, key),))
+
+    async def publish(
+        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
+    ) -> None:
+        """Write results and dead letters together; return once the broker acked every one.
+
+        Raises ``BrokerUnavailable`` when it does not within ``timeout_s``.
+        """
+        records = [
+            _Record(self.labs_topic, r.patient_id.encode(), r.model_dump_json().encode())
+            for r in results
+        ]
+        records += [
+            _Record(
+                self.deadletter_topic,
+                key.encode() if key else None,
+                _fit(dl).model_dump_json().encode(),
+            )
+            for dl, key in dead_letters
+        ]
+        if records:
+            await self._send_all(records)
+
+    async def _send_all(self, records: list[_Record]) -> None:
+        if self._closed:
+            raise BrokerUnavailable("the publisher is shut down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        producer: Any = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                producer = await self._ensure_producer()
+                futures: list[asyncio.Future[Any]] = []
+                for record in records:
+                    futures.append(await producer.send(record.topic, record.value, key=record.key))
+            # asyncio.wait, not gather: a timeout must not cancel aiokafka's own futures.
+            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+            failures = [f.exception() for f in done if f.exception() is not None]
+            if pending or failures:
+                first = failures[0] if failures else None
+                why = (
+                    f"{type(first).__name__}: {first}"
+                    if first
+                    else f"{len(pending)} not acknowledged in time"
+                )
+                raise BrokerUnavailable(
+                    f"Kafka at {self.bootstrap} did not acknowledge {len(pending) + len(failures)}"
+                    f" of {len(records)} record(s) within {self.timeout_s:g} s ({why})"
+                )
+        except BrokerUnavailable:
+            await self._discard(producer)
+            raise
+        except (TimeoutError, KafkaError, OSError) as exc:
+            await self._discard(producer)
+            raise BrokerUnavailable(
+                f"Kafka at {self.bootstrap} is unavailable ({type(exc).__name__}: {exc}); "
+                f"{len(records)} record(s) not written"
+            ) from exc
+
+    async def _ensure_producer(self) -> Any:
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if self._closed:
+                raise BrokerUnavailable("the publisher is shut down")
+            producer = self._factory(
+                bootstrap_servers=self.bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=True,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                linger_ms=0,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await self._close(producer)
+                raise
+            log.info("connected to Kafka at %s", self.bootstrap)
+            self._producer = producer
+            return producer
+
+    async def _discard(self, producer: Any) -> None:
+        """Drop a producer after a failure; the next publish makes a fresh one."""
+        if producer is None:
+            return
+        async with self._lock:
+            if self._producer is producer:
+                self._producer = None
+            else:
+                return  # another caller already discarded it
+        log.warning("Kafka at %s did not confirm in time; reconnecting", self.bootstrap)
+        await self._close(producer)
+
+    async def _close(self, producer: Any) -> None:
+        stop: Callable[[], Awaitable[None]] = producer.stop
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await stop()
+            return
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("closing the Kafka producer failed (%s)", type(exc).__name__)
+        # The graceful stop waits for undeliverable batches: cut the sender and the connections.
+        sender = getattr(producer, "_sender", None)
+        client = getattr(producer, "client", None)
+        try:
+            if sender is not None:
+                await asyncio.wait_for(sender.close(), timeout=1.0)
+            if client is not None:
+                await asyncio.wait_for(client.close(), timeout=1.0)
+        except (TimeoutError, KafkaError, OSError):
+            pass
