@@ -26,8 +26,8 @@ MODELS: dict[str, type[BaseModel]] = {
 
 
 def render(model: type[BaseModel]) -> str:
-    mode = "serialization" if model in (AlertEvent, DeadLetter) else "validation"
-    schema = model.model_json_schema(mode=mode)
+    outputs = (AlertEvent, DeadLetter)
+    schema = model.model_json_schema(mode="serialization" if model in outputs else "validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import click
 
@@ -84,7 +84,7 @@ def replay(
         )
         engine = Replay(
             policy=policy,
-            on_alert=lambda alert: out.write(alert.model_dump_json() + "\n"),
+            on_alert=lambda alert: _write_line(out, alert.model_dump_json()),
             on_reject=_report_reject,
             on_ignored=_report_ignored,
         )
@@ -98,6 +98,10 @@ def replay(
             progress.clear()
         out.flush()
     click.echo(f"carwatch replay: {engine.counts.summary()}", err=True)
+
+
+def _write_line(out: TextIO, line: str) -> None:
+    out.write(line + "\n")
 
 
 def _feed_configs(timezone: str | None) -> tuple[Hl7Config, FhirConfig]:
@@ -173,6 +177,119 @@ def _size(stream: BinaryIO) -> int:
         return Path(stream.name).stat().st_size if stream.seekable() else 0
     except (OSError, AttributeError, TypeError):
         return 0
+
+
+# --- network listeners: streams/ingest/mllp.py and fhir_gateway.py (docs/feeds.md) -------------
+
+_BROKER_HELP = "Kafka URL (default: $CARWATCH_BROKER_URL, else kafka://127.0.0.1:9092)."
+_TIMEOUT_HELP = "Seconds to wait for Kafka's acknowledgement before answering 'retry'."
+_FEED_HELP = "TOML file with the feed's settings (Hl7Config / FhirConfig fields)."
+_LEVELS = click.Choice(["debug", "info", "warning", "error"])
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=2575, show_default=True)
+@click.option("--broker", "broker_url", help=_BROKER_HELP)
+@click.option("--labs-topic", default="carwatch.labs", show_default=True)
+@click.option("--deadletter-topic", default="carwatch.deadletter", show_default=True)
+@click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
+@click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
+@click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
+@click.option("--max-frame-bytes", type=click.IntRange(min=1024), default=1024 * 1024)
+@click.option(
+    "--broker-down",
+    type=click.Choice(["ar", "close"]),
+    default="ar",
+    show_default=True,
+    help="While Kafka cannot confirm: answer AR (retry), or close without an ACK.",
+)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
+@click.option("--log-level", type=_LEVELS, default="info", show_default=True)
+def mllp(
+    host: str,
+    port: int,
+    broker_url: str | None,
+    labs_topic: str,
+    deadletter_topic: str,
+    publish_timeout: float,
+    feed_config_path: str | None,
+    policy_path: str | None,
+    max_frame_bytes: int,
+    broker_down: str,
+    metrics_port: int | None,
+    log_level: str,
+) -> None:
+    """Receive HL7 v2 ORU^R01 over MLLP; ACK AA only once Kafka has the results."""
+    from streams.ingest import mllp as listener
+    from streams.ingest.publisher import ListenerSetupError
+
+    try:
+        listener.main(
+            host=host,
+            port=port,
+            broker_url=broker_url,
+            labs_topic=labs_topic,
+            deadletter_topic=deadletter_topic,
+            publish_timeout=publish_timeout,
+            feed_config_path=feed_config_path,
+            policy=load_policy(policy_path),
+            max_frame_bytes=max_frame_bytes,
+            broker_down=broker_down,
+            metrics_port=metrics_port,
+            log_level=log_level,
+            ready=lambda line: click.echo(f"carwatch mllp: {line}", err=True),
+        )
+    except ListenerSetupError as exc:
+        raise UsageFailure(str(exc)) from exc
+
+
+@cli.command("fhir-gateway")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--broker", "broker_url", help=_BROKER_HELP)
+@click.option("--labs-topic", default="carwatch.labs", show_default=True)
+@click.option("--deadletter-topic", default="carwatch.deadletter", show_default=True)
+@click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
+@click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
+@click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
+@click.option("--log-level", type=_LEVELS, default="info", show_default=True)
+def fhir_gateway(
+    host: str,
+    port: int,
+    broker_url: str | None,
+    labs_topic: str,
+    deadletter_topic: str,
+    publish_timeout: float,
+    feed_config_path: str | None,
+    policy_path: str | None,
+    max_body_bytes: int,
+    metrics_port: int | None,
+    log_level: str,
+) -> None:
+    """Receive FHIR R4 Observations and Bundles over HTTP; 2xx only once Kafka has them."""
+    from streams.ingest import fhir_gateway as gateway
+    from streams.ingest.publisher import ListenerSetupError
+
+    try:
+        gateway.main(
+            host=host,
+            port=port,
+            broker_url=broker_url,
+            labs_topic=labs_topic,
+            deadletter_topic=deadletter_topic,
+            publish_timeout=publish_timeout,
+            feed_config_path=feed_config_path,
+            policy=load_policy(policy_path),
+            max_body_bytes=max_body_bytes,
+            metrics_port=metrics_port,
+            log_level=log_level,
+            ready=lambda line: click.echo(f"carwatch fhir-gateway: {line}", err=True),
+        )
+    except ListenerSetupError as exc:
+        raise UsageFailure(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,10 +165,11 @@ def _evaluate(
     ctx = RuleInput(state=state, policy=policy, clock=state.clock, findings_of=findings_of)
     alerts: list[AlertEvent] = []
     changed: set[RuleName] = set()
+    direct = {rule.name for rule in rules}
     for rule in RULES:
         # A dependent rule reads only its dependencies' findings: if none of them announced a
         # change in this step, its own findings cannot have changed either.
-        if rule not in rules and not rule.depends_on & changed:
+        if rule.name not in direct and not rule.depends_on & changed:
             continue
         horizon = _horizon(state, rule)
         events = reconcile(
@@ -182,5 +183,7 @@ def _evaluate(
 
 def _horizon(state: PatientState, rule: Rule) -> datetime | None:
     """Latest pruning cut among the analytes a rule reads (None while nothing was pruned)."""
+    if not state.pruned_before:
+        return None
     cuts = [state.pruned_before[a] for a in rule.analytes if a in state.pruned_before]
     return max(cuts) if cuts else None

@@ -57,10 +57,15 @@ class StoredResult:
     sensitivity: float | None = None
     #: fingerprints of the earlier versions this one replaced (re-deliveries are duplicates)
     replaced: tuple[str, ...] = ()
+    #: ``collected_at`` as epoch seconds (derived; day numbers are computed from it)
+    collected_ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.collected_ts = self.collected_at.timestamp()
 
     def fingerprint(self) -> str:
         """Identity of one applied version: status, specimen time, value and detection."""
-        return f"{self.status.value}|{self.collected_at.timestamp():.0f}|{self.value!r}|{self.detected!r}"
+        return f"{self.status.value}|{self.collected_ts:.0f}|{self.value!r}|{self.detected!r}"
 
     def sort_key(self) -> tuple[datetime, str, float]:
         return (
@@ -212,12 +217,15 @@ def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> in
     that two *final* results of one specimen without accessions are two results (each is kept;
     an exact repeat is still a duplicate).
     """
+    accession = incoming.accession
+    if accession is not None:
+        for index in range(len(history) - 1, -1, -1):
+            if history[index].accession == accession:
+                return index
+        return None
     for index in range(len(history) - 1, -1, -1):
         stored = history[index]
-        if incoming.accession is not None:
-            if stored.accession == incoming.accession:
-                return index
-        elif (
+        if (
             stored.accession is None
             and stored.collected_at == incoming.collected_at
             and stored.source == incoming.source

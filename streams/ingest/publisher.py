@@ -26,16 +26,28 @@ No patient identifier is ever logged here: log lines name topics, counts and the
 import asyncio
 import logging
 import os
+import signal
+import sys
+import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, start_http_server
+from pydantic import BaseModel, ValidationError
 
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
+from schemas.records import Rejection
+from schemas.vocab import Outcome
+from streams.ingest.files import InputItem
+from streams.ingest.normalise import ResultItem
+from streams.metrics import UNKNOWN_ANALYTE, PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +90,15 @@ def bootstrap_servers(url: str) -> str:
     if not hosts:
         raise ValueError(f"broker URL {url!r} names no host")
     return ",".join(hosts)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` without repeating the type (aiokafka's ``str`` often starts with it)."""
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if not text or text == name:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class Publisher(Protocol):
@@ -221,11 +242,7 @@ class LabPublisher:
             failures = [f.exception() for f in done if f.exception() is not None]
             if pending or failures:
                 first = failures[0] if failures else None
-                why = (
-                    f"{type(first).__name__}: {first}"
-                    if first
-                    else f"{len(pending)} not acknowledged in time"
-                )
+                why = describe(first) if first else f"{len(pending)} not acknowledged in time"
                 raise BrokerUnavailable(
                     f"Kafka at {self.bootstrap} did not acknowledge {len(pending) + len(failures)}"
                     f" of {len(records)} record(s) within {self.timeout_s:g} s ({why})"
@@ -236,7 +253,7 @@ class LabPublisher:
         except (TimeoutError, KafkaError, OSError) as exc:
             await self._discard(producer)
             raise BrokerUnavailable(
-                f"Kafka at {self.bootstrap} is unavailable ({type(exc).__name__}: {exc}); "
+                f"Kafka at {self.bootstrap} is unavailable ({describe(exc)}); "
                 f"{len(records)} record(s) not written"
             ) from exc
 
@@ -293,3 +310,156 @@ class LabPublisher:
                 await asyncio.wait_for(client.close(), timeout=1.0)
         except (TimeoutError, KafkaError, OSError):
             pass
+
+
+# --- what a listener publishes and counts for one parsed message/document ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The records one input turns into: results for the labs topic, dead letters (with their
+    Kafka key, the patient id when known) for the dead-letter topic, and the tallies."""
+
+    results: list[LabResult]
+    dead_letters: list[tuple[DeadLetter, str | None]]
+    unmapped: int
+
+    @property
+    def rejected(self) -> int:
+        return len(self.dead_letters)
+
+
+def plan_items(
+    items: Sequence[ResultItem], *, source: str, prefix: str, received_at: datetime
+) -> Plan:
+    """Accepted items → results; rejected → dead letters located ``{prefix}:{item location}``;
+    unmapped → only counted."""
+    results: list[LabResult] = []
+    dead: list[tuple[DeadLetter, str | None]] = []
+    unmapped = 0
+    for item in items:
+        outcome = item.outcome
+        if isinstance(outcome, LabResult):
+            results.append(outcome)
+        elif isinstance(outcome, Rejection):
+            entry = InputItem(f"{prefix}:{item.location}", item.raw, outcome)
+            dead_letter = entry.dead_letter(source, received_at)
+            assert dead_letter is not None
+            dead.append((dead_letter, outcome.patient_id))
+        else:
+            unmapped += 1
+    return Plan(results, dead, unmapped)
+
+
+def plan_rejection(
+    rejection: Rejection, raw: str, *, source: str, location: str, received_at: datetime
+) -> Plan:
+    """A whole input rejected (not HL7, not ORU^R01, not JSON, …): one dead letter."""
+    dead_letter = InputItem(location, raw, rejection).dead_letter(source, received_at)
+    assert dead_letter is not None
+    return Plan([], [(dead_letter, rejection.patient_id)], 0)
+
+
+def count_plan(metrics: PipelineMetrics | None, plan: Plan, adapter: str) -> None:
+    """Count a published input: results by analyte and outcome, rejections by reason, dead
+    letters by adapter (``mllp``/``fhir``). Call only once the records are acknowledged, so a
+    resend after a broker outage is not counted twice."""
+    if metrics is None:
+        return
+    for result in plan.results:
+        analyte = result.analyte.value if result.analyte else UNKNOWN_ANALYTE
+        metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc()
+    if plan.results:
+        metrics.last_result_timestamp.set_to_current_time()
+    if plan.unmapped:
+        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.UNMAPPED.value).inc(plan.unmapped)
+    for dead_letter, _ in plan.dead_letters:
+        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.REJECTED.value).inc()
+        metrics.rejected.labels(dead_letter.reason.value).inc()
+        metrics.deadletters.labels(adapter).inc()
+
+
+# --- plumbing shared by the listener commands -----------------------------------------------------
+
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
+
+
+def load_feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
+    """A feed configuration (``Hl7Config``/``FhirConfig`` fields) from a TOML file; defaults
+    without one. Raises ``ValueError`` with a one-line explanation."""
+    if path is None:
+        return model()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read feed config {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"feed config {path} is not TOML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        raise ValueError(f"feed config {path}: {where}: {error['msg']}") from exc
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM (the listeners' foreground loop)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for number in signals:
+        loop.add_signal_handler(number, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+
+class ListenerSetupError(Exception):
+    """A listener command cannot start: bad feed config, broker URL, or an address in use."""
+
+
+def configure_logging(level: str) -> None:
+    """One line per event on stderr. Log records of the listeners carry no patient data."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def listener_metrics(port: int | None) -> PipelineMetrics:
+    """A process's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    if port is not None:
+        try:
+            start_http_server(port, addr="127.0.0.1", registry=registry)
+        except OSError as exc:
+            raise ListenerSetupError(
+                f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
+            ) from exc
+    return metrics
+
+
+def make_publisher(
+    broker_url: str | None, labs_topic: str, deadletter_topic: str, timeout_s: float
+) -> LabPublisher:
+    try:
+        return LabPublisher(
+            broker_url,
+            labs_topic=labs_topic,
+            deadletter_topic=deadletter_topic,
+            timeout_s=timeout_s,
+        )
+    except ValueError as exc:
+        raise ListenerSetupError(str(exc)) from exc
+
+
+def feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
+    try:
+        return load_feed_config(path, model)
+    except ValueError as exc:
+        raise ListenerSetupError(str(exc)) from exc

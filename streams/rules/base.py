@@ -108,6 +108,14 @@ class RuleInput:
         tz = self.policy.tz
         return (moment.astimezone(tz).date() - self.day0.astimezone(tz).date()).days
 
+    def day_of(self, result: StoredResult) -> int:
+        """``day(result.collected_at)``, from the result's precomputed epoch seconds."""
+        if self._midnight is None:
+            self._midnight = _local_midnight(self.day0, self.policy.timezone)
+        if self._midnight is not False:
+            return int((result.collected_ts - self._midnight) // 86400)
+        return self.day(result.collected_at)
+
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """Compute once per evaluation something two rules read (e.g. neutropenia episodes)."""
         if key not in self._memo:
@@ -144,7 +152,7 @@ class RuleInput:
             collected_at=r.collected_at,
             accession=r.accession,
             status=r.status,
-            day=self.day(r.collected_at),
+            day=self.day_of(r),
             detected=r.detected,
             method=r.method,
             sensitivity=r.sensitivity,

@@ -85,7 +85,7 @@ def _specimens(ctx: RuleInput) -> list[Specimen]:
     by_time: dict[datetime, list[tuple[Analyte, StoredResult]]] = {}
     for analyte in CD19:
         for result in ctx.results(analyte):
-            if result.value is not None and ctx.day(result.collected_at) >= 1:
+            if result.value is not None and ctx.day_of(result) >= 1:
                 by_time.setdefault(result.collected_at, []).append((analyte, result))
     return sorted(by_time.items(), key=lambda item: item[0])
 

@@ -67,14 +67,12 @@ def _finding(ctx: RuleInput, low: list[StoredResult], recovery: StoredResult | N
 
     def texts() -> Texts:
         summary = (
-            f"IgG {latest.value:g} mg/dL on day {ctx.day(latest.collected_at)} is below "
-            f"{threshold:g} mg/dL (low since day {ctx.day(first.collected_at)}, "
+            f"IgG {latest.value:g} mg/dL on day {ctx.day_of(latest)} is below "
+            f"{threshold:g} mg/dL (low since day {ctx.day_of(first)}, "
             f"first value {first.value:g} mg/dL). {_ivig_context(ctx, latest)}"
         )
         if recovery is not None:
-            summary += (
-                f" Resolved: IgG {recovery.value:g} mg/dL on day {ctx.day(recovery.collected_at)}."
-            )
+            summary += f" Resolved: IgG {recovery.value:g} mg/dL on day {ctx.day_of(recovery)}."
         return Texts(
             summary=summary,
             recommendation=RECOMMENDATION,

@@ -79,10 +79,10 @@ class IecHsRule:
         if analyte is Analyte.FERRITIN:
             return True
         p = ctx.policy
-        reach = timedelta(days=p.iec_hs_support_window_days + p.cytopenia_lookback_days + 1)
+        reach = 86400 * (p.iec_hs_support_window_days + p.cytopenia_lookback_days + 1)
+        low, high = result.collected_ts - reach, result.collected_ts + reach
         return any(
-            abs(f.collected_at - result.collected_at) <= reach
-            for f in ctx.state.results.get(Analyte.FERRITIN, ())
+            low <= f.collected_ts <= high for f in ctx.state.results.get(Analyte.FERRITIN, ())
         )
 
     def evaluate(self, ctx: RuleInput) -> list[Finding]:
@@ -110,13 +110,13 @@ class _Counts:
     crs_resolved_at: datetime | None
 
     def __call__(self, result: StoredResult) -> bool:
-        if self.ctx.day(result.collected_at) >= self.earliest_day:
+        if self.ctx.day_of(result) >= self.earliest_day:
             return True
         return self.crs_resolved_at is not None and result.collected_at >= self.crs_resolved_at
 
 
 def _baseline(ctx: RuleInput, ferritins: list[StoredResult]) -> StoredResult | None:
-    before = [r for r in ferritins if ctx.day(r.collected_at) <= 0]
+    before = [r for r in ferritins if ctx.day_of(r) <= 0]
     return before[-1] if before else None
 
 
@@ -292,7 +292,7 @@ def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -
     def texts() -> Texts:
         summary = (
             f"IEC-HS pattern: ferritin {first.result.value:g} ng/mL on day "
-            f"{ctx.day(first.result.collected_at)} ({first.note.removeprefix('ferritin ') if first.note else ''}) "
+            f"{ctx.day_of(first.result)} ({first.note.removeprefix('ferritin ') if first.note else ''}) "
             f"with {', '.join(categories)}; peak ferritin {peak.value:g} ng/mL."
         )
         if ldh:

@@ -42,7 +42,7 @@ class MrdPositiveRule(EveryResultMatters):
         findings: list[Finding] = []
         episode: list[StoredResult] = []
         for result in ctx.results(Analyte.MRD):
-            if result.detected is None or ctx.day(result.collected_at) < 1:
+            if result.detected is None or ctx.day_of(result) < 1:
                 continue
             if result.detected:
                 episode.append(result)
@@ -80,14 +80,14 @@ def _finding(ctx: RuleInput, detected: list[StoredResult], cleared: StoredResult
 
     def texts() -> Texts:
         summary = (
-            f"MRD detected on day {ctx.day(first.collected_at)} after CAR T-cell infusion: "
+            f"MRD detected on day {ctx.day_of(first)} after CAR T-cell infusion: "
             f"{describe_level(first)}."
         )
         if peak is not None and peak is not first:
-            summary += f" Highest level {describe_level(peak)} on day {ctx.day(peak.collected_at)}."
+            summary += f" Highest level {describe_level(peak)} on day {ctx.day_of(peak)}."
         if cleared is not None:
             summary += (
-                f" Resolved: MRD not detected on day {ctx.day(cleared.collected_at)} "
+                f" Resolved: MRD not detected on day {ctx.day_of(cleared)} "
                 f"({describe_level(cleared)})."
             )
         return Texts(

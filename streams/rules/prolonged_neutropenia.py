@@ -91,11 +91,7 @@ def _episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
     results = ctx.results(Analyte.ANC)
     if not any(r.value is not None and r.value <= limit for r in results):
         return []
-    dated = [
-        (ctx.day(r.collected_at), r)
-        for r in results
-        if r.value is not None and ctx.day(r.collected_at) >= 0
-    ]
+    dated = [(ctx.day_of(r), r) for r in results if r.value is not None and ctx.day_of(r) >= 0]
     episodes: list[NeutropeniaEpisode] = []
     current: NeutropeniaEpisode | None = None
     above: list[Dated] = []
@@ -218,9 +214,9 @@ def platelet_early_grade(ctx: RuleInput) -> tuple[int, int, int, StoredResult | 
     """T-ICAHT early grade (days 0-30): (grade, days < 50, days < 20, lowest platelet result)."""
     policy = ctx.policy
     dated = [
-        (ctx.day(r.collected_at), r)
+        (ctx.day_of(r), r)
         for r in ctx.results(Analyte.PLATELETS)
-        if r.value is not None and ctx.day(r.collected_at) >= 0
+        if r.value is not None and ctx.day_of(r) >= 0
     ]
     if not dated or dated[0][0] > policy.icaht_early_last_day:
         return 0, 0, 0, None
@@ -249,7 +245,7 @@ def open_episode_possible(ctx: RuleInput, result: StoredResult) -> bool:
     for earlier in reversed(history[:-1]):
         if earlier.value is None or not ctx.usable(earlier):
             continue
-        if ctx.day(earlier.collected_at) < 0:
+        if ctx.day_of(earlier) < 0:
             break
         if earlier.value <= limit:
             return not _stable(ctx, run)
@@ -308,7 +304,7 @@ def _finding(ctx: RuleInput, episode: NeutropeniaEpisode) -> Finding:
         summary = (
             f"ICAHT grade {episode.grade} ({why}); neutropenia since day "
             f"{ctx.day(episode.start.collected_at)} (ANC {episode.start.value:g} /µL), lowest ANC "
-            f"{lowest.value:g} /µL on day {ctx.day(lowest.collected_at)}."
+            f"{lowest.value:g} /µL on day {ctx.day_of(lowest)}."
         )
         if plt_lowest is not None:
             summary += (

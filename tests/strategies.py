@@ -1,0 +1,35 @@
+"""Hypothesis strategies shared by the property tests: random clinical timelines."""
+
+from hypothesis import strategies as st
+
+from schemas.vocab import Analyte
+from streams.testing import Timeline
+
+ANALYTE_VALUES = {
+    Analyte.ANC: st.sampled_from([50, 100, 101, 300, 500, 501, 900, 1200, 1600, 4000]),
+    Analyte.PLATELETS: st.sampled_from([10, 19, 20, 49, 50, 120, 250]),
+    Analyte.IGG: st.sampled_from([150, 399, 400, 401, 800]),
+    Analyte.CD19_PCT: st.sampled_from([0.0, 0.5, 0.99, 1.0, 1.5, 2.0, 5.0]),
+    Analyte.CD19_ABS: st.sampled_from([0, 5, 9, 10, 15, 20, 60]),
+    Analyte.FERRITIN: st.sampled_from([200, 400, 700, 1500, 5000, 12000]),
+    Analyte.FIBRINOGEN: st.sampled_from([90, 149, 150, 300]),
+    Analyte.ALT: st.sampled_from([30, 200, 201, 600]),
+    Analyte.TRIGLYCERIDES: st.sampled_from([150, 265, 266, 400]),
+}
+
+result_specs = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(ANALYTE_VALUES)),
+        st.integers(min_value=-5, max_value=220),
+        st.integers(min_value=0, max_value=23),
+    ).flatmap(lambda spec: st.tuples(st.just(spec), ANALYTE_VALUES[spec[0]])),
+    min_size=1,
+    max_size=40,
+)
+
+
+def timeline(specs: list, patient: str = "PROP") -> Timeline:
+    t = Timeline(patient).infusion(risk_factors=["high_disease_burden"])
+    for (analyte, day, hour), value in specs:
+        t.lab(analyte, day, value, hour=hour)
+    return t
