@@ -25,7 +25,7 @@ from streams.rules import (
     mrd_positive,
     prolonged_neutropenia,
 )
-from streams.rules.base import Cite, Finding, Rule, RuleInput
+from streams.rules.base import Cite, Rule, RuleInput
 from streams.state import ClinicalEventRecord, Enrollment, PatientState, StoredResult
 
 PatientEvent = LabResult | Infusion | ClinicalEvent
@@ -78,7 +78,7 @@ def apply(state: PatientState, event: PatientEvent, policy: Policy) -> StepResul
     if isinstance(event, ClinicalEvent):
         outcome = state.record_event(ClinicalEventRecord(kind=event.kind, at=event.at))
         rules = _RULES_FOR_EVENT.get(event.kind.value, ()) if outcome is Outcome.ACCEPTED else ()
-        alerts = _evaluate(state, policy, rules, event.at, event.at, None)
+        alerts = _evaluate(_context(state, policy), rules, event.at, event.at, None)
         return StepResult(state, alerts, outcome)
     return _apply_result(state, event, policy)
 
@@ -92,7 +92,7 @@ def tick(
     if state.clock is None or now > state.clock:
         state.clock = now
     rules = (RULES_BY_NAME[RuleName.MONITORING_GAP],)
-    return state, _evaluate(state, policy, rules, now, now, None)
+    return state, _evaluate(_context(state, policy), rules, now, now, None)
 
 
 def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> StepResult:
@@ -107,7 +107,7 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     if state.enrollment == enrollment:
         return StepResult(state, [], Outcome.DUPLICATE)
     state.enrollment = enrollment
-    alerts = _evaluate(state, policy, RULES, event.infused_at, event.infused_at, None)
+    alerts = _evaluate(_context(state, policy), RULES, event.infused_at, event.infused_at, None)
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
 
@@ -132,22 +132,25 @@ def _apply_result(state: PatientState, result: LabResult, policy: Policy) -> Ste
         return StepResult(state, [], outcome)
     decided_at = result.resulted_at or result.collected_at
     trigger = Cite(analyte, stored, "result that triggered this event")
-    probe = RuleInput(state=state, policy=policy, clock=state.clock)
+    ctx = _context(state, policy)
     changed = (stored,) if replaced is None else (stored, replaced)
     rules = tuple(
         rule
         for rule in _RULES_FOR_ANALYTE[analyte]
-        if any(rule.may_change(probe, analyte, version) for version in changed)
+        if any(rule.may_change(ctx, analyte, version) for version in changed)
     )
-    alerts = _evaluate(state, policy, rules, result.collected_at, decided_at, trigger)
+    alerts = _evaluate(ctx, rules, result.collected_at, decided_at, trigger)
     if state.needs_pruning(analyte, policy.history_window_days, policy.max_results_per_analyte):
         state.prune(policy.history_window_days, policy.max_results_per_analyte)
     return StepResult(state, alerts, outcome)
 
 
+def _context(state: PatientState, policy: Policy) -> RuleInput:
+    return RuleInput(state=state, policy=policy, clock=state.clock, registry=RULES_BY_NAME)
+
+
 def _evaluate(
-    state: PatientState,
-    policy: Policy,
+    ctx: RuleInput,
     rules: tuple[Rule, ...],
     trigger_time: datetime,
     decided_at: datetime,
@@ -155,14 +158,7 @@ def _evaluate(
 ) -> list[AlertEvent]:
     if not rules:
         return []
-    findings: dict[RuleName, list[Finding]] = {}
-
-    def findings_of(name: RuleName) -> list[Finding]:
-        if name not in findings:
-            findings[name] = RULES_BY_NAME[name].evaluate(ctx)
-        return findings[name]
-
-    ctx = RuleInput(state=state, policy=policy, clock=state.clock, findings_of=findings_of)
+    state = ctx.state
     alerts: list[AlertEvent] = []
     changed: set[RuleName] = set()
     direct = {rule.name for rule in rules}
@@ -173,7 +169,7 @@ def _evaluate(
             continue
         horizon = _horizon(state, rule)
         events = reconcile(
-            ctx, rule.name, findings_of(rule.name), trigger_time, decided_at, trigger, horizon
+            ctx, rule.name, ctx.findings(rule.name), trigger_time, decided_at, trigger, horizon
         )
         if events:
             changed.add(rule.name)

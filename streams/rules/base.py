@@ -8,7 +8,7 @@ new episode → ``raised``, escalation → ``updated``, closed → ``resolved``,
 corrected and cancelled results come out right, and makes the result independent of arrival order.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -90,7 +90,9 @@ class RuleInput:
     policy: Policy
     clock: datetime | None = None
     _results: dict[Analyte, list[StoredResult]] = field(default_factory=dict)
-    findings_of: Callable[[RuleName], list[Finding]] | None = None
+    #: the engine's rule registry, for rules that read other rules' findings
+    registry: "Mapping[RuleName, Rule]" = field(default_factory=dict)
+    _findings: dict[RuleName, list[Finding]] = field(default_factory=dict)
     _midnight: float | Literal[False] | None = None
     _memo: dict[str, object] = field(default_factory=dict)
 
@@ -139,9 +141,11 @@ class RuleInput:
         return self.state.events
 
     def findings(self, rule: RuleName) -> list[Finding]:
-        """Findings of another rule (for rules that build on them, e.g. hct_consolidation)."""
-        assert self.findings_of is not None
-        return self.findings_of(rule)
+        """A rule's findings on this history, evaluated once per step (dependents read them)."""
+        found = self._findings.get(rule)
+        if found is None:
+            found = self._findings[rule] = self.registry[rule].evaluate(self)
+        return found
 
     def evidence(self, cite: Cite) -> Evidence:
         r = cite.result
