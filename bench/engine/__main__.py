@@ -14,15 +14,14 @@ import resource
 import statistics
 import time
 
-from schemas.records import Rejection, decode_record
+from bench.engine.cohort import cohort
 from schemas.lab_result import LabResult
+from schemas.records import Rejection, decode_record
 from streams.engine import apply
 from streams.ingest.normalise import Unmapped, normalise_lab_result
 from streams.policy import DEFAULT_POLICY
 from streams.state import PatientState
 from streams.state_codec import encode_state
-
-from bench.engine.cohort import cohort
 
 
 def main() -> None:
@@ -36,7 +35,9 @@ def main() -> None:
     # re-scanning millions of long-lived objects in every generation-2 pass.
     gc.freeze()
     results = sum(1 for line in lines if b'"lab_result"' in line)
-    print(f"cohort: {args.patients:,} patients x 1 year, {len(lines):,} records ({results:,} lab results)")
+    print(
+        f"cohort: {args.patients:,} patients x 1 year, {len(lines):,} records ({results:,} lab results)"
+    )
 
     gc.collect()
     started = time.perf_counter()

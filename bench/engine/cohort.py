@@ -34,14 +34,28 @@ def patient_lines(index: int, rng: random.Random) -> list[tuple[float, bytes]]:
         seq += 1
         at = day0 + timedelta(days=day, hours=-2)
         record = {
-            "type": "lab_result", "patient_id": pid, "analyte": analyte, "value": value,
-            "unit": unit, "collected_at": _iso(at), "resulted_at": _iso(at + timedelta(hours=5)),
-            "status": "final", "accession": f"{pid}-{seq}", "source": "lab-main", **extra,
+            "type": "lab_result",
+            "patient_id": pid,
+            "analyte": analyte,
+            "value": value,
+            "unit": unit,
+            "collected_at": _iso(at),
+            "resulted_at": _iso(at + timedelta(hours=5)),
+            "status": "final",
+            "accession": f"{pid}-{seq}",
+            "source": "lab-main",
+            **extra,
         }
         lines.append((at.timestamp(), json.dumps(record, separators=(",", ":")).encode()))
 
-    infusion = {"type": "infusion", "patient_id": pid, "infused_at": _iso(day0),
-                "costimulatory_domain": "4-1BB", "prior_hct": False, "risk_factors": []}
+    infusion = {
+        "type": "infusion",
+        "patient_id": pid,
+        "infused_at": _iso(day0),
+        "costimulatory_domain": "4-1BB",
+        "prior_hct": False,
+        "risk_factors": [],
+    }
     lines.append(((day0 - timedelta(days=3)).timestamp(), json.dumps(infusion).encode()))
     cbc_days = [*range(0, 31, 3), *range(60, 366, 30)]
     for day in cbc_days:
@@ -53,7 +67,12 @@ def patient_lines(index: int, rng: random.Random) -> list[tuple[float, bytes]]:
     for month in range(1, 13):
         cd19 = rng.choice((1.5, 3.0)) if loses_bca and month > 3 else rng.choice((0.0, 0.1, 0.3))
         lab(30 * month, "cd19_pct", cd19, "%")
-        lab(30 * month + 1, "igg", rng.randint(250, 399) if low_igg else rng.randint(450, 900), "mg/dL")
+        lab(
+            30 * month + 1,
+            "igg",
+            rng.randint(250, 399) if low_igg else rng.randint(450, 900),
+            "mg/dL",
+        )
     baseline = rng.randint(200, 900)
     for day in (-2, 7, 14, 21, 28):
         surge = iec_hs and day == 14
