@@ -39,10 +39,6 @@ class LabResult(WireModel):
         if self.value is not None and self.value < 0:
             raise PydanticCustomError("negative_value", "value must not be negative")
         qualitative_mrd = self.analyte in (Analyte.MRD, None) and self.detected is not None
-        if (
-            self.value is None
-            and not qualitative_mrd
-            and self.status is not ResultStatus.CANCELLED
-        ):
+        if self.value is None and not qualitative_mrd and self.status is not ResultStatus.CANCELLED:
             raise PydanticCustomError("missing_value", "value is required for this result")
         return self

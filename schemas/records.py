@@ -38,7 +38,11 @@ class Rejection:
 
     @classmethod
     def of(
-        cls, reason: RejectReason, message: str, field: str | None = None, patient_id: str | None = None
+        cls,
+        reason: RejectReason,
+        message: str,
+        field: str | None = None,
+        patient_id: str | None = None,
     ) -> "Rejection":
         return cls((RejectDetail(reason=reason, field=field, message=message),), patient_id)
 
@@ -58,7 +62,10 @@ def decode_record(data: bytes | str | dict[str, Any]) -> WireRecord | Rejection:
     model = _MODELS.get(obj.get("type"))  # type: ignore[arg-type]
     if model is None:
         return Rejection.of(
-            RejectReason.UNKNOWN_TYPE, f"unknown record type {obj.get('type')!r}", "type", patient_id
+            RejectReason.UNKNOWN_TYPE,
+            f"unknown record type {obj.get('type')!r}",
+            "type",
+            patient_id,
         )
     try:
         return model.model_validate(obj)
