@@ -57,18 +57,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from functools import cached_property
 from typing import Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
 
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
-from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import Analyte, RejectReason, ResultStatus
+from streams.ingest.config import FeedConfig
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
     SNOMED_FINDINGS,
@@ -102,30 +101,11 @@ _TIME_FIELDS: Final = frozenset(
 )
 
 
-class FhirConfig(BaseModel):
-    """Per-endpoint settings of a FHIR feed (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class FhirConfig(FeedConfig):
+    """Settings of a FHIR endpoint: ``patient_identifier_system`` picks the Patient identifier
+    used as patient id (see the module docstring); the rest as ``FeedConfig``."""
 
     patient_identifier_system: str | None = None
-    local_codes: dict[str, Analyte] = {}
-    mrd_methods: dict[str, MrdMethod] = {}
-    default_timezone: str | None = None
-    source: str | None = None
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _known_timezone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @cached_property
-    def tz(self) -> tzinfo | None:
-        return ZoneInfo(self.default_timezone) if self.default_timezone else None
 
 
 DEFAULT_FHIR_CONFIG: Final = FhirConfig()

@@ -66,16 +66,13 @@ Decisions (safety first — a wrong value must never become an alert):
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from functools import cached_property
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from pydantic import BaseModel, ConfigDict, field_validator
 
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
-from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import Analyte, RejectReason, ResultStatus
+from streams.ingest.config import FeedConfig
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
     SNOMED_FINDINGS,
@@ -94,36 +91,11 @@ Hl7Item = ResultItem
 PARSER_BUG: Final = "unexpected parser failure (a bug in carwatch, please report)"
 
 
-class Hl7Config(BaseModel):
-    """Per-interface settings of an HL7 v2 feed.
-
-    ``local_codes`` maps a test code (OBX-3 identifier, any coding system) to an analyte;
-    ``mrd_methods`` maps such a code to the MRD method it implies. ``default_timezone`` (an IANA
-    name) opts in to reading timestamps without an offset in that zone; left ``None``, they are
-    rejected. ``source`` names the feed and wins over MSH-4/MSH-3.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Hl7Config(FeedConfig):
+    """Settings of an HL7 v2 feed: ``assigning_authority`` picks the PID-3 identifier whose CX-4
+    matches it (else the first); the rest as ``FeedConfig``."""
 
     assigning_authority: str | None = None
-    local_codes: dict[str, Analyte] = {}
-    mrd_methods: dict[str, MrdMethod] = {}
-    default_timezone: str | None = None
-    source: str | None = None
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _known_timezone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @cached_property
-    def tz(self) -> tzinfo | None:
-        return ZoneInfo(self.default_timezone) if self.default_timezone else None
 
 
 @dataclass(frozen=True, slots=True)
