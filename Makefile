@@ -1,4 +1,4 @@
-.PHONY: setup test test-unit lint schemas bench broker-up broker-down broker-status
+.PHONY: setup test test-unit lint schemas bench bench-pipeline demo broker-up broker-down broker-status
 
 PYTHON ?= python3
 VENV := .venv
@@ -47,3 +47,13 @@ broker-down:
 
 broker-status:
 	bash scripts/broker.sh status
+
+# The live pipeline: broker, worker, synthetic feed, alerts printed as they fire; Ctrl-C (or
+# DURATION seconds: `make demo DURATION=60`) stops what it started. Metrics on 127.0.0.1:9464.
+DURATION ?=
+demo:
+	DURATION=$(DURATION) bash scripts/demo.sh
+
+# Worker vs plain-Kafka throughput and latency on a local broker (bench/pipeline/__main__.py).
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m bench.pipeline

@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
@@ -21,6 +22,9 @@ from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.ingest.hl7v2 import Hl7Config
 from streams.policy import DEFAULT_POLICY, Policy, PolicyError
 from streams.replay import Replay
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 EXIT_USAGE = 2
 
@@ -191,8 +195,10 @@ _LEVELS = click.Choice(["debug", "info", "warning", "error"])
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=2575, show_default=True)
 @click.option("--broker", "broker_url", help=_BROKER_HELP)
-@click.option("--labs-topic", default="carwatch.labs", show_default=True)
-@click.option("--deadletter-topic", default="carwatch.deadletter", show_default=True)
+@click.option("--labs-topic", help="Default: $CARWATCH_LABS_TOPIC, else carwatch.labs.")
+@click.option(
+    "--deadletter-topic", help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter."
+)
 @click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
 @click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
 @click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
@@ -210,8 +216,8 @@ def mllp(
     host: str,
     port: int,
     broker_url: str | None,
-    labs_topic: str,
-    deadletter_topic: str,
+    labs_topic: str | None,
+    deadletter_topic: str | None,
     publish_timeout: float,
     feed_config_path: str | None,
     policy_path: str | None,
@@ -248,8 +254,10 @@ def mllp(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--broker", "broker_url", help=_BROKER_HELP)
-@click.option("--labs-topic", default="carwatch.labs", show_default=True)
-@click.option("--deadletter-topic", default="carwatch.deadletter", show_default=True)
+@click.option("--labs-topic", help="Default: $CARWATCH_LABS_TOPIC, else carwatch.labs.")
+@click.option(
+    "--deadletter-topic", help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter."
+)
 @click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
 @click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
 @click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
@@ -260,8 +268,8 @@ def fhir_gateway(
     host: str,
     port: int,
     broker_url: str | None,
-    labs_topic: str,
-    deadletter_topic: str,
+    labs_topic: str | None,
+    deadletter_topic: str | None,
     publish_timeout: float,
     feed_config_path: str | None,
     policy_path: str | None,
@@ -290,6 +298,258 @@ def fhir_gateway(
         )
     except ListenerSetupError as exc:
         raise UsageFailure(str(exc)) from exc
+
+
+# --- the streaming pipeline: worker, feed, alerts tail (streams/app.py, agents.py) ---------------
+
+
+def _settings(**overrides: Any) -> "Settings":
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageFailure(f"CARWATCH_{where.upper()}: {first['msg']}") from exc
+
+
+@cli.command()
+@click.option("--loglevel", type=_LEVELS, default="info", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run the Faust worker: monitor agent, tick timer and /metrics (settings: CARWATCH_*)."""
+    from streams.topics import TopicError, ensure_topics
+
+    settings = _settings()
+    try:
+        settings.load_policy()
+    except PolicyError as exc:
+        raise UsageFailure(str(exc)) from exc
+    if settings.create_topics:
+        try:
+            ensure_topics(settings)
+        except TopicError as exc:
+            raise click.ClickException(str(exc)) from exc
+    sys.setswitchinterval(settings.gil_switch_interval_seconds)
+
+    import faust
+
+    from streams.app import app
+
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+
+
+@cli.command()
+@click.option("--cohort", "cohort_size", type=click.IntRange(min=1), help="Synthetic patients.")
+@click.option("--file", "path", type=click.Path(dir_okay=False), help="NDJSON file to send.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second.")
+@click.option(
+    "--not-enrolled-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Mix in never-infused patients' results (a hospital-wide feed is ~0.9).",
+)
+def feed(
+    cohort_size: int | None, path: str | None, rate: float | None, not_enrolled_fraction: float
+) -> None:
+    """Publish a synthetic cohort (--cohort N) or an NDJSON file (--file) to the input topics.
+
+    Infusions and clinical events go to the clinical topic, everything else to the labs topic,
+    keyed by patient id; a patient's clinical record is flushed before the labs after it.
+    """
+    import json as jsonlib
+
+    from streams import synthetic
+
+    if (cohort_size is None) == (path is None):
+        raise UsageFailure("give exactly one of --cohort N or --file PATH")
+    settings = _settings()
+    lines: list[bytes]
+    if cohort_size is not None:
+        # a new prefix per run: patient ids (and accessions) of two runs never collide
+        records = synthetic.cohort(cohort_size, prefix=time.strftime("SYN%H%M%S"))
+        records = synthetic.hospital_feed(records, not_enrolled_fraction)
+        lines = [jsonlib.dumps(r, separators=(",", ":")).encode() for r in records]
+    else:
+        try:
+            raw_lines = Path(str(path)).read_bytes().splitlines()
+        except OSError as exc:
+            raise UsageFailure(f"cannot read {path}: {exc.strerror}") from exc
+        lines = [line for line in raw_lines if line.strip()]
+        if not_enrolled_fraction:
+            filler = synthetic.hospital_labs(
+                round(len(lines) * not_enrolled_fraction / (1 - not_enrolled_fraction))
+            )
+            lines += [jsonlib.dumps(r, separators=(",", ":")).encode() for r in filler]
+    sent = _publish(settings, lines, rate)
+    click.echo(f"carwatch feed: {sent.summary()}", err=True)
+
+
+@dataclass
+class _Sent:
+    labs: int = 0
+    clinical: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        total = self.labs + self.clinical
+        rate = total / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"sent {total} records ({self.labs} to labs, {self.clinical} to clinical) "
+            f"in {self.seconds:.1f} s ({rate:,.0f}/s)"
+        )
+
+
+def _route(line: bytes) -> tuple[bool, bytes | None]:
+    """(is clinical, key) of one NDJSON line; unreadable lines go to labs without a key."""
+    import json as jsonlib
+
+    try:
+        obj = jsonlib.loads(line)
+    except ValueError:
+        return False, None
+    if not isinstance(obj, dict):
+        return False, None
+    patient_id = obj.get("patient_id")
+    key = patient_id.strip().encode() if isinstance(patient_id, str) else None
+    return obj.get("type") in ("infusion", "clinical_event"), key
+
+
+def _publish(settings: "Settings", lines: list[bytes], rate: float | None) -> _Sent:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        producer = KafkaProducer(
+            acks="all", linger_ms=5, retries=5, **settings.kafka_python_config()
+        )
+    except KafkaError as exc:
+        raise click.ClickException(
+            f"cannot connect to {settings.bootstrap_servers}: {type(exc).__name__}"
+        ) from exc
+    sent = _Sent()
+    started = time.monotonic()
+    last_ms = 0
+    try:
+        for index, line in enumerate(lines):
+            if rate is not None:
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            clinical, key = _route(line)
+            # Strictly increasing timestamps: the worker merges the two topics by timestamp.
+            last_ms = max(int(time.time() * 1000), last_ms + 1)
+            topic = settings.clinical_topic if clinical else settings.labs_topic
+            producer.send(topic, value=line, key=key, timestamp_ms=last_ms)
+            if clinical:
+                sent.clinical += 1
+                producer.flush(timeout=30)
+            else:
+                sent.labs += 1
+        producer.flush(timeout=30)
+    except KafkaError as exc:
+        raise click.ClickException(f"publishing failed: {type(exc).__name__}") from exc
+    finally:
+        producer.close(timeout=10)
+    sent.seconds = time.monotonic() - started
+    return sent
+
+
+@cli.group()
+def alerts() -> None:
+    """Alert events on the alerts topic."""
+
+
+@alerts.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the events as NDJSON.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained event.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop after S s.")
+def tail(
+    as_json: bool, from_beginning: bool, max_events: int | None, timeout: float | None
+) -> None:
+    """Follow the alerts topic: one line per event (time, severity, rule, action, patient).
+
+    Re-delivered events (same ``event_id``) are printed once.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    settings = _settings()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        consumer = KafkaConsumer(
+            group_id=None, enable_auto_commit=False, **settings.kafka_python_config()
+        )
+    except KafkaError as exc:
+        raise click.ClickException(
+            f"cannot connect to {settings.bootstrap_servers}: {type(exc).__name__}"
+        ) from exc
+    seen: set[str] = set()
+    shown = 0
+    try:
+        partitions = consumer.partitions_for_topic(settings.alerts_topic)
+        if not partitions:
+            raise click.ClickException(f"topic {settings.alerts_topic} does not exist")
+        assigned = [TopicPartition(settings.alerts_topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        if from_beginning:
+            consumer.seek_to_beginning(*assigned)
+        else:
+            consumer.seek_to_end(*assigned)
+        while max_events is None or shown < max_events:
+            wait_ms = 500
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait_ms = max(1, min(wait_ms, int(left * 1000)))
+            for records in consumer.poll(timeout_ms=wait_ms).values():
+                for record in records:
+                    line = _alert_line(record.value, as_json, seen)
+                    if line is None:
+                        continue
+                    click.echo(line)
+                    shown += 1
+                    if max_events is not None and shown >= max_events:
+                        break
+                if max_events is not None and shown >= max_events:
+                    break
+    except KeyboardInterrupt:
+        pass
+    except KafkaError as exc:
+        raise click.ClickException(
+            f"reading {settings.alerts_topic}: {type(exc).__name__}"
+        ) from exc
+    finally:
+        consumer.close()
+
+
+def _alert_line(value: bytes | None, as_json: bool, seen: set[str]) -> str | None:
+    from pydantic import ValidationError
+
+    from schemas.alert import AlertEvent
+
+    if value is None:
+        return None
+    try:
+        alert = AlertEvent.model_validate_json(value)
+    except ValidationError:
+        click.echo("carwatch alerts tail: skipped a message that is not an alert event", err=True)
+        return None
+    if alert.event_id in seen:
+        return None
+    seen.add(alert.event_id)
+    if as_json:
+        return value.decode("utf-8", "replace").strip()
+    decided = alert.decided_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"{decided}  {alert.severity.value.upper():<8} {alert.rule.value:<22} "
+        f"{alert.action.value:<9} {alert.patient_id}  {alert.summary}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

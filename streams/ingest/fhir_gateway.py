@@ -77,7 +77,6 @@ from streams.ingest.publisher import (
     ListenerSetupError,
     Plan,
     Publisher,
-    configure_logging,
     count_plan,
     feed_config,
     listener_metrics,
@@ -86,6 +85,7 @@ from streams.ingest.publisher import (
     plan_rejection,
     wait_for_signal,
 )
+from streams.logs import configure_logging
 from streams.metrics import PipelineMetrics
 from streams.policy import DEFAULT_POLICY, Policy
 
@@ -531,8 +531,8 @@ def main(
     host: str,
     port: int,
     broker_url: str | None,
-    labs_topic: str,
-    deadletter_topic: str,
+    labs_topic: str | None,
+    deadletter_topic: str | None,
     publish_timeout: float,
     feed_config_path: str | None,
     policy: Policy,

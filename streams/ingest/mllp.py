@@ -61,7 +61,6 @@ from streams.ingest.publisher import (
     LabPublisher,
     ListenerSetupError,
     Publisher,
-    configure_logging,
     count_plan,
     feed_config,
     listener_metrics,
@@ -70,6 +69,7 @@ from streams.ingest.publisher import (
     plan_rejection,
     wait_for_signal,
 )
+from streams.logs import configure_logging
 from streams.metrics import PipelineMetrics
 from streams.policy import DEFAULT_POLICY, Policy
 
@@ -486,6 +486,8 @@ class MllpListener:
                     break
         except (ConnectionError, OSError) as exc:
             log.info("%s: connection lost (%s)", peer, type(exc).__name__)
+        except Exception:  # a bug: hang up without an ACK, so the sender resends
+            log.exception("%s: internal error; closing without ACK", peer)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -520,6 +522,7 @@ async def run(
             await (stop.wait() if stop is not None else wait_for_signal())
         finally:
             await listener.close(grace_s=publisher.timeout_s + 1)
+            log.info("MLLP listener on %s:%d stopped", host, listener.port)
 
 
 def main(
@@ -527,8 +530,8 @@ def main(
     host: str,
     port: int,
     broker_url: str | None,
-    labs_topic: str,
-    deadletter_topic: str,
+    labs_topic: str | None,
+    deadletter_topic: str | None,
     publish_timeout: float,
     feed_config_path: str | None,
     policy: Policy,

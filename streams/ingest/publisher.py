@@ -17,6 +17,9 @@
 - The producer is created lazily and again after a failure: the listener starts while the broker
   is still down, and a producer that timed out (batches expired, sequence numbers in doubt) is
   discarded rather than reused. ``request_timeout_ms`` is the same bound as ``timeout_s``.
+- Broker address (with TLS/SASL) and topic names come from ``streams.settings.Settings``
+  (``CARWATCH_BROKER_URL``, ``CARWATCH_LABS_TOPIC``, ``CARWATCH_DEADLETTER_TOPIC``, …) unless
+  given explicitly.
 - A dead letter's ``raw`` is cut to ``MAX_DEAD_LETTER_RAW`` characters (with a marker) so that one
   oversized input cannot exceed the broker's message size limit and block its sender forever.
 
@@ -25,9 +28,7 @@ No patient identifier is ever logged here: log lines name topics, counts and the
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -48,12 +49,10 @@ from schemas.vocab import Outcome
 from streams.ingest.files import InputItem
 from streams.ingest.normalise import ResultItem
 from streams.metrics import UNKNOWN_ANALYTE, PipelineMetrics
+from streams.settings import Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
 
-LABS_TOPIC: Final = "carwatch.labs"
-DEADLETTER_TOPIC: Final = "carwatch.deadletter"
-DEFAULT_BROKER_URL: Final = "kafka://127.0.0.1:9092"
 #: Seconds a publish call waits for the broker's acknowledgement of all its records.
 DEFAULT_TIMEOUT_S: Final = 10.0
 #: Characters of ``DeadLetter.raw`` kept (the broker's default message limit is about 1 MB).
@@ -63,33 +62,6 @@ MAX_DEAD_LETTER_RAW: Final = 256 * 1024
 class BrokerUnavailable(Exception):
     """The broker did not acknowledge every record within the timeout: nothing may be confirmed
     to the sender, who must retry."""
-
-
-def broker_url_from_env() -> str:
-    """``CARWATCH_BROKER_URL`` (default ``kafka://127.0.0.1:9092``).
-
-    The one place the listeners read the broker address; ``streams.settings`` replaces it once
-    the shared settings exist.
-    """
-    return os.environ.get("CARWATCH_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
-
-
-def bootstrap_servers(url: str) -> str:
-    """``kafka://h1:9092;kafka://h2:9092`` (Faust's URL style) or ``h1:9092,h2:9092`` →
-    ``h1:9092,h2:9092`` for aiokafka."""
-    hosts = []
-    for part in url.replace(";", ",").split(","):
-        part = part.strip()
-        if "://" in part:
-            scheme, _, part = part.partition("://")
-            if scheme.lower() != "kafka":
-                raise ValueError(f"broker URL {url!r}: only kafka:// is supported")
-        part = part.rstrip("/")
-        if part:
-            hosts.append(part if ":" in part else f"{part}:9092")
-    if not hosts:
-        raise ValueError(f"broker URL {url!r} names no host")
-    return ",".join(hosts)
 
 
 def describe(exc: BaseException) -> str:
@@ -141,23 +113,29 @@ class LabPublisher:
         self,
         broker_url: str | None = None,
         *,
-        labs_topic: str = LABS_TOPIC,
-        deadletter_topic: str = DEADLETTER_TOPIC,
+        labs_topic: str | None = None,
+        deadletter_topic: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        settings: Settings | None = None,
         client_id: str = "carwatch-ingest",
         producer_factory: ProducerFactory = AIOKafkaProducer,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self.bootstrap = bootstrap_servers(broker_url or broker_url_from_env())
-        self.labs_topic = labs_topic
-        self.deadletter_topic = deadletter_topic
+        settings = settings or Settings()
+        # Broker address, topics and TLS/SASL from CARWATCH_* unless given here.
+        self._connection = settings.aiokafka_config()
+        self.bootstrap = bootstrap_servers(broker_url) if broker_url else settings.bootstrap_servers
+        self._connection["bootstrap_servers"] = self.bootstrap
+        self.labs_topic = labs_topic or settings.labs_topic
+        self.deadletter_topic = deadletter_topic or settings.deadletter_topic
         self.timeout_s = timeout_s
         self._client_id = client_id
         self._factory = producer_factory
         self._producer: Any = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -190,6 +168,8 @@ class LabPublisher:
             producer, self._producer = self._producer, None
         if producer is not None:
             await self._close(producer)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=self.timeout_s + 2)
 
     @property
     def connected(self) -> bool:
@@ -264,7 +244,7 @@ class LabPublisher:
             if self._closed:
                 raise BrokerUnavailable("the publisher is shut down")
             producer = self._factory(
-                bootstrap_servers=self.bootstrap,
+                **self._connection,
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
@@ -274,7 +254,7 @@ class LabPublisher:
             try:
                 await producer.start()
             except BaseException:
-                await self._close(producer)
+                self._close_later(producer)
                 raise
             log.info("connected to Kafka at %s", self.bootstrap)
             self._producer = producer
@@ -290,7 +270,13 @@ class LabPublisher:
             else:
                 return  # another caller already discarded it
         log.warning("Kafka at %s did not confirm in time; reconnecting", self.bootstrap)
-        await self._close(producer)
+        self._close_later(producer)
+
+    def _close_later(self, producer: Any) -> None:
+        """Close in the background: the caller's answer ("retry") must not wait for it."""
+        task = asyncio.create_task(self._close(producer))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _close(self, producer: Any) -> None:
         stop: Callable[[], Awaitable[None]] = producer.stop
@@ -421,15 +407,6 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr. Log records of the listeners carry no patient data."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def listener_metrics(port: int | None) -> PipelineMetrics:
     """A process's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
     registry = CollectorRegistry()
@@ -445,7 +422,7 @@ def listener_metrics(port: int | None) -> PipelineMetrics:
 
 
 def make_publisher(
-    broker_url: str | None, labs_topic: str, deadletter_topic: str, timeout_s: float
+    broker_url: str | None, labs_topic: str | None, deadletter_topic: str | None, timeout_s: float
 ) -> LabPublisher:
     try:
         return LabPublisher(

@@ -1,0 +1,663 @@
+"""The monitor agent: Kafka records in, ``apply`` per record, alert events out. No clinical logic.
+
+Per batch (``Monitor.process``, framework-free so the benchmark's plain-Kafka baseline runs the
+very same code):
+
+1. Decode every record (``decode_record``), normalise lab results; what cannot be read goes to
+   ``carwatch.deadletter`` as a ``DeadLetter`` (raw text, reasons, source topic; keyed by the
+   patient id when known). A record that maps to none of our analytes is counted ``unmapped``.
+2. Group by patient. A patient with no table entry and no ``infusion`` in the batch is not
+   enrolled: the records are counted ``not_enrolled`` and nothing else happens -- no state is
+   decoded, built or written (a hospital feed is ~90 % such records).
+3. For every other patient: read the state once, ``apply`` each record in order, write the state
+   once. Order: a patient's records from one topic keep their log order; records from the two
+   input topics are merged by Kafka timestamp (ties: clinical first), which restores the order
+   the sources sent them in whenever both are in the batch. Across batches Kafka gives no order
+   between two topics; sources send a patient's ``infusion`` before the labs it enrols
+   (DESIGN.md), and the demo feed and the tests do.
+4. Every alert event is sent to ``carwatch.alerts`` keyed by patient id, with ``decided_at`` set
+   to this worker's wall clock.
+
+A record that makes ``apply`` raise (a bug, never expected) is dead-lettered and the patient's
+batch is re-run from the stored state without it, so one poison record neither stops the
+partition nor leaves a half-applied state.
+
+Table writes bind Faust's "current event" to a record of the same partition: a batch spans
+partitions, and both the changelog partition and rocksdict's per-partition store come from it.
+
+Metrics: ``streams.metrics.PipelineMetrics`` on this module's registry, served by
+prometheus-client on ``CARWATCH_METRICS_HOST:PORT``. No patient id in any label or log line.
+"""
+
+import heapq
+import logging
+import time
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
+from schemas.alert import AlertEvent
+from schemas.clinical import ClinicalEvent, Infusion
+from schemas.deadletter import DeadLetter
+from schemas.lab_result import LabResult
+from schemas.records import Rejection, decode_record
+from schemas.vocab import Outcome, RejectReason, RuleName, Severity
+from streams.engine import PatientEvent, StepResult, apply, tick
+from streams.ingest.normalise import Unmapped, normalise_lab_result
+from streams.metrics import CLINICAL, UNKNOWN_ANALYTE, PipelineMetrics
+from streams.policy import Policy
+from streams.state import AlertStatus, PatientState
+from streams.state_codec import decode_state, encode_state
+
+log = logging.getLogger(__name__)
+
+#: Metric label values of the input and output topics (whatever the configured topic names).
+LABS = "carwatch.labs"
+CLINICAL_TOPIC = "carwatch.clinical"
+ALERTS = "carwatch.alerts"
+DEADLETTER = "carwatch.deadletter"
+
+OpenAlerts = tuple[tuple[RuleName, Severity], ...]
+
+
+@dataclass(slots=True)
+class InRecord:
+    """One Kafka record as the monitor sees it."""
+
+    key: bytes | None
+    value: Any
+    #: Metric label of the input topic (``LABS`` / ``CLINICAL_TOPIC``), None when unknown.
+    topic: str | None
+    partition: int
+    offset: int
+    #: Kafka record timestamp in seconds: when the record was received.
+    received_at: float | None
+    #: The Faust event the record came in (binds table writes to its partition).
+    origin: Any = None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What one batch produces. ``alerts``/``deadletters`` as (key, value bytes) to send."""
+
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    alert_events: list[AlertEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    records: int = 0
+
+
+class StateStore(Protocol):
+    """Where patient states live: the Faust table in the worker, a dict in the baseline."""
+
+    def get(self, key: bytes, origin: Any) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes, origin: Any) -> None: ...
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes, origin: Any) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes, origin: Any) -> None:
+        self.data[key] = value
+
+
+@dataclass(slots=True)
+class _Decoded:
+    record: InRecord
+    event: PatientEvent
+    topic: str
+    collected_at: datetime
+
+
+class AlertIndex:
+    """Which patients this process holds, on which partition, with which alerts open.
+
+    Feeds the ``patients_monitored`` and ``active_alerts`` gauges: counts are kept per partition
+    so that a revoked partition's patients and alerts leave the gauges with it, and a recovered
+    one's (from the changelog) come back.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, tuple[int, OpenAlerts]] = {}
+        self.by_partition: defaultdict[int, set[bytes]] = defaultdict(set)
+        self.open_by_partition: defaultdict[int, Counter[tuple[RuleName, Severity]]] = defaultdict(
+            Counter
+        )
+
+    def update(self, key: bytes, partition: int, open_alerts: OpenAlerts | None) -> None:
+        """Record ``key``'s current open alerts; ``None`` removes it."""
+        previous = self.entries.pop(key, None)
+        if previous is not None:
+            old_partition, old_open = previous
+            self.by_partition[old_partition].discard(key)
+            self.open_by_partition[old_partition].subtract(old_open)
+        if open_alerts is None:
+            return
+        self.entries[key] = (partition, open_alerts)
+        self.by_partition[partition].add(key)
+        self.open_by_partition[partition].update(open_alerts)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            for key in self.by_partition.pop(partition, set()):
+                self.entries.pop(key, None)
+            self.open_by_partition.pop(partition, None)
+
+    def keys(self, partitions: set[int] | None) -> Iterator[tuple[bytes, int]]:
+        for partition, keys in list(self.by_partition.items()):
+            if partitions is None or partition in partitions:
+                for key in list(keys):
+                    yield key, partition
+
+    def patients(self, partitions: set[int] | None) -> int:
+        return sum(
+            len(keys)
+            for partition, keys in self.by_partition.items()
+            if partitions is None or partition in partitions
+        )
+
+    def open_alerts(self, partitions: set[int] | None) -> Counter[tuple[RuleName, Severity]]:
+        total: Counter[tuple[RuleName, Severity]] = Counter()
+        for partition, counts in self.open_by_partition.items():
+            if partitions is None or partition in partitions:
+                total.update(counts)
+        return total
+
+
+def open_alerts(state: PatientState) -> OpenAlerts:
+    return tuple(
+        sorted((a.rule, a.severity) for a in state.alerts.values() if a.status is AlertStatus.OPEN)
+    )
+
+
+class Monitor:
+    """Framework-free batch processing (module docstring); the Faust agent is a shell around it."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        metrics: PipelineMetrics,
+        index: AlertIndex | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.metrics = metrics
+        self.index = index if index is not None else AlertIndex()
+        self.wall_clock = wall_clock
+        self._published_open: set[tuple[RuleName, Severity]] = set()
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def process(self, records: Sequence[InRecord], store: StateStore) -> Outgoing:
+        started = time.perf_counter()
+        out = Outgoing(records=len(records))
+        counts: Counter[tuple[str, str]] = Counter()  # (analyte label, outcome)
+        consumed: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        deadlettered: Counter[str] = Counter()
+        groups: dict[str, list[_Decoded]] = {}
+        saw_lab = False
+        for record in records:
+            decoded = self._decode(record)
+            topic = record.topic or _topic_of(decoded)
+            consumed[topic] += 1
+            if topic == LABS:
+                saw_lab = True
+            if isinstance(decoded, _Rejected):
+                counts[(decoded.analyte, Outcome.REJECTED.value)] += 1
+                out.outcomes[Outcome.REJECTED] += 1
+                for detail in decoded.rejection.details[:1]:
+                    rejected[detail.reason.value] += 1
+                deadlettered[topic] += 1
+                self._dead_letter(out, record, topic, decoded.rejection)
+            elif isinstance(decoded, Unmapped):
+                counts[(UNKNOWN_ANALYTE, Outcome.UNMAPPED.value)] += 1
+                out.outcomes[Outcome.UNMAPPED] += 1
+            else:
+                groups.setdefault(decoded.patient_id, []).append(
+                    _Decoded(record, decoded, topic, _collected_at(decoded))
+                )
+        for patient_id, group in groups.items():
+            self._patient(patient_id, group, store, out, counts, deadlettered)
+        self._flush_counts(counts, consumed, rejected, deadlettered)
+        if saw_lab:
+            self.metrics.last_result_timestamp.set(self.wall_clock())
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return out
+
+    def _decode(self, record: InRecord) -> "PatientEvent | Unmapped | _Rejected":
+        value = record.value
+        if value is None:
+            rejection = Rejection.of(RejectReason.MALFORMED_JSON, "empty message (no value)")
+            return _Rejected(rejection, UNKNOWN_ANALYTE)
+        decoded = decode_record(value)
+        if isinstance(decoded, Rejection):
+            return _Rejected(decoded, UNKNOWN_ANALYTE)
+        if isinstance(decoded, LabResult):
+            normalised = normalise_lab_result(decoded, self.policy)
+            if isinstance(normalised, Rejection):
+                analyte = decoded.analyte.value if decoded.analyte else UNKNOWN_ANALYTE
+                return _Rejected(normalised, analyte)
+            return normalised
+        return decoded
+
+    def _patient(
+        self,
+        patient_id: str,
+        group: list[_Decoded],
+        store: StateStore,
+        out: Outgoing,
+        counts: Counter[tuple[str, str]],
+        deadlettered: Counter[str],
+    ) -> None:
+        key = patient_id.encode()
+        origin = group[0].record.origin
+        partition = group[0].record.partition
+        stored = store.get(key, origin)
+        if stored is None and not any(isinstance(d.event, Infusion) for d in group):
+            for item in group:
+                counts[(_analyte_label(item.event), Outcome.NOT_ENROLLED.value)] += 1
+            out.outcomes[Outcome.NOT_ENROLLED] += len(group)
+            return
+        ordered = _merge(group)
+        poisoned: set[int] = set()
+        while True:
+            state = decode_state(stored) if stored is not None else PatientState.new(patient_id)
+            results: list[tuple[_Decoded, StepResult]] = []
+            failed = None
+            for index, item in enumerate(ordered):
+                if index in poisoned:
+                    continue
+                try:
+                    results.append((item, apply(state, item.event, self.policy)))
+                except Exception as exc:  # a bug in the engine: keep the partition going
+                    log.exception(
+                        "apply raised %s for a record from %s; dead-lettered, batch re-run",
+                        type(exc).__name__,
+                        item.topic,
+                    )
+                    failed = index
+                    break
+            if failed is None:
+                break
+            poisoned.add(failed)
+        for index in sorted(poisoned):
+            item = ordered[index]
+            rejection = Rejection.of(
+                RejectReason.INVALID_FIELD,
+                "the record could not be processed (internal error; see the worker log)",
+                patient_id=patient_id,
+            )
+            counts[(_analyte_label(item.event), Outcome.REJECTED.value)] += 1
+            out.outcomes[Outcome.REJECTED] += 1
+            deadlettered[item.topic] += 1
+            self._dead_letter(out, item.record, item.topic, rejection)
+        before = _open_before(stored)
+        for item, result in results:
+            counts[(_analyte_label(item.event), result.outcome.value)] += 1
+            out.outcomes[result.outcome] += 1
+            if result.alerts:
+                self._announce(item, result.alerts, key, out)
+        if state.enrollment is not None:
+            store.put(key, encode_state(state), origin)
+            after = open_alerts(state)
+            if after != before or key not in self.index.entries:
+                self.index.update(key, partition, after)
+
+    def _announce(
+        self, item: _Decoded, alerts: list[AlertEvent], key: bytes, out: Outgoing
+    ) -> None:
+        decided = self.wall_clock()
+        decided_at = datetime.fromtimestamp(decided, UTC)
+        collected = item.collected_at.timestamp()
+        for alert in alerts:
+            event = alert.model_copy(update={"decided_at": decided_at})
+            out.alert_events.append(event)
+            out.alerts.append((key, event.model_dump_json().encode()))
+            rule = event.rule.value
+            self.metrics.alert_events.labels(rule, event.severity.value, event.action.value).inc()
+            self.metrics.collected_to_alert.labels(rule).observe(max(0.0, decided - collected))
+            if item.record.received_at is not None:
+                self.metrics.received_to_alert.labels(rule).observe(
+                    max(0.0, decided - item.record.received_at)
+                )
+
+    def _dead_letter(
+        self, out: Outgoing, record: InRecord, topic: str, rejection: Rejection
+    ) -> None:
+        value = record.value
+        if isinstance(value, bytes | bytearray):
+            raw = bytes(value).decode("utf-8", "replace")
+        else:
+            raw = "" if value is None else str(value)
+        received = (
+            datetime.fromtimestamp(record.received_at, UTC)
+            if record.received_at is not None
+            else None
+        )
+        letter = DeadLetter(
+            reason=rejection.reason,
+            details=rejection.details,
+            raw=raw,
+            source=topic,
+            location=f"{topic}[{record.partition}]@{record.offset}",
+            received_at=received,
+        )
+        out.dead_letters.append(letter)
+        key = rejection.patient_id.encode() if rejection.patient_id else None
+        out.deadletters.append((key, letter.model_dump_json().encode()))
+
+    def _flush_counts(
+        self,
+        counts: Counter[tuple[str, str]],
+        consumed: Counter[str],
+        rejected: Counter[str],
+        deadlettered: Counter[str],
+    ) -> None:
+        m = self.metrics
+        for (analyte, outcome), n in counts.items():
+            m.results.labels(analyte, outcome).inc(n)
+        for topic, n in consumed.items():
+            m.consumed.labels(topic).inc(n)
+        for reason, n in rejected.items():
+            m.rejected.labels(reason).inc(n)
+        for topic, n in deadlettered.items():
+            m.deadletters.labels(topic).inc(n)
+
+    # -- wall clock ---------------------------------------------------------------------------
+
+    def tick(
+        self, now: datetime, entries: Iterable[tuple[bytes, int, Any]], store: StateStore
+    ) -> Outgoing:
+        """``tick(state, now)`` for each (key, partition, origin); writes back what changed."""
+        out = Outgoing()
+        decided_at = now
+        for key, partition, origin in entries:
+            stored = store.get(key, origin)
+            if stored is None:
+                self.index.update(key, partition, None)
+                continue
+            state = decode_state(stored)
+            _, alerts = tick(state, now, self.policy)
+            if not alerts:
+                continue
+            store.put(key, encode_state(state), origin)
+            self.index.update(key, partition, open_alerts(state))
+            for alert in alerts:
+                event = alert.model_copy(update={"decided_at": decided_at})
+                out.alert_events.append(event)
+                out.alerts.append((key, event.model_dump_json().encode()))
+                self.metrics.alert_events.labels(
+                    event.rule.value, event.severity.value, event.action.value
+                ).inc()
+        return out
+
+    # -- gauges -------------------------------------------------------------------------------
+
+    def publish_gauges(self, partitions: set[int] | None) -> None:
+        """Set ``patients_monitored`` and ``active_alerts`` from the index (owned partitions)."""
+        self.metrics.patients_monitored.set(self.index.patients(partitions))
+        current = {k: n for k, n in self.index.open_alerts(partitions).items() if n > 0}
+        for rule, severity in self._published_open - current.keys():
+            self.metrics.active_alerts.labels(rule.value, severity.value).set(0)
+        for (rule, severity), n in current.items():
+            self.metrics.active_alerts.labels(rule.value, severity.value).set(n)
+        self._published_open = set(current)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    rejection: Rejection
+    analyte: str
+
+
+def _open_before(stored: bytes | None) -> OpenAlerts:
+    return open_alerts(decode_state(stored)) if stored is not None else ()
+
+
+def _merge(group: list[_Decoded]) -> list[_Decoded]:
+    if len(group) == 1:
+        return group
+    clinical = [d for d in group if d.topic != LABS]
+    labs = [d for d in group if d.topic == LABS]
+    if not clinical or not labs:
+        return group
+    # heapq.merge keeps each input's order and prefers the first input on ties.
+    return list(heapq.merge(clinical, labs, key=lambda d: d.record.received_at or 0.0))
+
+
+def _topic_of(decoded: object) -> str:
+    if isinstance(decoded, Infusion | ClinicalEvent):
+        return CLINICAL_TOPIC
+    return LABS
+
+
+def _collected_at(event: PatientEvent) -> datetime:
+    if isinstance(event, LabResult):
+        return event.collected_at
+    if isinstance(event, Infusion):
+        return event.infused_at
+    return event.at
+
+
+def _analyte_label(event: PatientEvent) -> str:
+    if isinstance(event, LabResult):
+        return event.analyte.value if event.analyte else UNKNOWN_ANALYTE
+    return CLINICAL
+
+
+# ---------------------------------------------------------------------------------------------
+# The Faust shell
+
+
+@contextmanager
+def bound_to(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event while a table entry is read or written.
+
+    Faust's table takes the changelog partition, and rocksdict its per-partition store, from the
+    current event; in a batch that spans partitions the right one is the patient's own record.
+    """
+    from faust import streams as faust_streams
+
+    var = faust_streams._current_event
+    token = var.set(weakref.ref(event) if event is not None else None)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+class TableStore:
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes, origin: Any) -> bytes | None:
+        with bound_to(origin):
+            value = self.table.get(key)
+        return value if value is None else bytes(value)
+
+    def put(self, key: bytes, value: bytes, origin: Any) -> None:
+        with bound_to(origin):
+            self.table[key] = value
+
+
+def _records_of(events: Sequence[Any], labels: dict[str, str]) -> list[InRecord]:
+    from streams.app import Chunk
+
+    records: list[InRecord] = []
+    for event in events:
+        value = event.value
+        message = event.message
+        if isinstance(value, Chunk):
+            topic = labels.get(message.topic)
+            records.extend(
+                InRecord(
+                    r.key,
+                    r.value,
+                    topic,
+                    r.partition,
+                    r.offset,
+                    r.timestamp / 1000.0 if r.timestamp is not None else None,
+                    event,
+                )
+                for r in value.records
+            )
+        else:
+            records.append(
+                InRecord(
+                    message.key if message.key is not None else event.key,
+                    value,
+                    labels.get(message.topic),
+                    message.partition,
+                    message.offset,
+                    message.timestamp,
+                    event,
+                )
+            )
+    return records
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What ``register`` put on the app: the agent, the timer, the monitor and its metrics."""
+
+    monitor: Monitor
+    metrics: PipelineMetrics
+    registry: CollectorRegistry
+    agent: Any
+    timer: Any
+
+
+def register(app_module: Any) -> Pipeline:
+    """Define the agent, the timer and the hooks on the app of ``streams.app``."""
+    import faust
+    from faust.types import TP
+
+    app = app_module.app
+    settings = app_module.settings
+    policy = settings.load_policy()
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    metrics = PipelineMetrics(registry)
+    monitor = Monitor(policy, metrics)
+    store = TableStore(app_module.patient_state)
+    labels = {settings.labs_topic: LABS, settings.clinical_topic: CLINICAL_TOPIC}
+    take = 2 * settings.partitions if settings.chunked_delivery else settings.batch_size
+    lag: dict[TP, int] = {}
+
+    def owned() -> set[int] | None:
+        if not app.consumer_generation_id:
+            return None  # not a running worker (agent.test_context)
+        return {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == settings.labs_topic
+        }
+
+    def send(out: Outgoing) -> None:
+        for key, value in out.alerts:
+            app_module.alerts_topic.send_soon(key=key, value=value)
+        for dl_key, value in out.deadletters:
+            app_module.deadletter_topic.send_soon(key=dl_key, value=value)
+
+    def track_lag(records: Sequence[InRecord]) -> None:
+        last: dict[TP, int] = {}
+        for record in records:
+            if record.origin is not None:
+                last[record.origin.message.tp] = record.offset
+        try:
+            for tp, offset in last.items():
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    lag[tp] = max(0, highwater - offset - 1)
+        except Exception:  # no consumer (tests): lag is not known
+            return
+        per_topic: Counter[str] = Counter()
+        for tp, n in lag.items():
+            per_topic[labels.get(tp.topic, LABS)] += n
+        for topic in (LABS, CLINICAL_TOPIC):
+            metrics.consumer_lag.labels(topic).set(per_topic[topic])
+
+    @app.agent(app_module.inputs, name="monitor")
+    async def monitor_agent(stream: Any) -> AsyncIterator[Outgoing]:
+        async for events in stream.take_events(take, within=settings.batch_timeout_seconds):
+            records = _records_of(events, labels)
+            out = monitor.process(records, store)
+            send(out)
+            track_lag(records)
+            monitor.publish_gauges(owned())
+            yield out
+
+    @app.timer(interval=settings.tick_interval_seconds)
+    async def tick_patients() -> None:
+        partitions = owned()
+        now = datetime.now(UTC)
+        origins: dict[int, Any] = {}
+
+        def origin(partition: int) -> Any:
+            if partition not in origins:
+                message = faust.types.Message(
+                    settings.labs_topic, partition, -1, now.timestamp(), 0, None, None, None, None
+                )
+                origins[partition] = faust.Event(app, None, None, None, message)
+            return origins[partition]
+
+        entries = [(k, p, origin(p)) for k, p in monitor.index.keys(partitions)]
+        out = monitor.tick(now, entries, store)
+        send(out)
+        monitor.publish_gauges(partitions)
+        if out.alert_events:
+            log.info("tick: %d alert events", len(out.alert_events))
+
+    async def on_changelog(event: Any) -> None:
+        # Must not raise: Faust's recovery loop stops at the first exception of a callback.
+        key, value, partition = event.message.key, event.message.value, event.message.partition
+        if key is None:
+            return
+        try:
+            state = None if value is None else decode_state(bytes(value))
+        except Exception as exc:
+            log.error(
+                "unreadable patient state in the changelog (partition %d): %s",
+                partition,
+                type(exc).__name__,
+            )
+            return
+        monitor.index.update(bytes(key), partition, None if state is None else open_alerts(state))
+
+    app_module.changelog_listeners.append(on_changelog)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == settings.labs_topic}
+        monitor.index.forget(gone)
+        for tp in [tp for tp in lag if tp in revoked]:
+            del lag[tp]
+        monitor.publish_gauges(owned())
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalanced(sender: Any, **kwargs: Any) -> None:
+        monitor.publish_gauges(owned())
+
+    @app.task
+    async def serve_metrics() -> None:
+        from streams.logs import RedactPHI
+
+        for handler in logging.getLogger().handlers:  # third-party log lines too
+            handler.addFilter(RedactPHI())
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+    return Pipeline(monitor, metrics, registry, monitor_agent, tick_patients)

@@ -1,0 +1,183 @@
+"""LabPublisher (streams/ingest/publisher.py) without a broker: a fake producer, a closed port."""
+
+import asyncio
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from schemas.deadletter import DeadLetter, RejectDetail
+from schemas.lab_result import LabResult
+from schemas.vocab import Analyte, RejectReason
+from streams.ingest.hl7v2 import Hl7Config
+from streams.ingest.publisher import (
+    MAX_DEAD_LETTER_RAW,
+    BrokerUnavailable,
+    LabPublisher,
+    load_feed_config,
+)
+
+AT = datetime(2026, 1, 5, 8, tzinfo=UTC)
+RESULT = LabResult(patient_id="P001", analyte=Analyte.ANC, value=420, unit="/uL", collected_at=AT)
+
+
+def dead_letter(raw: str = "OBX|1|") -> DeadLetter:
+    detail = RejectDetail(reason=RejectReason.UNKNOWN_UNIT, field="OBX-6", message="g/L")
+    return DeadLetter(reason=RejectReason.UNKNOWN_UNIT, details=(detail,), raw=raw, source="mllp")
+
+
+class FakeProducer:
+    """Stands in for AIOKafkaProducer: ``mode`` ack (resolve), hang (never) or fail."""
+
+    instances: ClassVar[list["FakeProducer"]] = []
+
+    def __init__(self, mode: str = "ack", **options: Any) -> None:
+        self.options = options
+        self.mode = mode
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+        self.stopped = False
+        FakeProducer.instances.append(self)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None
+    ) -> "asyncio.Future[Any]":
+        self.sent.append((topic, value, key))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.mode == "ack":
+            future.set_result(object())
+        elif self.mode == "fail":
+            future.set_exception(ConnectionError("lost"))
+        return future
+
+
+def factory(mode: str) -> Any:
+    FakeProducer.instances = []
+    return lambda **options: FakeProducer(mode, **options)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_broker_and_topics_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARWATCH_BROKER_URL", "kafka://10.0.0.9:19092")
+    monkeypatch.setenv("CARWATCH_LABS_TOPIC", "site.labs")
+    publisher = LabPublisher(producer_factory=factory("ack"))
+    assert publisher.bootstrap == "10.0.0.9:19092"
+    assert (publisher.labs_topic, publisher.deadletter_topic) == (
+        "site.labs",
+        "carwatch.deadletter",
+    )
+    monkeypatch.delenv("CARWATCH_BROKER_URL")
+    monkeypatch.delenv("CARWATCH_LABS_TOPIC")
+    publisher = LabPublisher(producer_factory=factory("ack"))
+    assert (publisher.bootstrap, publisher.labs_topic) == ("127.0.0.1:9092", "carwatch.labs")
+    explicit = LabPublisher("kafka://a:1;kafka://b", producer_factory=factory("ack"))
+    assert explicit.bootstrap == "a:1,b:9092"
+
+
+async def test_records_keyed_by_patient_and_acked() -> None:
+    async with LabPublisher("kafka://x:1", producer_factory=factory("ack")) as publisher:
+        await publisher.publish([RESULT], [(dead_letter(), "P001"), (dead_letter(), None)])
+    (producer,) = FakeProducer.instances
+    assert producer.options["acks"] == "all" and producer.options["enable_idempotence"] is True
+    assert producer.options["request_timeout_ms"] == 10_000
+    assert producer.options["bootstrap_servers"] == "x:1"
+    assert producer.options["security_protocol"] == "PLAINTEXT"
+    assert [(t, k) for t, _, k in producer.sent] == [
+        ("carwatch.labs", b"P001"),
+        ("carwatch.deadletter", b"P001"),
+        ("carwatch.deadletter", None),
+    ]
+    assert LabResult.model_validate_json(producer.sent[0][1]) == RESULT
+    assert producer.stopped
+
+
+async def test_publish_results_and_dead_letter_use_their_topics() -> None:
+    publisher = LabPublisher(
+        "kafka://x:1", labs_topic="t.labs", deadletter_topic="t.dl", producer_factory=factory("ack")
+    )
+    await publisher.publish_results([RESULT])
+    await publisher.publish_dead_letter(dead_letter(), "P001")
+    await publisher.stop()
+    assert [t for t, _, _ in FakeProducer.instances[0].sent] == ["t.labs", "t.dl"]
+
+
+async def test_unacknowledged_records_raise_within_the_timeout_and_reconnect() -> None:
+    publisher = LabPublisher("kafka://x:1", timeout_s=0.2, producer_factory=factory("hang"))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="did not acknowledge 1 of 1"):
+        await publisher.publish_results([RESULT])
+    assert time.monotonic() - started < 2
+    assert not publisher.connected
+    with pytest.raises(BrokerUnavailable):
+        await publisher.publish_results([RESULT])
+    assert len(FakeProducer.instances) == 2  # a fresh producer after the failure
+    await publisher.stop()
+    assert all(producer.stopped for producer in FakeProducer.instances)
+
+
+async def test_a_failed_record_fails_the_whole_call() -> None:
+    publisher = LabPublisher("kafka://x:1", producer_factory=factory("fail"))
+    with pytest.raises(BrokerUnavailable, match="ConnectionError: lost"):
+        await publisher.publish([RESULT], [(dead_letter(), None)])
+    await publisher.stop()
+
+
+async def test_nothing_to_publish_needs_no_broker() -> None:
+    publisher = LabPublisher("kafka://x:1", producer_factory=factory("fail"))
+    await publisher.publish([], [])
+    assert FakeProducer.instances == []
+
+
+async def test_oversized_dead_letter_raw_is_cut() -> None:
+    async with LabPublisher("kafka://x:1", producer_factory=factory("ack")) as publisher:
+        await publisher.publish_dead_letter(dead_letter("x" * (MAX_DEAD_LETTER_RAW + 10)), None)
+    value = DeadLetter.model_validate_json(FakeProducer.instances[0].sent[0][1])
+    assert value.raw.endswith("…[10 characters cut by carwatch]")
+    assert len(value.raw) < MAX_DEAD_LETTER_RAW + 50
+
+
+async def test_a_closed_port_is_broker_unavailable_quickly() -> None:
+    """The real aiokafka producer against a port nobody listens on."""
+    publisher = LabPublisher(f"kafka://127.0.0.1:{free_port()}", timeout_s=3)
+    await publisher.start()  # logs, does not raise: the listener may start before the broker
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unavailable"):
+        await publisher.publish_results([RESULT])
+    assert time.monotonic() - started < 5
+    await publisher.stop()
+
+
+async def test_stopped_publisher_refuses() -> None:
+    publisher = LabPublisher("kafka://x:1", producer_factory=factory("ack"))
+    await publisher.stop()
+    with pytest.raises(BrokerUnavailable, match="shut down"):
+        await publisher.publish_results([RESULT])
+
+
+def test_feed_config_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "feed.toml"
+    path.write_text(
+        'assigning_authority = "KIDS"\ndefault_timezone = "Europe/Zurich"\n'
+        '[local_codes]\n"MRD-FLOW" = "mrd"\n'
+    )
+    config = load_feed_config(str(path), Hl7Config)
+    assert config.assigning_authority == "KIDS" and config.local_codes == {"MRD-FLOW": Analyte.MRD}
+    assert load_feed_config(None, Hl7Config) == Hl7Config()
+    path.write_text('default_timezone = "Mars/Base"\n')
+    with pytest.raises(ValueError, match="default_timezone"):
+        load_feed_config(str(path), Hl7Config)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_feed_config(str(tmp_path / "missing.toml"), Hl7Config)
