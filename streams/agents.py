@@ -653,10 +653,10 @@ def register(app_module: Any) -> Pipeline:
 
     @app.task
     async def serve_metrics() -> None:
-        from streams.logs import RedactPHI
+        from streams.logs import protect
 
         for handler in logging.getLogger().handlers:  # third-party log lines too
-            handler.addFilter(RedactPHI())
+            protect(handler)
         start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 

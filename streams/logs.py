@@ -4,6 +4,9 @@ The code never puts a patient identifier, accession or result value into a log m
 purpose; this filter is the second line of defence for what third-party code (Faust, aiokafka,
 aiohttp) might log, e.g. a message key or a raw HL7 segment in an exception:
 
+Records are never mutated beyond blanking PHI-named ``extra`` fields: the formatted text is what
+gets redacted (``RedactingFormatter``), so every handler can keep its own formatting.
+
 - values of PHI-bearing ``extra`` fields (``patient_id``, ``accession``, ``key``, ``raw``, ...)
   are replaced by ``[redacted]``;
 - HL7 v2 segments that carry identity or results (PID, NK1, OBX, OBR, ...) are cut after the
@@ -29,26 +32,46 @@ def redact(text: str) -> str:
 
 
 class RedactPHI(logging.Filter):
-    """Scrubs a record in place; never drops it."""
+    """Blanks PHI-named ``extra`` fields of a record; never drops it.
+
+    Message and arguments are left alone (other handlers and formatters format them their own
+    way); what a handler finally writes is redacted by ``RedactingFormatter``.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
         for name in PHI_FIELDS & record.__dict__.keys():
             setattr(record, name, REDACTED)
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Wraps any formatter: the text it produces -- message, traceback -- is redacted."""
+
+    def __init__(self, inner: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def protect(handler: logging.Handler) -> None:
+    """Make a handler PHI-safe (idempotent): filter extra fields, redact what it writes."""
+    if not any(isinstance(f, RedactPHI) for f in handler.filters):
+        handler.addFilter(RedactPHI())
+    if not isinstance(handler.formatter, RedactingFormatter | JsonFormatter):
+        handler.setFormatter(RedactingFormatter(handler.formatter))
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; message and traceback are redacted before encoding."""
+
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         document.update(
             {
@@ -57,17 +80,17 @@ class JsonFormatter(logging.Formatter):
                 if k not in _STANDARD and not k.startswith("_")
             }
         )
-        if record.exc_text:
-            document["exception"] = record.exc_text
+        if record.exc_info:
+            document["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(document, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Root logging for the worker and the listeners: every handler gets the PHI filter."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactPHI())
     if json_lines:
         handler.setFormatter(JsonFormatter())
+    protect(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,7 +4,7 @@ import io
 import json
 import logging
 
-from streams.logs import REDACTED, JsonFormatter, RedactPHI, redact
+from streams.logs import REDACTED, JsonFormatter, protect, redact
 
 PID = "PID|1||MRN-4711^^^HOSP^MR||Doe^Jane||20150101|F"
 OBX = "OBX|1|NM|751-8^ANC^LN||420|/uL|||||F"
@@ -13,8 +13,8 @@ OBX = "OBX|1|NM|751-8^ANC^LN||420|/uL|||||F"
 def _capture() -> tuple[logging.Logger, io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactPHI())
     handler.setFormatter(JsonFormatter())
+    protect(handler)
     logger = logging.getLogger("test-phi")
     logger.handlers[:] = [handler]
     logger.propagate = False
@@ -44,3 +44,24 @@ def test_extra_fields_args_and_exceptions_are_redacted() -> None:
     assert "MRN-4711" not in stream.getvalue() and "Doe" not in stream.getvalue()
     assert lines[0]["patient_id"] == REDACTED and lines[0]["reason"] == "unknown_unit"
     assert "ValueError" in lines[1]["exception"]
+
+
+def test_records_are_not_mutated_so_other_handlers_format_them_normally() -> None:
+    logger, stream = _capture()
+    plain = io.StringIO()
+    other = logging.StreamHandler(plain)
+    other.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(other)
+    logger.warning("100%% of %s results at %d", "anc", 3)
+    logger.warning("traceback line: msg = msg % self.args")
+    assert plain.getvalue().splitlines() == [
+        "100% of anc results at 3",
+        "traceback line: msg = msg % self.args",
+    ]
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
+        "100% of anc results at 3",
+        "traceback line: msg = msg % self.args",
+    ]
+    protect(other)
+    protect(other)
+    assert len(other.filters) == 1
