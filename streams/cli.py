@@ -6,7 +6,7 @@ Invalid input never produces a traceback: unusable arguments or unreadable files
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -191,17 +191,48 @@ _FEED_HELP = "TOML file with the feed's settings (Hl7Config / FhirConfig fields)
 _LEVELS = click.Choice(["debug", "info", "warning", "error"])
 
 
+def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Options every feed listener has: Kafka, topics, feed settings, policy, metrics, logs."""
+    options = [
+        click.option("--broker", "broker_url", help=_BROKER_HELP),
+        click.option("--labs-topic", help="Default: $CARWATCH_LABS_TOPIC, else carwatch.labs."),
+        click.option(
+            "--deadletter-topic",
+            help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter.",
+        ),
+        click.option(
+            "--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP
+        ),
+        click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
+        click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
+        click.option(
+            "--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT."
+        ),
+        click.option("--log-level", type=_LEVELS, default="info", show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_listener(
+    name: str, run: Callable[..., None], policy_path: str | None, **options: Any
+) -> None:
+    from streams.ingest.publisher import ListenerSetupError
+
+    try:
+        run(
+            policy=load_policy(policy_path),
+            ready=lambda line: click.echo(f"carwatch {name}: {line}", err=True),
+            **options,
+        )
+    except ListenerSetupError as exc:
+        raise UsageFailure(str(exc)) from exc
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=2575, show_default=True)
-@click.option("--broker", "broker_url", help=_BROKER_HELP)
-@click.option("--labs-topic", help="Default: $CARWATCH_LABS_TOPIC, else carwatch.labs.")
-@click.option(
-    "--deadletter-topic", help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter."
-)
-@click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
-@click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
-@click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
 @click.option("--max-frame-bytes", type=click.IntRange(min=1024), default=1024 * 1024)
 @click.option(
     "--broker-down",
@@ -210,94 +241,24 @@ _LEVELS = click.Choice(["debug", "info", "warning", "error"])
     show_default=True,
     help="While Kafka cannot confirm: answer AR (retry), or close without an ACK.",
 )
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
-@click.option("--log-level", type=_LEVELS, default="info", show_default=True)
-def mllp(
-    host: str,
-    port: int,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
-    feed_config_path: str | None,
-    policy_path: str | None,
-    max_frame_bytes: int,
-    broker_down: str,
-    metrics_port: int | None,
-    log_level: str,
-) -> None:
+@_listener_options
+def mllp(policy_path: str | None, **options: Any) -> None:
     """Receive HL7 v2 ORU^R01 over MLLP; ACK AA only once Kafka has the results."""
     from streams.ingest import mllp as listener
-    from streams.ingest.publisher import ListenerSetupError
 
-    try:
-        listener.main(
-            host=host,
-            port=port,
-            broker_url=broker_url,
-            labs_topic=labs_topic,
-            deadletter_topic=deadletter_topic,
-            publish_timeout=publish_timeout,
-            feed_config_path=feed_config_path,
-            policy=load_policy(policy_path),
-            max_frame_bytes=max_frame_bytes,
-            broker_down=broker_down,
-            metrics_port=metrics_port,
-            log_level=log_level,
-            ready=lambda line: click.echo(f"carwatch mllp: {line}", err=True),
-        )
-    except ListenerSetupError as exc:
-        raise UsageFailure(str(exc)) from exc
+    _run_listener("mllp", listener.main, policy_path, **options)
 
 
 @cli.command("fhir-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--broker", "broker_url", help=_BROKER_HELP)
-@click.option("--labs-topic", help="Default: $CARWATCH_LABS_TOPIC, else carwatch.labs.")
-@click.option(
-    "--deadletter-topic", help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter."
-)
-@click.option("--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP)
-@click.option("--feed-config", "feed_config_path", help=_FEED_HELP)
-@click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits).")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024)
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
-@click.option("--log-level", type=_LEVELS, default="info", show_default=True)
-def fhir_gateway(
-    host: str,
-    port: int,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
-    feed_config_path: str | None,
-    policy_path: str | None,
-    max_body_bytes: int,
-    metrics_port: int | None,
-    log_level: str,
-) -> None:
+@_listener_options
+def fhir_gateway(policy_path: str | None, **options: Any) -> None:
     """Receive FHIR R4 Observations and Bundles over HTTP; 2xx only once Kafka has them."""
     from streams.ingest import fhir_gateway as gateway
-    from streams.ingest.publisher import ListenerSetupError
 
-    try:
-        gateway.main(
-            host=host,
-            port=port,
-            broker_url=broker_url,
-            labs_topic=labs_topic,
-            deadletter_topic=deadletter_topic,
-            publish_timeout=publish_timeout,
-            feed_config_path=feed_config_path,
-            policy=load_policy(policy_path),
-            max_body_bytes=max_body_bytes,
-            metrics_port=metrics_port,
-            log_level=log_level,
-            ready=lambda line: click.echo(f"carwatch fhir-gateway: {line}", err=True),
-        )
-    except ListenerSetupError as exc:
-        raise UsageFailure(str(exc)) from exc
+    _run_listener("fhir-gateway", gateway.main, policy_path, **options)
 
 
 # --- the streaming pipeline: worker, feed, alerts tail (streams/app.py, agents.py) ---------------

@@ -196,6 +196,10 @@ class Bench:
     def worker_throughput(self, name: str, topics: dict[str, str], total: int) -> float:
         process, port = self.start_worker(name, topics)
         try:
+            # Timed from the first scrape that shows records consumed, or -- when the whole
+            # backlog drains before any such scrape -- from the moment metrics came up (worker
+            # start-up included: the figure then under-states, never over-states, throughput).
+            up: float | None = None
             first: tuple[float, float] | None = None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -204,10 +208,13 @@ class Bench:
                 if consumed is None:
                     time.sleep(0.1)
                     continue
-                if consumed and first is None:
+                if up is None:
+                    up = now
+                if consumed and first is None and consumed < total:
                     first = (now, consumed)
-                if consumed >= total and first is not None:
-                    return (consumed - first[1]) / (now - first[0])
+                if consumed >= total:
+                    start, before = first if first is not None else (up, 0.0)
+                    return (consumed - before) / (now - start)
                 time.sleep(0.05)
             raise RuntimeError(f"worker {name} did not finish (see {self.tmp})")
         finally:
