@@ -489,6 +489,66 @@ def tail(
         consumer.close()
 
 
+@alerts.command()
+@click.option("--url", "urls", multiple=True, required=True, help="Receiver URL (repeatable).")
+@click.option(
+    "--secret-env",
+    default="CARWATCH_WEBHOOK_SECRET",
+    show_default=True,
+    help="Environment variable holding the HMAC signing secret.",
+)
+@click.option("--group", default="carwatch-webhooks", show_default=True, help="Consumer group.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events.")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), help="Stop after S idle seconds.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
+def webhook(
+    urls: tuple[str, ...],
+    secret_env: str,
+    group: str,
+    max_events: int | None,
+    idle_timeout: float | None,
+    metrics_port: int | None,
+) -> None:
+    """Deliver alert events to webhooks: signed (HMAC-SHA256), retried, at least once."""
+    import asyncio
+    import os
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from streams.delivery.webhook import WebhookDeliverer, aiohttp_sender, run_webhooks
+    from streams.metrics import PipelineMetrics
+
+    secret = os.environ.get(secret_env)
+    if not secret:
+        raise UsageFailure(f"set the signing secret in ${secret_env} (never on the command line)")
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise UsageFailure(f"not an http(s) URL: {bad[0]}")
+    settings = _settings()
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+
+    async def run() -> int:
+        send, close = aiohttp_sender()
+        deliverer = WebhookDeliverer(urls=urls, secret=secret.encode(), send=send, metrics=metrics)
+        try:
+            return await run_webhooks(
+                settings.aiokafka_config(),
+                settings.alerts_topic,
+                group,
+                deliverer,
+                max_events=max_events,
+                idle_timeout_s=idle_timeout,
+            )
+        finally:
+            await close()
+
+    handled = asyncio.run(run())
+    click.echo(f"carwatch alerts webhook: {handled} events handled", err=True)
+
+
 def _alert_line(value: bytes | None, as_json: bool, seen: set[str]) -> str | None:
     from pydantic import ValidationError
 

@@ -125,3 +125,62 @@ def aiohttp_sender(timeout_s: float = 10.0) -> tuple[Send, Callable[[], Awaitabl
             await session.close()
 
     return send, close
+
+
+async def run_webhooks(
+    consumer_config: dict[str, object],
+    topic: str,
+    group_id: str,
+    deliverer: WebhookDeliverer,
+    max_events: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> int:
+    """Consume ``topic`` and deliver every event; commit each offset only after delivery.
+
+    Events that failed for good are counted (``carwatch_alert_deliveries_total{outcome="failed"}``,
+    the ops alert CarwatchAlertDeliveryFailing) and skipped, so one rejecting receiver cannot stop
+    the others. ``max_events`` / ``idle_timeout_s`` bound a run (tests, one-shot backfills).
+    Returns the number of events handled.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **consumer_config,
+    )
+    await consumer.start()
+    handled = 0
+    try:
+        while max_events is None or handled < max_events:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                if idle_timeout_s is not None:
+                    idle_timeout_s -= 1.0
+                    if idle_timeout_s <= 0:
+                        break
+                continue
+            for records in batch.values():
+                for record in records:
+                    body = record.value or b""
+                    event_id = _event_id(body)
+                    if event_id is not None:
+                        await deliverer.deliver(event_id, body)
+                    handled += 1
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+    return handled
+
+
+def _event_id(body: bytes) -> str | None:
+    import json
+
+    try:
+        value = json.loads(body).get("event_id")
+    except (ValueError, AttributeError):
+        log.warning("alerts topic: a record that is not an alert event was skipped")
+        return None
+    return value if isinstance(value, str) else None
