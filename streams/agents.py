@@ -84,14 +84,26 @@ class InRecord:
 
 @dataclass(slots=True)
 class Outgoing:
-    """What one batch produces. ``alerts``/``deadletters`` as (key, value bytes) to send."""
+    """What one batch produces. ``alerts``/``deadletters`` as (key, value bytes) to send.
+
+    ``states`` are the patients' new table entries. Callers send the alerts and dead letters
+    *first* and only then ``persist`` the states: a state that says an alert was announced must
+    never reach the changelog ahead of the alert itself. Interrupted in between, a restart
+    re-processes the records (offsets are committed after both) and re-sends byte-identical
+    events, which subscribers drop by ``event_id``: at least once, never lost.
+    """
 
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    states: list[tuple[bytes, bytes, Any]] = field(default_factory=list)
     alert_events: list[AlertEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     records: int = 0
+
+    def persist(self, store: "StateStore") -> None:
+        for key, value, origin in self.states:
+            store.put(key, value, origin)
 
 
 class StateStore(Protocol):
@@ -311,7 +323,7 @@ class Monitor:
             if result.alerts:
                 self._announce(item, result.alerts, key, out)
         if state.enrollment is not None:
-            store.put(key, encode_state(state), origin)
+            out.states.append((key, encode_state(state), origin))
             after = open_alerts(state)
             if after != before or key not in self.index.entries:
                 self.index.update(key, partition, after)
@@ -393,7 +405,7 @@ class Monitor:
             _, alerts = tick(state, now, self.policy)
             if not alerts:
                 continue
-            store.put(key, encode_state(state), origin)
+            out.states.append((key, encode_state(state), origin))
             self.index.update(key, partition, open_alerts(state))
             for alert in alerts:
                 event = alert.model_copy(update={"decided_at": decided_at})
@@ -596,6 +608,7 @@ def register(app_module: Any) -> Pipeline:
             records = _records_of(events, labels)
             out = monitor.process(records, store)
             send(out)
+            out.persist(store)  # after the alerts: see ``Outgoing``
             track_lag(records)
             monitor.publish_gauges(owned())
             yield out
@@ -617,6 +630,7 @@ def register(app_module: Any) -> Pipeline:
         entries = [(k, p, origin(p)) for k, p in monitor.index.keys(partitions)]
         out = monitor.tick(now, entries, store)
         send(out)
+        out.persist(store)  # after the alerts: see ``Outgoing``
         monitor.publish_gauges(partitions)
         if out.alert_events:
             log.info("tick: %d alert events", len(out.alert_events))

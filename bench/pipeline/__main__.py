@@ -156,6 +156,7 @@ class Bench:
                     await producer.send(topics["alerts"], value, key=key)
                 for dl_key, value in out.deadletters:
                     await producer.send(topics["deadletter"], value, key=dl_key)
+                out.persist(store)
             await producer.flush()
             return got / (time.perf_counter() - (started or time.perf_counter()))
         finally:

@@ -178,3 +178,28 @@ async def test_a_batch_merges_the_two_topics_by_timestamp() -> None:
     assert out.outcomes["not_enrolled"] == 0
     assert out.outcomes["accepted"] == len(records)
     assert [a.rule.value for a in out.alert_events] == ["mrd_positive", "hct_consolidation"]
+
+
+def test_states_are_persisted_only_after_the_alerts_they_record() -> None:
+    """A state saying "announced" must never reach the changelog before its alert is sent."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
+    from streams.metrics import PipelineMetrics
+    from streams.policy import DEFAULT_POLICY
+    from streams.state_codec import decode_state
+
+    pid = patient_id()
+    records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
+    batch = [InRecord(pid.encode(), json.dumps(records[0]).encode(), CLINICAL_TOPIC, 0, 0, 100.0)]
+    batch += [
+        InRecord(pid.encode(), json.dumps(r).encode(), LABS, 0, i, 100.0 + i)
+        for i, r in enumerate(records[1:], start=1)
+    ]
+    monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
+    store = DictStore()
+    out = monitor.process(batch, store)
+    assert out.alerts and store.data == {}  # nothing persisted while the alerts are unsent
+    out.persist(store)
+    state = decode_state(store.data[pid.encode()])
+    assert {a.rule.value for a in state.alerts.values()} == {"mrd_positive", "hct_consolidation"}
