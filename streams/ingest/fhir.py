@@ -63,9 +63,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
-from schemas.records import Rejection, decode_record
+from schemas.records import Rejection
 from schemas.vocab import Analyte, RejectReason, ResultStatus
 from streams.ingest.config import FeedConfig
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
@@ -73,10 +72,9 @@ from streams.ingest.normalise import (
     SNOMED_FINDINGS,
     ResultItem,
     Unmapped,
+    lab_result_from_fields,
     mrd_from_text,
     mrd_method_from_text,
-    normalise_lab_result,
-    relocate,
 )
 from streams.policy import DEFAULT_POLICY, Policy
 
@@ -634,12 +632,7 @@ def _result(
         "detected": value.detected,
         "sensitivity": value.sensitivity,
     }
-    decoded = decode_record(record)
-    outcome = normalise_lab_result(decoded, policy) if isinstance(decoded, LabResult) else decoded
-    if isinstance(outcome, Rejection):
-        return relocate(outcome, _FIELDS, patient_id)
-    assert not isinstance(outcome, Infusion | ClinicalEvent)
-    return outcome
+    return lab_result_from_fields(record, policy, _FIELDS, patient_id)
 
 
 _FIELDS: Final = {

@@ -22,9 +22,10 @@ Rejections carry the patient id so that the dead-letter record can be traced.
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.lab_result import LabResult
-from schemas.records import Rejection
+from schemas.records import Rejection, decode_record
 from schemas.vocab import CANONICAL_UNIT, Analyte, MrdMethod, RejectReason, ResultStatus
 from streams.ingest.loinc import analyte_for_loinc
 from streams.ingest.units import to_canonical
@@ -67,6 +68,21 @@ def relocate(rejection: Rejection, fields: dict[str, str], patient_id: str | Non
             name = "value"
         details.append(detail.model_copy(update={"field": fields.get(name or "", name)}))
     return Rejection(tuple(details), patient_id or rejection.patient_id)
+
+
+def lab_result_from_fields(
+    record: dict[str, Any], policy: Policy, fields: dict[str, str], patient_id: str | None
+) -> LabResult | Rejection | Unmapped:
+    """A message's result, laid out as a wire record, validated and normalised.
+
+    What a feed parser (HL7 v2, FHIR) ends with: rejections name the message's own fields.
+    """
+    decoded = decode_record({"type": "lab_result", **record})
+    if isinstance(decoded, Rejection):
+        return relocate(decoded, fields, patient_id)
+    assert isinstance(decoded, LabResult)
+    outcome = normalise_lab_result(decoded, policy)
+    return relocate(outcome, fields, patient_id) if isinstance(outcome, Rejection) else outcome
 
 
 def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejection | Unmapped:
