@@ -74,18 +74,16 @@ from streams.ingest.normalise import ResultItem, Unmapped
 from streams.ingest.publisher import (
     BrokerUnavailable,
     LabPublisher,
-    ListenerSetupError,
     Plan,
     Publisher,
     count_plan,
     feed_config,
-    listener_metrics,
-    make_publisher,
     plan_items,
     plan_rejection,
+    prepare_listener,
+    serve,
     wait_for_signal,
 )
-from streams.logs import configure_logging
 from streams.metrics import PipelineMetrics
 from streams.policy import DEFAULT_POLICY, Policy
 
@@ -543,21 +541,20 @@ def main(
 ) -> None:
     """The ``carwatch fhir-gateway`` command; ``ListenerSetupError`` when it cannot start."""
     config = feed_config(feed_config_path, FhirConfig)
-    publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
-    configure_logging(log_level)
-    metrics = listener_metrics(metrics_port)
-    try:
-        asyncio.run(
-            run(
-                host=host,
-                port=port,
-                publisher=publisher,
-                config=config,
-                policy=policy,
-                metrics=metrics,
-                max_body_bytes=max_body_bytes,
-                ready=ready,
-            )
-        )
-    except OSError as exc:
-        raise ListenerSetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    publisher, metrics = prepare_listener(
+        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
+    )
+    serve(
+        run(
+            host=host,
+            port=port,
+            publisher=publisher,
+            config=config,
+            policy=policy,
+            metrics=metrics,
+            max_body_bytes=max_body_bytes,
+            ready=ready,
+        ),
+        host,
+        port,
+    )

@@ -63,13 +63,12 @@ from streams.ingest.publisher import (
     Publisher,
     count_plan,
     feed_config,
-    listener_metrics,
-    make_publisher,
     plan_items,
     plan_rejection,
+    prepare_listener,
+    serve,
     wait_for_signal,
 )
-from streams.logs import configure_logging
 from streams.metrics import PipelineMetrics
 from streams.policy import DEFAULT_POLICY, Policy
 
@@ -545,22 +544,21 @@ def main(
     if broker_down not in ("ar", "close"):
         raise ListenerSetupError(f"--broker-down must be ar or close, not {broker_down!r}")
     config = feed_config(feed_config_path, Hl7Config)
-    publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
-    configure_logging(log_level)
-    metrics = listener_metrics(metrics_port)
-    try:
-        asyncio.run(
-            run(
-                host=host,
-                port=port,
-                publisher=publisher,
-                config=config,
-                policy=policy,
-                metrics=metrics,
-                max_frame_bytes=max_frame_bytes,
-                broker_down="ar" if broker_down == "ar" else "close",
-                ready=ready,
-            )
-        )
-    except OSError as exc:
-        raise ListenerSetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    publisher, metrics = prepare_listener(
+        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
+    )
+    serve(
+        run(
+            host=host,
+            port=port,
+            publisher=publisher,
+            config=config,
+            policy=policy,
+            metrics=metrics,
+            max_frame_bytes=max_frame_bytes,
+            broker_down="ar" if broker_down == "ar" else "close",
+            ready=ready,
+        ),
+        host,
+        port,
+    )

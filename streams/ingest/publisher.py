@@ -30,7 +30,7 @@ import asyncio
 import logging
 import signal
 import tomllib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +48,7 @@ from schemas.records import Rejection
 from schemas.vocab import Outcome
 from streams.ingest.files import InputItem
 from streams.ingest.normalise import ResultItem
+from streams.logs import configure_logging
 from streams.metrics import UNKNOWN_ANALYTE, PipelineMetrics
 from streams.settings import Settings, bootstrap_servers
 
@@ -433,6 +434,28 @@ def make_publisher(
         )
     except ValueError as exc:
         raise ListenerSetupError(str(exc)) from exc
+
+
+def prepare_listener(
+    broker_url: str | None,
+    labs_topic: str | None,
+    deadletter_topic: str | None,
+    publish_timeout: float,
+    metrics_port: int | None,
+    log_level: str,
+) -> tuple[LabPublisher, PipelineMetrics]:
+    """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
+    publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
+    configure_logging(log_level)
+    return publisher, listener_metrics(metrics_port)
+
+
+def serve(listener: Coroutine[Any, Any, None], host: str, port: int) -> None:
+    """Run a listener until it stops; an address that cannot be bound is a setup error."""
+    try:
+        asyncio.run(listener)
+    except OSError as exc:
+        raise ListenerSetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
