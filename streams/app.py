@@ -136,6 +136,7 @@ def create_app(settings: Settings) -> CarwatchApp:
         broker_credentials=settings.faust_credentials(),
         broker_session_timeout=settings.broker_session_timeout_seconds,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_seconds,
+        broker_commit_interval=settings.commit_interval_seconds,
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",

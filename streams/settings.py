@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     chunked_delivery: bool = True
     broker_session_timeout_seconds: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
+    #: How often processed offsets are committed (Faust's ``broker_commit_interval``).
+    commit_interval_seconds: float = Field(default=2.8, gt=0)
     #: Create missing topics (with ``partitions``) before the worker starts.
     create_topics: bool = True
     #: Python's GIL switch interval in the worker. Faust's Kafka client runs in its own thread;

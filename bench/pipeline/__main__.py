@@ -195,11 +195,12 @@ class Bench:
         return process, metrics_port
 
     def worker_throughput(self, name: str, topics: dict[str, str], total: int) -> float:
+        launched = time.perf_counter()
         process, port = self.start_worker(name, topics)
         try:
-            # Timed from the first scrape that shows records consumed, or -- when the whole
-            # backlog drains before any such scrape -- from the moment metrics came up (worker
-            # start-up included: the figure then under-states, never over-states, throughput).
+            # Timed from the first scrape that shows part of the backlog consumed; when the whole
+            # backlog drains before such a scrape, from the worker's launch (start-up included:
+            # the figure then under-states, never over-states, throughput).
             up: float | None = None
             first: tuple[float, float] | None = None
             deadline = time.monotonic() + 600
@@ -214,7 +215,7 @@ class Bench:
                 if consumed and first is None and consumed < total:
                     first = (now, consumed)
                 if consumed >= total:
-                    start, before = first if first is not None else (up, 0.0)
+                    start, before = first if first is not None else (launched, 0.0)
                     return (consumed - before) / (now - start)
                 time.sleep(0.05)
             raise RuntimeError(f"worker {name} did not finish (see {self.tmp})")
