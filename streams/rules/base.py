@@ -50,9 +50,9 @@ class Texts:
 class Finding:
     """One episode of one rule, as the current history shows it.
 
-    ``raised_at``/``changed_at``/``resolved_at`` are collection times: when the alert condition
-    first held, when it last escalated or gained evidence, and when it stopped holding (None while
-    it holds). ``signature`` changes exactly when subscribers should get an ``updated`` event.
+    ``raised_at``/``resolved_at`` are collection times: when the alert condition first held and
+    when it stopped holding (None while it holds). ``signature`` changes exactly when subscribers
+    should get an ``updated`` event (timed at the result that triggered it).
     ``texts`` is called only when an event is emitted (it formats numbers into sentences).
     """
 
@@ -61,7 +61,6 @@ class Finding:
     episode_start: datetime
     severity: Severity
     raised_at: datetime
-    changed_at: datetime
     resolved_at: datetime | None
     signature: str
     texts: Callable[[], Texts]

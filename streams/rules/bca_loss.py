@@ -173,7 +173,6 @@ def _finding(
         episode_start=onset[0],
         severity=Severity.CRITICAL if early else Severity.WARNING,
         raised_at=confirmed[0],
-        changed_at=confirmed[0],
         resolved_at=None if reestablished is None else reestablished[0],
         signature="loss",
         texts=texts,

@@ -88,7 +88,6 @@ def _finding(
     infused_at = enrollment.infused_at
     times = [infused_at if f is None else f.raised_at for _, f in bases]
     raised_at = min([*times, infused_at]) if reasons else min(times)
-    changed_at = max(times) if times else infused_at
     evidence: list[Cite] = [c for _, f in bases if f is not None for c in f.evidence]
     conditional = "" if enrollment.hct_eligible else " if eligible for HCT"
 
@@ -127,7 +126,6 @@ def _finding(
         episode_start=infused_at,
         severity=severity,
         raised_at=raised_at,
-        changed_at=changed_at,
         resolved_at=None,
         signature=("special" if special else severity.value)
         + "|"

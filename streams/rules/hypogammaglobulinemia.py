@@ -86,7 +86,6 @@ def _finding(ctx: RuleInput, low: list[StoredResult], recovery: StoredResult | N
         episode_start=first.collected_at,
         severity=Severity.WARNING,
         raised_at=first.collected_at,
-        changed_at=first.collected_at,
         resolved_at=None if recovery is None else recovery.collected_at,
         signature="low",
         texts=texts,

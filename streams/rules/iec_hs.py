@@ -54,7 +54,6 @@ class _Episode:
     ferritins: list[Cite] = field(default_factory=list)
     supports: dict[str, Cite] = field(default_factory=dict)
     raised_at: datetime | None = None
-    changed_at: datetime | None = None
     peak: StoredResult | None = None
     latest: StoredResult | None = None
     resolved_by: StoredResult | None = None
@@ -249,7 +248,6 @@ def _episodes(
         if joined:
             if current.raised_at is None:
                 current.raised_at = at
-            current.changed_at = at
             # the pattern completed only after ferritin had already halved: raised and resolved
             latest = current.latest
             if latest is not None and current.has_fallen(latest, fraction):
@@ -263,7 +261,7 @@ def _episodes(
 
 
 def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -> Finding:
-    assert episode.raised_at is not None and episode.changed_at is not None
+    assert episode.raised_at is not None
     assert episode.peak is not None
     policy = ctx.policy
     first = episode.ferritins[0]
@@ -323,7 +321,6 @@ def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -
         episode_start=start,
         severity=Severity.CRITICAL,
         raised_at=episode.raised_at,
-        changed_at=episode.changed_at,
         resolved_at=episode.resolved_at,
         signature="+".join(categories),
         texts=texts,

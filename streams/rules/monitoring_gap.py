@@ -149,7 +149,6 @@ def _finding(
         episode_start=anchor,
         severity=Severity.INFO,
         raised_at=overdue,
-        changed_at=overdue,
         resolved_at=resolved_at,
         signature=kind,
         texts=texts,

@@ -103,7 +103,6 @@ def _finding(ctx: RuleInput, detected: list[StoredResult], cleared: StoredResult
         episode_start=first.collected_at,
         severity=Severity.CRITICAL,
         raised_at=first.collected_at,
-        changed_at=first.collected_at if peak is None else peak.collected_at,
         resolved_at=None if cleared is None else cleared.collected_at,
         signature="detected" if peak is None else f"peak={peak.value!r}",
         texts=texts,

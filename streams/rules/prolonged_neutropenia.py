@@ -283,7 +283,7 @@ class ProlongedNeutropeniaRule:
 def _finding(ctx: RuleInput, episode: NeutropeniaEpisode) -> Finding:
     policy = ctx.policy
     raised_at, _ = episode.reached[policy.icaht_alert_grade]
-    changed_at, why = episode.reached[episode.grade]
+    _, why = episode.reached[episode.grade]
     lowest = min((r for _, r in episode.results), key=lambda r: r.value or 0.0)
     cites = [Cite(Analyte.ANC, episode.start, "episode start: first ANC ≤ 500 /µL")]
     if lowest is not episode.start:
@@ -331,7 +331,6 @@ def _finding(ctx: RuleInput, episode: NeutropeniaEpisode) -> Finding:
         episode_start=episode.start.collected_at,
         severity=Severity.CRITICAL if episode.grade >= 3 else Severity.WARNING,
         raised_at=raised_at,
-        changed_at=changed_at,
         resolved_at=None if episode.recovery is None else episode.recovery[1].collected_at,
         signature=f"grade={episode.grade}",
         texts=texts,
