@@ -48,11 +48,11 @@ from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Outcome, RejectReason, RuleName, Severity
-from streams.engine import PatientEvent, StepResult, apply, tick
+from streams.core.engine import PatientEvent, StepResult, apply, tick
+from streams.core.policy import Policy
+from streams.core.state import AlertStatus, PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
 from streams.metrics import CLINICAL, UNKNOWN_ANALYTE, PipelineMetrics
-from streams.policy import Policy
-from streams.state import AlertStatus, PatientState
 from streams.state_codec import decode_state, encode_state
 
 log = logging.getLogger(__name__)

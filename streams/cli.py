@@ -17,10 +17,10 @@ import click
 
 from schemas.records import Rejection
 from schemas.vocab import Outcome
+from streams.core.policy import DEFAULT_POLICY, Policy, PolicyError
 from streams.ingest.fhir import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.ingest.hl7v2 import Hl7Config
-from streams.policy import DEFAULT_POLICY, Policy, PolicyError
 from streams.replay import Replay
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from datetime import datetime
 from schemas.alert import AlertEvent
 from schemas.records import Rejection
 from schemas.vocab import Outcome, RejectReason
-from streams.engine import apply, tick
+from streams.core.engine import apply, tick
+from streams.core.policy import Policy
+from streams.core.state import PatientState
 from streams.ingest.files import InputItem
 from streams.ingest.normalise import Unmapped
-from streams.policy import Policy
-from streams.state import PatientState
 
 
 @dataclass

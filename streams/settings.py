@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.policy import DEFAULT_POLICY, Policy
+from streams.core.policy import DEFAULT_POLICY, Policy
 
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 

@@ -20,7 +20,7 @@ from schemas.vocab import (
     RuleName,
     Severity,
 )
-from streams.state import (
+from streams.core.state import (
     AlertStatus,
     AnnouncedAlert,
     ClinicalEventRecord,

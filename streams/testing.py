@@ -30,9 +30,9 @@ from schemas.vocab import (
     RiskFactor,
     RuleName,
 )
-from streams.engine import PatientEvent, step, tick
-from streams.policy import DEFAULT_POLICY, Policy
-from streams.state import PatientState
+from streams.core.engine import PatientEvent, step, tick
+from streams.core.policy import DEFAULT_POLICY, Policy
+from streams.core.state import PatientState
 
 DAY0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 

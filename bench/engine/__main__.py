@@ -17,10 +17,10 @@ import time
 from bench.engine.cohort import cohort
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
-from streams.engine import apply
+from streams.core.engine import apply
+from streams.core.policy import DEFAULT_POLICY
+from streams.core.state import PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
-from streams.policy import DEFAULT_POLICY
-from streams.state import PatientState
 from streams.state_codec import encode_state
 
 

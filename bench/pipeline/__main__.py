@@ -39,8 +39,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams import synthetic
 from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
+from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
-from streams.policy import DEFAULT_POLICY
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

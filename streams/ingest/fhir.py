@@ -66,6 +66,7 @@ from pydantic import ValidationError
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, RejectReason, ResultStatus
+from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.ingest.config import FeedConfig
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
@@ -76,7 +77,6 @@ from streams.ingest.normalise import (
     mrd_from_text,
     mrd_method_from_text,
 )
-from streams.policy import DEFAULT_POLICY, Policy
 
 FhirItem = ResultItem
 

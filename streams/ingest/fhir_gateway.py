@@ -64,6 +64,7 @@ from schemas.base import utc_isoformat
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
+from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.ingest.fhir import (
     DEFAULT_FHIR_CONFIG,
     FhirConfig,
@@ -85,7 +86,6 @@ from streams.ingest.publisher import (
     wait_for_signal,
 )
 from streams.metrics import PipelineMetrics
-from streams.policy import DEFAULT_POLICY, Policy
 
 log = logging.getLogger(__name__)
 

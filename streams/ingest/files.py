@@ -25,10 +25,10 @@ from typing import BinaryIO, Final
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, WireRecord, decode_record
+from streams.core.policy import Policy
 from streams.ingest.fhir import DEFAULT_FHIR_CONFIG, FhirConfig, parse_fhir
 from streams.ingest.hl7v2 import Hl7Config, parse_oru
 from streams.ingest.normalise import Unmapped, normalise_lab_result
-from streams.policy import Policy
 
 FORMATS: Final = ("ndjson", "hl7", "fhir")
 _SUFFIXES: Final = {".ndjson": "ndjson", ".jsonl": "ndjson", ".hl7": "hl7", ".json": "fhir"}

@@ -48,6 +48,7 @@ from typing import Final, Literal
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
+from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.ingest.hl7v2 import (
     AckCode,
     Hl7Config,
@@ -70,7 +71,6 @@ from streams.ingest.publisher import (
     wait_for_signal,
 )
 from streams.metrics import PipelineMetrics
-from streams.policy import DEFAULT_POLICY, Policy
 
 log = logging.getLogger(__name__)
 

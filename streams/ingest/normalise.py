@@ -27,9 +27,9 @@ from typing import Any
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import CANONICAL_UNIT, Analyte, MrdMethod, RejectReason, ResultStatus
+from streams.core.policy import Policy
 from streams.ingest.loinc import analyte_for_loinc
 from streams.ingest.units import to_canonical
-from streams.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,8 +160,8 @@ async def test_a_batch_merges_the_two_topics_by_timestamp() -> None:
     from prometheus_client import CollectorRegistry
 
     from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
+    from streams.core.policy import DEFAULT_POLICY
     from streams.metrics import PipelineMetrics
-    from streams.policy import DEFAULT_POLICY
 
     pid = patient_id()
     records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
@@ -185,8 +185,8 @@ def test_states_are_persisted_only_after_the_alerts_they_record() -> None:
     from prometheus_client import CollectorRegistry
 
     from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
+    from streams.core.policy import DEFAULT_POLICY
     from streams.metrics import PipelineMetrics
-    from streams.policy import DEFAULT_POLICY
     from streams.state_codec import decode_state
 
     pid = patient_id()

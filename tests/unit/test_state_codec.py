@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.vocab import ClinicalEventKind
-from streams.engine import apply, tick
-from streams.policy import DEFAULT_POLICY
-from streams.state import PatientState
+from streams.core.engine import apply, tick
+from streams.core.policy import DEFAULT_POLICY
+from streams.core.state import PatientState
 from streams.state_codec import StateFormatError, decode_state, encode_state
 from streams.testing import DAY0, Timeline, at_day
 from tests.strategies import result_specs, timeline

@@ -10,10 +10,10 @@ import pytest
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, MrdMethod
+from streams.core.policy import Policy
 from streams.ingest.fhir import FhirConfig
 from streams.ingest.hl7v2 import Hl7Config
 from streams.ingest.normalise import Unmapped
-from streams.policy import Policy
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 LOCAL_CODES = {"MRD-FLOW": Analyte.MRD, "MRD-NGS": Analyte.MRD, "MRD-PCR": Analyte.MRD}

@@ -13,11 +13,11 @@ from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
+from streams.core.policy import Policy
 from streams.ingest import files
 from streams.ingest.fhir import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items, read_path
 from streams.ingest.hl7v2 import Hl7Config
-from streams.policy import Policy
 
 Kinds = Callable[[Iterable[Any]], list[str]]
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from streams.core.policy import Policy
 from streams.ingest.hl7v2 import (
     PARSER_BUG,
     Hl7Config,
@@ -24,7 +25,6 @@ from streams.ingest.hl7v2 import (
     parse_oru,
 )
 from streams.ingest.normalise import Unmapped
-from streams.policy import Policy
 
 MSH = "MSH|^~\\&|LIS|LAB|CARWATCH|HOSP|20260105120000+0100||ORU^R01^ORU_R01|CTRL-1|P|2.5.1"
 PID = "PID|1||P001^^^HOSP^MR"

@@ -8,6 +8,7 @@ import pytest
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from streams.core.policy import Policy
 from streams.ingest.normalise import (
     Unmapped,
     mrd_from_text,
@@ -15,7 +16,6 @@ from streams.ingest.normalise import (
     normalise_lab_result,
     sensitivity_from_text,
 )
-from streams.policy import Policy
 
 COLLECTED = datetime(2026, 1, 5, 8, tzinfo=UTC)
 

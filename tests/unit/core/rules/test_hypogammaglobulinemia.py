@@ -8,7 +8,7 @@ Values here are canonical mg/dL (g/L → mg/dL is the ingest's job).
 import pytest
 
 from schemas.vocab import AlertAction, Analyte, RuleName
-from streams.policy import Policy
+from streams.core.policy import Policy
 from streams.testing import Timeline, actions, active, at_day, run
 
 HYPO = RuleName.HYPOGAMMAGLOBULINEMIA

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
-from streams.policy import Policy
-from streams.rules.base import (
+from streams.core.policy import Policy
+from streams.core.rules.base import (
     REVIEW,
     Cite,
     EveryResultMatters,
@@ -30,7 +30,7 @@ from streams.rules.base import (
     Texts,
     episode_key,
 )
-from streams.state import StoredResult
+from streams.core.state import StoredResult
 
 CD19 = (Analyte.CD19_PCT, Analyte.CD19_ABS)
 REFERENCES = (

@@ -9,7 +9,7 @@ critical, later → warning. Resolved when aplasia is re-established.
 import pytest
 
 from schemas.vocab import AlertAction, Analyte, RuleName
-from streams.policy import Policy
+from streams.core.policy import Policy
 from streams.testing import Timeline, actions, active, at_day, run
 
 BCA = RuleName.BCA_LOSS

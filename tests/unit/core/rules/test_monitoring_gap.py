@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 
 from schemas.alert import AlertEvent
 from schemas.vocab import Analyte, RuleName
-from streams.engine import PatientEvent, step, tick
-from streams.policy import DEFAULT_POLICY
-from streams.state import PatientState
+from streams.core.engine import PatientEvent, step, tick
+from streams.core.policy import DEFAULT_POLICY
+from streams.core.state import PatientState
 from streams.testing import DAY0, Timeline, active, at_day, run
 
 GAP = RuleName.MONITORING_GAP

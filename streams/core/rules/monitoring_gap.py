@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, RuleName, Severity
-from streams.rules.base import Cite, EveryResultMatters, Finding, RuleInput, Texts, episode_key
-from streams.rules.prolonged_neutropenia import neutropenia_episodes
-from streams.state import StoredResult
+from streams.core.rules.base import Cite, EveryResultMatters, Finding, RuleInput, Texts, episode_key
+from streams.core.rules.prolonged_neutropenia import neutropenia_episodes
+from streams.core.state import StoredResult
 
 REFERENCES = (
     "CAR-T Watch clinical rules, section 7 (monitoring gap); Westhafen 2025: loss of B-cell "

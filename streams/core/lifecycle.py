@@ -25,8 +25,8 @@ from datetime import datetime
 
 from schemas.alert import AlertEvent
 from schemas.vocab import AlertAction, ResultStatus, RuleName
-from streams.rules.base import Cite, Finding, RuleInput, Texts
-from streams.state import AlertStatus, AnnouncedAlert
+from streams.core.rules.base import Cite, Finding, RuleInput, Texts
+from streams.core.state import AlertStatus, AnnouncedAlert
 
 
 def alert_id(patient_id: str, rule: RuleName, episode: str, policy_version: str) -> str:

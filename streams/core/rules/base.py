@@ -2,7 +2,7 @@
 
 A rule never emits events itself. It returns every episode in which its alert condition held at
 some time on the history as now known -- open ones and closed ones -- and
-``streams.lifecycle.reconcile`` compares them with what subscribers were already told:
+``streams.core.lifecycle.reconcile`` compares them with what subscribers were already told:
 new episode → ``raised``, escalation → ``updated``, closed → ``resolved``, gone from the history
 (the condition never held) → ``retracted``. Re-evaluating the whole history is what makes late,
 corrected and cancelled results come out right, and makes the result independent of arrival order.
@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from schemas.alert import Evidence
 from schemas.base import utc_isoformat
 from schemas.vocab import CANONICAL_UNIT, Analyte, ResultStatus, RuleName, Severity
-from streams.policy import Policy
-from streams.state import ClinicalEventRecord, PatientState, StoredResult
+from streams.core.policy import Policy
+from streams.core.state import ClinicalEventRecord, PatientState, StoredResult
 
 T = TypeVar("T")
 
@@ -184,7 +184,7 @@ def _local_midnight(day0: datetime, timezone: str) -> float | Literal[False]:
 
 
 class Rule(Protocol):
-    """One module per rule under ``streams/rules``; registered in ``streams.engine.RULES``."""
+    """One module per rule under ``streams/rules``; registered in ``streams.core.engine.RULES``."""
 
     @property
     def name(self) -> RuleName: ...

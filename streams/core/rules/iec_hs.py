@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
-from streams.policy import Policy
-from streams.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
-from streams.state import StoredResult
+from streams.core.policy import Policy
+from streams.core.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
+from streams.core.state import StoredResult
 
 REFERENCES = (
     f"{REVIEW} -- section 'Immune-effector cell associated HLH-like syndrome (IEC-HS)'",

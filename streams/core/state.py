@@ -183,7 +183,7 @@ class PatientState:
         """Bound the history, never cutting into an open alert's episode.
 
         Where results were dropped, ``pruned_before`` records the cut: episodes before it are
-        settled history that re-evaluation can no longer see (``streams.lifecycle``).
+        settled history that re-evaluation can no longer see (``streams.core.lifecycle``).
         """
         open_starts = [
             a.episode_start for a in self.alerts.values() if a.status is AlertStatus.OPEN

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.vocab import Analyte, RuleName, Severity
-from streams.policy import Policy
-from streams.rules.base import (
+from streams.core.policy import Policy
+from streams.core.rules.base import (
     REVIEW,
     Cite,
     Finding,
@@ -36,7 +36,7 @@ from streams.rules.base import (
     Texts,
     episode_key,
 )
-from streams.state import StoredResult
+from streams.core.state import StoredResult
 
 REFERENCES = (
     f"{REVIEW} -- section 'Immune effector cell-associated hematotoxicity (ICAHT)'",

@@ -14,9 +14,9 @@ from schemas.alert import AlertEvent
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, Outcome, ResultStatus, RuleName
-from streams.lifecycle import reconcile
-from streams.policy import Policy
-from streams.rules import (
+from streams.core.lifecycle import reconcile
+from streams.core.policy import Policy
+from streams.core.rules import (
     bca_loss,
     hct_consolidation,
     hypogammaglobulinemia,
@@ -25,8 +25,8 @@ from streams.rules import (
     mrd_positive,
     prolonged_neutropenia,
 )
-from streams.rules.base import Cite, Rule, RuleInput
-from streams.state import ClinicalEventRecord, Enrollment, PatientState, StoredResult
+from streams.core.rules.base import Cite, Rule, RuleInput
+from streams.core.state import ClinicalEventRecord, Enrollment, PatientState, StoredResult
 
 PatientEvent = LabResult | Infusion | ClinicalEvent
 

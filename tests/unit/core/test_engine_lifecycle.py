@@ -10,9 +10,9 @@ import pytest
 
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, Outcome, ResultStatus, RuleName
-from streams.engine import PatientEvent, apply
-from streams.policy import DEFAULT_POLICY, Policy
-from streams.state import PatientState
+from streams.core.engine import PatientEvent, apply
+from streams.core.policy import DEFAULT_POLICY, Policy
+from streams.core.state import PatientState
 from streams.testing import DAY0, Timeline, actions, active, at_day, run
 
 HYPO = RuleName.HYPOGAMMAGLOBULINEMIA

@@ -9,7 +9,7 @@ Late ICAHT (after day 30): the two most recent consecutive ANC, the less severe 
 import pytest
 
 from schemas.vocab import AlertAction, Analyte, RuleName
-from streams.policy import Policy
+from streams.core.policy import Policy
 from streams.testing import Timeline, actions, active, at_day, run
 
 ICAHT = RuleName.PROLONGED_NEUTROPENIA

@@ -20,7 +20,7 @@ The alert's episode is the patient's enrollment, so its id is stable for the pat
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, CostimulatoryDomain, RiskFactor, RuleName, Severity
-from streams.rules.base import REVIEW, Cite, EveryResultMatters, Finding, RuleInput, Texts
+from streams.core.rules.base import REVIEW, Cite, EveryResultMatters, Finding, RuleInput, Texts
 
 REFERENCES = (
     f"{REVIEW} -- section 'HCT for all vs. selective use', recommendations for patients "

@@ -10,7 +10,7 @@ infusion, so the alert states the days since the last dose before the latest IgG
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
-from streams.rules.base import (
+from streams.core.rules.base import (
     REVIEW,
     Cite,
     EveryResultMatters,
@@ -19,7 +19,7 @@ from streams.rules.base import (
     Texts,
     episode_key,
 )
-from streams.state import StoredResult
+from streams.core.state import StoredResult
 
 REFERENCES = (f"{REVIEW} -- section 'Hypogammaglobulinemia and risk of infections'",)
 RECOMMENDATION = (

@@ -10,7 +10,7 @@ the ``detected`` flag decides, the value is only the level.
 from dataclasses import dataclass
 
 from schemas.vocab import Analyte, RuleName, Severity
-from streams.rules.base import (
+from streams.core.rules.base import (
     REVIEW,
     Cite,
     EveryResultMatters,
@@ -19,7 +19,7 @@ from streams.rules.base import (
     Texts,
     episode_key,
 )
-from streams.state import StoredResult
+from streams.core.state import StoredResult
 
 REFERENCES = (
     f"{REVIEW} -- section 'HCT for all vs. selective use', Figure 2",

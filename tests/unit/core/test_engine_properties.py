@@ -4,7 +4,7 @@
 - any arrival order of the same results gives the same final set of active alerts -- the same
   rules, severities and episode starts. (Alert ids can differ: an episode keeps the id it was
   first announced under when a late result moves its start earlier, rather than being retracted
-  and raised a second time, see ``streams.lifecycle``.);
+  and raised a second time, see ``streams.core.lifecycle``.);
 - a condition that stays true never raises twice;
 - a value corrected or cancelled away always ends in a retraction.
 """
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from schemas.lab_result import LabResult
 from schemas.vocab import AlertAction, Analyte, ResultStatus, RuleName
-from streams.engine import PatientEvent
+from streams.core.engine import PatientEvent
 from streams.testing import Timeline, active, run
 from tests.strategies import result_specs, timeline
 
