@@ -18,9 +18,9 @@ import click
 from schemas.records import Rejection
 from schemas.vocab import Outcome
 from streams.core.policy import DEFAULT_POLICY, Policy, PolicyError
-from streams.ingest.fhir import FhirConfig
+from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
-from streams.ingest.hl7v2 import Hl7Config
+from streams.ingest.hl7.oru import Hl7Config
 from streams.replay import Replay
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def _size(stream: BinaryIO) -> int:
         return 0
 
 
-# --- network listeners: streams/ingest/mllp.py and fhir_gateway.py (docs/feeds.md) -------------
+# --- network listeners: streams/listeners/mllp.py and fhir_gateway.py (docs/feeds.md) -------------
 
 _BROKER_HELP = "Kafka URL (default: $CARWATCH_BROKER_URL, else kafka://127.0.0.1:9092)."
 _TIMEOUT_HELP = "Seconds to wait for Kafka's acknowledgement before answering 'retry'."
@@ -218,7 +218,7 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
 def _run_listener(
     name: str, run: Callable[..., None], policy_path: str | None, **options: Any
 ) -> None:
-    from streams.ingest.publisher import ListenerSetupError
+    from streams.listeners.publisher import ListenerSetupError
 
     try:
         run(
@@ -244,7 +244,7 @@ def _run_listener(
 @_listener_options
 def mllp(policy_path: str | None, **options: Any) -> None:
     """Receive HL7 v2 ORU^R01 over MLLP; ACK AA only once Kafka has the results."""
-    from streams.ingest import mllp as listener
+    from streams.listeners import mllp as listener
 
     _run_listener("mllp", listener.main, policy_path, **options)
 
@@ -256,7 +256,7 @@ def mllp(policy_path: str | None, **options: Any) -> None:
 @_listener_options
 def fhir_gateway(policy_path: str | None, **options: Any) -> None:
     """Receive FHIR R4 Observations and Bundles over HTTP; 2xx only once Kafka has them."""
-    from streams.ingest import fhir_gateway as gateway
+    from streams.listeners import fhir_gateway as gateway
 
     _run_listener("fhir-gateway", gateway.main, policy_path, **options)
 

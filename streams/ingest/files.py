@@ -26,8 +26,8 @@ from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, WireRecord, decode_record
 from streams.core.policy import Policy
-from streams.ingest.fhir import DEFAULT_FHIR_CONFIG, FhirConfig, parse_fhir
-from streams.ingest.hl7v2 import Hl7Config, parse_oru
+from streams.ingest.fhir.observation import DEFAULT_FHIR_CONFIG, FhirConfig, parse_fhir
+from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.ingest.normalise import Unmapped, normalise_lab_result
 
 FORMATS: Final = ("ndjson", "hl7", "fhir")

@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.vocab import Analyte, MrdMethod
-from streams.ingest.fhir import FhirConfig
-from streams.ingest.hl7v2 import Hl7Config
+from streams.ingest.fhir.observation import FhirConfig
+from streams.ingest.hl7.oru import Hl7Config
 
 LOCAL_CODES = {"MRD-FLOW": Analyte.MRD, "MRD-NGS": Analyte.MRD, "MRD-PCR": Analyte.MRD}
 MRD_METHODS = {"MRD-NGS": MrdMethod.NGS}

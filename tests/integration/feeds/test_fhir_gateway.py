@@ -17,11 +17,11 @@ from hl7.client import MLLPClient
 
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
-from streams.ingest.fhir import FhirConfig
-from streams.ingest.fhir_gateway import FhirGateway
-from streams.ingest.hl7v2 import Hl7Config
-from streams.ingest.mllp import MllpListener, MllpService
-from streams.ingest.publisher import LabPublisher
+from streams.ingest.fhir.observation import FhirConfig
+from streams.ingest.hl7.oru import Hl7Config
+from streams.listeners.fhir_gateway import FhirGateway
+from streams.listeners.mllp import MllpListener, MllpService
+from streams.listeners.publisher import LabPublisher
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from hl7.mllp import open_hl7_connection
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason, ResultStatus
-from streams.ingest.hl7v2 import Hl7Config, parse_oru
-from streams.ingest.mllp import BROKER_DOWN_TEXT, MllpListener, MllpService
-from streams.ingest.publisher import LabPublisher
+from streams.ingest.hl7.oru import Hl7Config, parse_oru
+from streams.listeners.mllp import BROKER_DOWN_TEXT, MllpListener, MllpService
+from streams.listeners.publisher import LabPublisher
 
 pytestmark = pytest.mark.integration
 

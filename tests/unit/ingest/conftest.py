@@ -11,8 +11,8 @@ from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, MrdMethod
 from streams.core.policy import Policy
-from streams.ingest.fhir import FhirConfig
-from streams.ingest.hl7v2 import Hl7Config
+from streams.ingest.fhir.observation import FhirConfig
+from streams.ingest.hl7.oru import Hl7Config
 from streams.ingest.normalise import Unmapped
 
 DATA = Path(__file__).resolve().parents[2] / "data"

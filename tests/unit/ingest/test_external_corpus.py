@@ -17,9 +17,9 @@ from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, RejectReason
 from streams.core.policy import Policy
-from streams.ingest.fhir import FhirConfig, parse_fhir
+from streams.ingest.fhir.observation import FhirConfig, parse_fhir
 from streams.ingest.files import read_items
-from streams.ingest.hl7v2 import PARSER_BUG, Hl7Config, parse_oru
+from streams.ingest.hl7.oru import PARSER_BUG, Hl7Config, parse_oru
 from streams.ingest.normalise import Unmapped
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "external"

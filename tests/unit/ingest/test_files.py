@@ -15,9 +15,9 @@ from schemas.records import Rejection
 from schemas.vocab import RejectReason
 from streams.core.policy import Policy
 from streams.ingest import files
-from streams.ingest.fhir import FhirConfig
+from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items, read_path
-from streams.ingest.hl7v2 import Hl7Config
+from streams.ingest.hl7.oru import Hl7Config
 
 Kinds = Callable[[Iterable[Any]], list[str]]
 

@@ -1,4 +1,4 @@
-"""FHIR gateway (streams/ingest/fhir_gateway.py) over aiohttp's test server, fake publisher."""
+"""FHIR gateway (streams/listeners/fhir_gateway.py) over aiohttp's test server, fake publisher."""
 
 import copy
 import json
@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
-from streams.ingest.fhir import FhirConfig
-from streams.ingest.fhir_gateway import FhirGateway, expression_for
-from streams.ingest.publisher import BrokerUnavailable
+from streams.ingest.fhir.observation import FhirConfig
+from streams.listeners.fhir_gateway import FhirGateway, expression_for
+from streams.listeners.publisher import BrokerUnavailable
 from streams.metrics import PipelineMetrics
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""HL7 v2 ORU^R01 parsing and ACKs (streams/ingest/hl7v2.py)."""
+"""HL7 v2 ORU^R01 parsing and ACKs (streams/ingest/hl7/oru.py)."""
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,7 +15,7 @@ from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
 from streams.core.policy import Policy
-from streams.ingest.hl7v2 import (
+from streams.ingest.hl7.oru import (
     PARSER_BUG,
     Hl7Config,
     Hl7Message,
@@ -513,7 +513,7 @@ def test_arbitrary_text_never_raises(text: str) -> None:
 
 
 def _full_panel() -> str:
-    path = Path(__file__).resolve().parents[2] / "data/hl7/full_panel.hl7"
+    path = Path(__file__).resolve().parents[3] / "data/hl7/full_panel.hl7"
     return path.read_text(encoding="utf-8")
 
 

@@ -49,7 +49,7 @@ from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
 from streams.core.policy import DEFAULT_POLICY, Policy
-from streams.ingest.hl7v2 import (
+from streams.ingest.hl7.oru import (
     AckCode,
     Hl7Config,
     Hl7Message,
@@ -57,7 +57,7 @@ from streams.ingest.hl7v2 import (
     error_code_for,
     parse_oru,
 )
-from streams.ingest.publisher import (
+from streams.listeners.publisher import (
     BrokerUnavailable,
     LabPublisher,
     ListenerSetupError,

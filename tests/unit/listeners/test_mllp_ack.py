@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
-from streams.ingest.hl7v2 import Hl7Config, parse_oru
-from streams.ingest.mllp import (
+from streams.ingest.hl7.oru import Hl7Config, parse_oru
+from streams.listeners.mllp import (
     BROKER_DOWN_TEXT,
     AckDecision,
     MllpListener,
@@ -24,7 +24,7 @@ from streams.ingest.mllp import (
     frame,
     frame_too_large_ack,
 )
-from streams.ingest.publisher import BrokerUnavailable
+from streams.listeners.publisher import BrokerUnavailable
 from streams.metrics import PipelineMetrics
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

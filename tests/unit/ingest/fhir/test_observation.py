@@ -1,4 +1,4 @@
-"""FHIR R4 Observation / Bundle parsing (streams/ingest/fhir.py)."""
+"""FHIR R4 Observation / Bundle parsing (streams/ingest/fhir/observation.py)."""
 
 import copy
 import json
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
-from streams.ingest.fhir import PARSER_BUG, FhirConfig, FhirParse, parse_fhir
-from streams.ingest.hl7v2 import Hl7Config, parse_oru
+from streams.ingest.fhir.observation import PARSER_BUG, FhirConfig, FhirParse, parse_fhir
+from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.ingest.normalise import Unmapped
 
 Kinds = Callable[[Iterable[Any]], list[str]]

@@ -1,11 +1,11 @@
-"""MLLP framing and deframing (streams/ingest/mllp.py ``MllpDeframer``): no network."""
+"""MLLP framing and deframing (streams/listeners/mllp.py ``MllpDeframer``): no network."""
 
 import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ingest.mllp import (
+from streams.listeners.mllp import (
     HEAD_BYTES,
     Frame,
     FrameEvent,

@@ -1,4 +1,4 @@
-"""LabPublisher (streams/ingest/publisher.py) without a broker: a fake producer, a closed port."""
+"""LabPublisher (streams/listeners/publisher.py) without a broker: a fake producer, a closed port."""
 
 import asyncio
 import socket
@@ -12,8 +12,8 @@ import pytest
 from schemas.deadletter import DeadLetter, RejectDetail
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, RejectReason
-from streams.ingest.hl7v2 import Hl7Config
-from streams.ingest.publisher import (
+from streams.ingest.hl7.oru import Hl7Config
+from streams.listeners.publisher import (
     MAX_DEAD_LETTER_RAW,
     BrokerUnavailable,
     LabPublisher,

@@ -7,7 +7,7 @@ An aiohttp application (default bind ``127.0.0.1:8080``) with
 - ``GET /fhir/metadata`` (also ``GET /metadata``) — a minimal CapabilityStatement.
 
 Bodies are ``application/fhir+json`` or ``application/json`` (else ``415``); the documents are
-read by ``streams.ingest.fhir.parse_fhir`` (one outcome per result). As on the MLLP listener,
+read by ``streams.ingest.fhir.observation.parse_fhir`` (one outcome per result). As on the MLLP listener,
 accepted results go to ``carwatch.labs``, rejected results and unusable documents to
 ``carwatch.deadletter`` (raw + reasons), results we do not monitor are only counted — and the
 answer is sent **only after Kafka acknowledged every record** of the request:
@@ -65,14 +65,14 @@ from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
 from streams.core.policy import DEFAULT_POLICY, Policy
-from streams.ingest.fhir import (
+from streams.ingest.fhir.observation import (
     DEFAULT_FHIR_CONFIG,
     FhirConfig,
     FhirParse,
     parse_fhir,
 )
 from streams.ingest.normalise import ResultItem, Unmapped
-from streams.ingest.publisher import (
+from streams.listeners.publisher import (
     BrokerUnavailable,
     LabPublisher,
     Plan,

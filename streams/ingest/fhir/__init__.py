@@ -1,0 +1,1 @@
+"""FHIR R4 Observation and Bundle: bytes in, LabResults or Rejections out (pure)."""
