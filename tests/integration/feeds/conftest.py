@@ -17,7 +17,7 @@ from streams.ingest.hl7.oru import Hl7Config
 
 LOCAL_CODES = {"MRD-FLOW": Analyte.MRD, "MRD-NGS": Analyte.MRD, "MRD-PCR": Analyte.MRD}
 MRD_METHODS = {"MRD-NGS": MrdMethod.NGS}
-#: The synthetic KIDS-LAB feed of tests/data (as in tests/unit/ingest/conftest.py).
+#: The synthetic KIDS-LAB feed of tests/data (as in tests/unit/conftest.py).
 HL7_CONFIG = Hl7Config(assigning_authority="KIDS", local_codes=LOCAL_CODES, mrd_methods=MRD_METHODS)
 FHIR_CONFIG = FhirConfig(local_codes=LOCAL_CODES, mrd_methods=MRD_METHODS)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures of the ingest tests: data paths, feed configs, outcome helpers."""
+"""Shared fixtures of the ingest and listener tests: data paths, feed configs, outcome helpers."""
 
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -15,7 +15,7 @@ from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.hl7.oru import Hl7Config
 from streams.ingest.normalise import Unmapped
 
-DATA = Path(__file__).resolve().parents[2] / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 LOCAL_CODES = {"MRD-FLOW": Analyte.MRD, "MRD-NGS": Analyte.MRD, "MRD-PCR": Analyte.MRD}
 MRD_METHODS = {"MRD-NGS": MrdMethod.NGS}
 
