@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=1000, ge=1)
     batch_timeout_seconds: float = Field(default=0.05, gt=0)
     #: Deliver each fetched run of records of one partition as one stream event (see
-    #: ``streams.app.ChunkingConsumer``); ``false`` falls back to Faust's per-message path.
+    #: ``streams.shell.chunking.ChunkingConsumer``); ``false`` falls back to Faust's per-message path.
     chunked_delivery: bool = True
     broker_session_timeout_seconds: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval_seconds: float = Field(default=3.0, gt=0)

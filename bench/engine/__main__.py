@@ -21,7 +21,7 @@ from streams.core.engine import apply
 from streams.core.policy import DEFAULT_POLICY
 from streams.core.state import PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
-from streams.state_codec import encode_state
+from streams.pipeline.state_codec import encode_state
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ stopped at the end), the same messages for every figure:
 (a) worker throughput -- ``carwatch worker`` (real Faust worker, memory store) drains a
     pre-filled topic: an enrolled-patient stream, and a hospital-wide feed (90 % never infused);
 (b) baselines on the same topics -- raw aiokafka consume, and a plain aiokafka loop running the
-    very same batch code (``streams.agents.Monitor``) with a dict as state and alerts produced;
+    very same batch code (``streams.pipeline.monitor.Monitor``) with a dict as state and alerts produced;
 (c) produce-to-alert latency through the worker at a steady 1,000 results/s (time from the
     producer's send to the alert event's arrival at a consumer of the alerts topic).
 
@@ -38,11 +38,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import synthetic
-from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
 from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
+from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
+from streams.pipeline.store import DictStore
+from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 8

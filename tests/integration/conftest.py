@@ -291,8 +291,8 @@ def _is_clinical(line: bytes) -> bool:
 
 @pytest.fixture
 def pipeline(broker: Broker, tmp_path: Path) -> Iterator[Pipeline]:
+    from streams.pipeline.topics import ensure_topics
     from streams.settings import Settings
-    from streams.topics import ensure_topics
 
     p = Pipeline(broker, tmp_path)
     ensure_topics(

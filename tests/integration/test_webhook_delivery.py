@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from streams.delivery.webhook import verify
+from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.integration.conftest import REPO, Broker
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 
 from streams.cli import main
 
-SCENARIOS = Path(__file__).parents[1] / "data" / "scenarios"
+SCENARIOS = Path(__file__).parents[2] / "data" / "scenarios"
 SCENARIO_FILES = sorted(p for p in SCENARIOS.glob("*.ndjson") if ".expected." not in p.name)
 
 
@@ -183,7 +183,7 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
 def test_hl7_file_replays_and_feed_timezone_opts_in_to_offsetless_times(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    hepatitis = Path(__file__).parents[1] / "data" / "external" / "hl7v2"
+    hepatitis = Path(__file__).parents[2] / "data" / "external" / "hl7v2"
     message = str(hepatitis / "cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7")
     assert main(["replay", message]) == 0
     assert "naive_datetime" in capsys.readouterr().err

@@ -16,8 +16,8 @@ import pytest
 from schemas.alert import AlertEvent
 from schemas.deadletter import DeadLetter
 from streams import synthetic
-from streams.app import alerts_topic, deadletter_topic, patient_state, pipeline
-from streams.state_codec import decode_state
+from streams.pipeline.state_codec import decode_state
+from streams.shell.app import alerts_topic, deadletter_topic, patient_state, pipeline
 
 
 @dataclass
@@ -136,14 +136,14 @@ async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
     now = datetime.now(UTC)
     records = synthetic.patient("igg_decline", pid, now)
     await harness.put(records[0])  # infusion
-    real_apply = __import__("streams.agents", fromlist=["apply"]).apply
+    real_apply = __import__("streams.pipeline.monitor", fromlist=["apply"]).apply
 
     def flaky(state: Any, event: Any, policy: Any) -> Any:
         if getattr(event, "accession", None) == records[1]["accession"]:
             raise RuntimeError("boom")
         return real_apply(state, event, policy)
 
-    with mock.patch("streams.agents.apply", flaky):
+    with mock.patch("streams.pipeline.monitor.apply", flaky):
         out = await harness.put(records[1])
     assert out.outcomes["rejected"] == 1
     ((_, letter),) = harness.sent_deadletters()
@@ -159,9 +159,10 @@ async def test_a_batch_merges_the_two_topics_by_timestamp() -> None:
     """Records of one patient from both topics in one batch: infusion first (earlier stamp)."""
     from prometheus_client import CollectorRegistry
 
-    from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
     from streams.core.policy import DEFAULT_POLICY
     from streams.metrics import PipelineMetrics
+    from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
+    from streams.pipeline.store import DictStore
 
     pid = patient_id()
     records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
@@ -184,10 +185,11 @@ def test_states_are_persisted_only_after_the_alerts_they_record() -> None:
     """A state saying "announced" must never reach the changelog before its alert is sent."""
     from prometheus_client import CollectorRegistry
 
-    from streams.agents import CLINICAL_TOPIC, LABS, DictStore, InRecord, Monitor
     from streams.core.policy import DEFAULT_POLICY
     from streams.metrics import PipelineMetrics
-    from streams.state_codec import decode_state
+    from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
+    from streams.pipeline.state_codec import decode_state
+    from streams.pipeline.store import DictStore
 
     pid = patient_id()
     records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))

@@ -1,6 +1,6 @@
 """The Faust application: topics, the ``patient_state`` table, and how records reach the agent.
 
-``faust -A streams.app worker`` or ``carwatch worker`` runs it; settings come from ``CARWATCH_*``
+``faust -A streams.shell.app worker`` or ``carwatch worker`` runs it; settings come from ``CARWATCH_*``
 (``streams.settings``). Choices, and why (DESIGN.md "Real components", FACTS.md):
 
 - ``processing_guarantee="at_least_once"``: alert ids are deterministic, so a record processed
@@ -12,7 +12,7 @@
 - ``web_tables_enabled=False``: Faust's ``/table`` endpoint would serve patient state over HTTP.
   The web server binds to ``CARWATCH_WEB_HOST`` (127.0.0.1) explicitly: ``faust worker`` would
   otherwise listen on 0.0.0.0.
-- The table's values are ``streams.state_codec`` bytes (``value_serializer="raw"``).
+- The table's values are ``streams.pipeline.state_codec`` bytes (``value_serializer="raw"``).
 
 Chunked delivery (``ChunkingConsumer``): Faust hands every Kafka record through its consumer,
 conductor, channel queue and stream one by one, at about 50 µs of Python per record on this
@@ -27,94 +27,17 @@ Everything else (changelog recovery, other topics) goes through Faust's normal p
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, EventT, Message
+from faust.types import EventT
 
-from streams import agents
 from streams.settings import Settings
+from streams.shell import agents
+from streams.shell.chunking import ChunkingTransport
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """Consecutive records of one input partition, as fetched (aiokafka ``ConsumerRecord``)."""
-
-    records: Sequence[Any]
-
-
-class ChunkingConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, delivering input-topic records in chunks (module docstring)."""
-
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        chunked = cast(CarwatchApp, self.app).chunked_topics
-        chunk_size = cast(CarwatchApp, self.app).chunk_size
-        records, active = await self._wait_next_records(timeout)
-        generation_id = self.app.consumer_generation_id
-        if records is None or self.should_stop:
-            return
-        if not self.flow_active:
-            try:
-                await self.perform_seek()
-            except Exception as exc:  # as upstream: log and let the fetcher retry
-                self.log.warning(f"exception performing seek when flow not active {exc!r}")
-            return
-        for tp, fetched in records.items():
-            if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                break
-            if active is not None and tp not in active and tp not in self._buffered_partitions:
-                continue
-            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            if tp.topic not in chunked:
-                for record in fetched:
-                    yield tp, self._to_message(tp, record)
-                continue
-            for start in range(0, len(fetched), chunk_size):
-                part = fetched[start : start + chunk_size]
-                yield tp, self._chunk_message(tp, part, generation_id)
-
-    def _chunk_message(self, tp: TP, part: Sequence[Any], generation_id: int) -> Message:
-        last = part[-1]
-        message = faust_aiokafka.ConsumerMessage(
-            last.topic,
-            last.partition,
-            last.offset,
-            cast(float, last.timestamp / 1000.0 if last.timestamp is not None else None),
-            last.timestamp_type,
-            None,
-            None,
-            cast(bytes, Chunk(part)),  # the agent unpacks it; no serializer touches it
-            None,
-            0,
-            0,
-            tp,
-            generation_id=generation_id,
-        )
-        message.first_offset = part[0].offset  # type: ignore[attr-defined]
-        # The fetcher adds offsets it jumps over as "done" at once (a gap); a chunk's earlier
-        # offsets are not done until the chunk is acknowledged, see ``ack``.
-        self._read_offset[tp] = last.offset - 1
-        return message
-
-    def ack(self, message: Message) -> bool:
-        first = getattr(message, "first_offset", None)
-        if first is not None and first < message.offset and not message.acked:
-            committed = self._committed_offset[message.tp]
-            begin = first if committed is None else max(first, committed)
-            if begin < message.offset:
-                gap = self._gap[message.tp]
-                gap.addi(begin, message.offset)
-                gap.merge_overlaps()
-        return bool(super().ack(message))
-
-
-class ChunkingTransport(faust_aiokafka.Transport):
-    Consumer = ChunkingConsumer
 
 
 class CarwatchApp(faust.App):
@@ -188,7 +111,7 @@ deadletter_topic = app.topic(
     partitions=settings.partitions,
 )
 
-#: Called with every changelog record the table recovers (``streams.agents`` indexes them).
+#: Called with every changelog record the table recovers (``streams.shell.agents`` indexes them).
 changelog_listeners: list[Callable[[EventT], Awaitable[None]]] = []
 
 
@@ -197,7 +120,7 @@ async def _on_changelog_event(event: EventT) -> None:
         await listener(event)
 
 
-#: Patient id (UTF-8 bytes) → ``streams.state_codec`` bytes; enrolled patients only. Its
+#: Patient id (UTF-8 bytes) → ``streams.pipeline.state_codec`` bytes; enrolled patients only. Its
 #: changelog ``<app id>-patient_state-changelog`` has the inputs' partition count.
 patient_state = app.Table(
     "patient_state",
@@ -207,7 +130,7 @@ patient_state = app.Table(
     on_changelog_event=_on_changelog_event,
 )
 
-# The agent, the timer and the startup hooks (``faust -A streams.app`` finds them on ``app``).
+# The agent, the timer and the startup hooks (``faust -A streams.shell.app`` finds them on ``app``).
 pipeline = agents.register(sys.modules[__name__])
 
 __all__ = [

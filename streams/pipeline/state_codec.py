@@ -2,7 +2,7 @@
 
 JSON arrays instead of objects, instants as epoch seconds (UTC), enums as their values, trailing
 empty fields dropped, sources interned in a table: a year of follow-up stays well under 8 KB.
-Every field round-trips exactly (``tests/unit/test_state_codec.py``). ``FORMAT`` is bumped on
+Every field round-trips exactly (``tests/unit/pipeline/test_state_codec.py``). ``FORMAT`` is bumped on
 any incompatible change; a state in an unknown format is an error, never silently reset.
 """
 

@@ -10,7 +10,7 @@ from schemas.vocab import ClinicalEventKind
 from streams.core.engine import apply, tick
 from streams.core.policy import DEFAULT_POLICY
 from streams.core.state import PatientState
-from streams.state_codec import StateFormatError, decode_state, encode_state
+from streams.pipeline.state_codec import StateFormatError, decode_state, encode_state
 from streams.testing import DAY0, Timeline, at_day
 from tests.strategies import result_specs, timeline
 

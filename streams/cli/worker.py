@@ -1,0 +1,41 @@
+"""``carwatch worker``: the Faust worker (streams/shell/)."""
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from streams.cli.common import (
+    LOG_LEVELS,
+    UsageFailure,
+    settings_from_env,
+)
+from streams.core.policy import PolicyError
+
+if TYPE_CHECKING:
+    pass
+
+
+@click.command()
+@click.option("--loglevel", type=LOG_LEVELS, default="info", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run the Faust worker: monitor agent, tick timer and /metrics (settings: CARWATCH_*)."""
+    from streams.pipeline.topics import TopicError, ensure_topics
+
+    settings = settings_from_env()
+    try:
+        settings.load_policy()
+    except PolicyError as exc:
+        raise UsageFailure(str(exc)) from exc
+    if settings.create_topics:
+        try:
+            ensure_topics(settings)
+        except TopicError as exc:
+            raise click.ClickException(str(exc)) from exc
+    sys.setswitchinterval(settings.gil_switch_interval_seconds)
+
+    import faust
+
+    from streams.shell.app import app
+
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,1 @@
+"""The Faust shell: the only package that imports Faust (docs/architecture.md)."""
