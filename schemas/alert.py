@@ -1,7 +1,15 @@
 """``AlertEvent``: what subscribers receive on ``carwatch.alerts`` (DESIGN.md "Alert event")."""
 
 from schemas.base import PatientId, Timestamp, WireModel
-from schemas.vocab import AlertAction, Analyte, MrdMethod, ResultStatus, RuleName, Severity
+from schemas.vocab import (
+    AlertAction,
+    Analyte,
+    Comparator,
+    MrdMethod,
+    ResultStatus,
+    RuleName,
+    Severity,
+)
 
 
 class Evidence(WireModel):
@@ -9,6 +17,8 @@ class Evidence(WireModel):
 
     analyte: Analyte
     value: float | None
+    #: censored result: the value is the assay's limit (shown as "< 100 /µL")
+    comparator: Comparator | None = None
     unit: str
     collected_at: Timestamp
     accession: str | None = None

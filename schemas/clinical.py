@@ -1,6 +1,8 @@
 """``infusion`` and ``clinical_event`` wire records (DESIGN.md, clinical-rules.md section 0)."""
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import StringConstraints
 
 from schemas.base import PatientId, Timestamp, WireModel
 from schemas.vocab import ClinicalEventKind, CostimulatoryDomain, RiskFactor
@@ -23,9 +25,16 @@ class Infusion(WireModel):
 
 
 class ClinicalEvent(WireModel):
-    """A clinical fact the rules read as context (IVIG dose, reinfusion, CRS resolved)."""
+    """A clinical or course event (clinical-rules.md 0 "Course events"): IVIG dose, reinfusion,
+    CRS resolved, HCT performed, relapse (``detail`` such as ``cd19_negative``), end of follow-up.
+    """
 
     type: Literal["clinical_event"] = "clinical_event"
     patient_id: PatientId
     kind: ClinicalEventKind
     at: Timestamp
+    #: free text qualifying the event, shown in alert texts (e.g. ``cd19_negative``); no PHI
+    detail: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+        | None
+    ) = None

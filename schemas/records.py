@@ -23,6 +23,8 @@ _PYDANTIC_REASONS = {
     "timezone_aware": RejectReason.NAIVE_DATETIME,
     "missing": RejectReason.MISSING_FIELD,
 }
+#: Type errors of the strict number and boolean fields (clinical-rules.md 0 "Numbers are numbers").
+_VALUE_TYPE_ERRORS = {"float_type", "bool_type", "finite_number"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ def _reason(error_type: str, field: str | None) -> RejectReason:
         return RejectReason(error_type)
     if error_type in _PYDANTIC_REASONS:
         return _PYDANTIC_REASONS[error_type]
+    if error_type in _VALUE_TYPE_ERRORS:
+        return RejectReason.INVALID_VALUE
     top = (field or "").split(".")[0]
     if error_type == "enum" and top == "analyte":
         return RejectReason.UNKNOWN_ANALYTE

@@ -83,21 +83,37 @@ class RiskFactor(StrEnum):
 
 
 class ClinicalEventKind(StrEnum):
-    """Clinical events the rules read (clinical-rules.md sections 0, 2 and 4)."""
+    """Clinical and course events the rules read (clinical-rules.md sections 0, 2 and 4)."""
 
     IVIG_GIVEN = "ivig_given"
     REINFUSION = "reinfusion"
     CRS_RESOLVED = "crs_resolved"
+    #: consolidative (or later allogeneic) HCT performed: no more HCT advice or B-cell alerts
+    HCT_PERFORMED = "hct_performed"
+    #: morphological relapse (``detail`` e.g. ``cd19_negative``, ``lineage_switch``)
+    RELAPSE = "relapse"
+    #: death, transfer or withdrawal: every open alert resolves, later results not monitored
+    END_OF_FOLLOW_UP = "end_of_follow_up"
 
 
 class RuleName(StrEnum):
     BCA_LOSS = "bca_loss"
+    BCA_NOT_ESTABLISHED = "bca_not_established"
     HYPOGAMMAGLOBULINEMIA = "hypogammaglobulinemia"
     PROLONGED_NEUTROPENIA = "prolonged_neutropenia"
     IEC_HS = "iec_hs"
     MRD_POSITIVE = "mrd_positive"
     HCT_CONSOLIDATION = "hct_consolidation"
     MONITORING_GAP = "monitoring_gap"
+
+
+class Comparator(StrEnum):
+    """Censored result: the true value is beyond the assay's limit, which ``value`` carries."""
+
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
 
 
 class Severity(StrEnum):
@@ -117,6 +133,8 @@ class RejectReason(StrEnum):
     """Why a record went to the dead-letter topic. Machine-readable; a metric label."""
 
     MALFORMED_JSON = "malformed_json"
+    #: a number or boolean sent as text (``"250"``) or of the wrong JSON type: never coerced
+    INVALID_VALUE = "invalid_value"
     UNKNOWN_TYPE = "unknown_type"
     MISSING_FIELD = "missing_field"
     INVALID_FIELD = "invalid_field"
@@ -144,3 +162,5 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     SUPERSEDED = "superseded"
     UNKNOWN_ACCESSION = "unknown_accession"
+    #: a record for a patient whose follow-up ended (``end_of_follow_up``): kept out of the rules
+    NOT_MONITORED = "not_monitored"

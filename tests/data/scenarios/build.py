@@ -4,7 +4,7 @@
 
 Each scenario is one clinical story; ``<name>.expected.ndjson`` beside it holds the alert events
 ``carwatch replay <name>.ndjson`` must print (reviewed by hand, then pinned by
-tests/unit/test_cli_replay.py).
+tests/unit/cli/test_replay.py).
 """
 
 import json
