@@ -7,6 +7,7 @@ No Kafka, clock, network or global state here. ``tick`` is the only entry for wa
 counting; ``step`` keeps the signature of the design. Both update ``state`` in place and return it.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -68,6 +69,18 @@ def step(
     """Apply one normalised record to one patient's state; return the alert events it causes."""
     result = apply(state, event, policy)
     return result.state, result.alerts
+
+
+def apply_all(
+    state: PatientState, events: Sequence[PatientEvent], policy: Policy
+) -> list[StepResult]:
+    """Apply one patient's records in order; one ``StepResult`` per record, in input order.
+
+    This is the entry for every driver that sees several records at once (replay, the worker's
+    batches): results of one specimen that arrive together are applied together
+    (clinical-rules.md 0 "Same specimen"), their alert events attached to the group's last record.
+    """
+    return [apply(state, event, policy) for event in events]
 
 
 def apply(state: PatientState, event: PatientEvent, policy: Policy) -> StepResult:
