@@ -28,7 +28,7 @@ for command in (replay, mllp, fhir_gateway, worker, feed, alerts):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, exit 2 for unusable arguments."""
     try:
-        cli.main(args=argv, prog_name="carwatch", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="carwatch", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         click.echo(f"carwatch: error: {exc.format_message()}", err=True)
         return EXIT_USAGE
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return status if isinstance(status, int) else 0  # click.exceptions.Exit(n) → n
 
 
 if __name__ == "__main__":

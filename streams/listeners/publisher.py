@@ -29,23 +29,21 @@ No patient identifier is ever logged here: log lines name topics, counts and the
 import asyncio
 import logging
 import signal
-import tomllib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Protocol, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import BaseModel, ValidationError
 
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import Outcome
+from streams.ingest.config import Config, load_feed_config
 from streams.ingest.files import InputItem
 from streams.ingest.normalise import ResultItem
 from streams.logs import configure_logging
@@ -368,27 +366,6 @@ def count_plan(metrics: PipelineMetrics | None, plan: Plan, adapter: str) -> Non
 
 # --- plumbing shared by the listener commands -----------------------------------------------------
 
-ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
-
-
-def load_feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
-    """A feed configuration (``Hl7Config``/``FhirConfig`` fields) from a TOML file; defaults
-    without one. Raises ``ValueError`` with a one-line explanation."""
-    if path is None:
-        return model()
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read feed config {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"feed config {path} is not TOML: {exc}") from exc
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        raise ValueError(f"feed config {path}: {where}: {error['msg']}") from exc
-
 
 async def wait_for_signal() -> None:
     """Return on SIGINT or SIGTERM (the listeners' foreground loop)."""
@@ -458,7 +435,7 @@ def serve(listener: Coroutine[Any, Any, None], host: str, port: int) -> None:
         raise ListenerSetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
+def feed_config(path: str | None, model: type[Config]) -> Config:
     try:
         return load_feed_config(path, model)
     except ValueError as exc:

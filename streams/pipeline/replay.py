@@ -5,6 +5,12 @@ record ends in one outcome (accepted, rejected, unmapped, not_enrolled, duplicat
 unknown_accession); rejected ones are reported with their location and reason. ``decided_at`` of
 each alert is the triggering record's ``resulted_at`` (else its collection time), or ``now`` for the
 final ``tick``, so a replay of the same input is byte-identical every time.
+
+Specimen grouping (clinical-rules.md 0 "Same specimen", rev. 2): consecutive records of one
+patient go to ``apply_all`` together, so the engine can apply the results of one specimen (one
+HL7 message, one FHIR Bundle, consecutive lines) at once. A run ends where another patient's
+record, or the end of a file, comes; rejected and unmapped items do not end it (they never reach
+the engine).
 """
 
 from collections import Counter
@@ -13,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.alert import AlertEvent
-from schemas.records import Rejection
+from schemas.records import Rejection, WireRecord
 from schemas.vocab import Outcome, RejectReason
-from streams.core.engine import apply, tick
+from streams.core.engine import apply_all, tick
 from streams.core.policy import Policy
 from streams.core.state import PatientState
 from streams.ingest.files import InputItem
@@ -28,6 +34,8 @@ class ReplayCounts:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     rejected: Counter[RejectReason] = field(default_factory=Counter)
     alert_events: int = 0
+    #: accepted CD19 results whose code named the other CD19 analyte (resolved by the unit)
+    code_unit_mismatch: int = 0
 
     def summary(self) -> str:
         reasons = ", ".join(f"{r.value}={n}" for r, n in sorted(self.rejected.items()))
@@ -37,7 +45,8 @@ class ReplayCounts:
             f"rejected {o[Outcome.REJECTED]}" + (f" ({reasons})" if reasons else "") + ", "
             f"unmapped {o[Outcome.UNMAPPED]}, not enrolled {o[Outcome.NOT_ENROLLED]}, "
             f"duplicates {o[Outcome.DUPLICATE]}, superseded {o[Outcome.SUPERSEDED]}, "
-            f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, alert events {self.alert_events}"
+            f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, "
+            f"code/unit mismatches {self.code_unit_mismatch}, alert events {self.alert_events}"
         )
 
 
@@ -50,10 +59,14 @@ class Replay:
     on_reject: Callable[[InputItem, Rejection], None]
     #: called for records that were valid but changed nothing worth a note (unknown accession)
     on_ignored: Callable[[InputItem, Outcome], None] = lambda item, outcome: None
+    #: called for results accepted under the other CD19 analyte than their code named
+    on_mismatch: Callable[[InputItem], None] = lambda item: None
     states: dict[str, PatientState] = field(default_factory=dict)
     counts: ReplayCounts = field(default_factory=ReplayCounts)
 
     def feed(self, items: Iterable[InputItem]) -> None:
+        """Apply one file's items: each patient's consecutive records as one ``apply_all``."""
+        run: list[tuple[InputItem, WireRecord]] = []
         for item in items:
             self.counts.read += 1
             outcome = item.outcome
@@ -65,10 +78,23 @@ class Replay:
             if isinstance(outcome, Unmapped):
                 self.counts.outcomes[Outcome.UNMAPPED] += 1
                 continue
-            state = self.states.get(outcome.patient_id) or PatientState.new(outcome.patient_id)
-            result = apply(state, outcome, self.policy)
-            if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
-                self.states[outcome.patient_id] = state
+            if item.mismatch:
+                self.counts.code_unit_mismatch += 1
+                self.on_mismatch(item)
+            if run and run[0][1].patient_id != outcome.patient_id:
+                self._apply_run(run)
+                run = []
+            run.append((item, outcome))
+        if run:
+            self._apply_run(run)
+
+    def _apply_run(self, run: list[tuple[InputItem, WireRecord]]) -> None:
+        patient_id = run[0][1].patient_id
+        state = self.states.get(patient_id) or PatientState.new(patient_id)
+        results = apply_all(state, [record for _, record in run], self.policy)
+        if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
+            self.states[patient_id] = state
+        for (item, _), result in zip(run, results, strict=True):
             self.counts.outcomes[result.outcome] += 1
             if result.outcome is Outcome.UNKNOWN_ACCESSION:
                 self.on_ignored(item, result.outcome)

@@ -12,12 +12,12 @@ import pytest
 from schemas.deadletter import DeadLetter, RejectDetail
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, RejectReason
+from streams.ingest.config import load_feed_config
 from streams.ingest.hl7.oru import Hl7Config
 from streams.listeners.publisher import (
     MAX_DEAD_LETTER_RAW,
     BrokerUnavailable,
     LabPublisher,
-    load_feed_config,
 )
 
 AT = datetime(2026, 1, 5, 8, tzinfo=UTC)
