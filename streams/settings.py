@@ -3,9 +3,14 @@
 Every process of the pipeline reads the same names, so one environment configures a deployment:
 
 - Broker: ``CARWATCH_BROKER_URL`` (Faust style ``kafka://host:port``, several separated by ``,``
-  or ``;``). Security is derived from what is set: a CA file (or client certificate) means TLS;
-  a SASL mechanism means SASL (over TLS when a CA file is set). Secrets are ``SecretStr``: they
-  never appear in a ``repr`` or a log line.
+  or ``;``). ``CARWATCH_SECURITY_PROTOCOL`` chooses the protocol; unset, it is derived from what
+  is set: a CA file (or client certificate) means TLS (``SSL``), a SASL mechanism means
+  ``SASL_SSL`` — with the system's CA store when no CA file is given. SASL without TLS sends the
+  password in clear and is only used when ``CARWATCH_SECURITY_PROTOCOL=SASL_PLAINTEXT`` says so
+  (the first release silently fell back to it when the CA file was missing). Secrets are
+  ``SecretStr``: they never appear in a ``repr`` or a log line.
+- ``inbound_topic`` (``carwatch.inbound``): the listeners' message store, every raw HL7 message
+  and FHIR body before it is answered; not compacted, kept ``inbound_retention_hours``.
 - Store: ``memory://`` (default: development and tests; the table is rebuilt from its changelog on
   every start) or, for production, ``rocksdb://`` with the rocksdict driver
   (``pip install 'carwatch[rocksdict]'``; Faust picks rocksdict whenever it is installed, never
@@ -19,14 +24,15 @@ Every process of the pipeline reads the same names, so one environment configure
 
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.core.policy import DEFAULT_POLICY, Policy
 
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
 class Settings(BaseSettings):
@@ -38,6 +44,9 @@ class Settings(BaseSettings):
     broker_url: str = "kafka://127.0.0.1:9092"
 
     # TLS / SASL (see module docstring for how the protocol is chosen)
+    security_protocol_setting: SecurityProtocol | None = Field(
+        default=None, validation_alias="CARWATCH_SECURITY_PROTOCOL"
+    )
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -54,6 +63,9 @@ class Settings(BaseSettings):
     clinical_topic: str = "carwatch.clinical"
     alerts_topic: str = "carwatch.alerts"
     deadletter_topic: str = "carwatch.deadletter"
+    inbound_topic: str = "carwatch.inbound"
+    #: How long raw inbound messages are kept for ``carwatch reprocess`` (topic retention).
+    inbound_retention_hours: float = Field(default=24 * 30, gt=0)
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -81,6 +93,15 @@ class Settings(BaseSettings):
     #: half its throughput. Only matters while the worker is saturated.
     gil_switch_interval_seconds: float = Field(default=0.05, gt=0, le=1)
 
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Self:
+        sasl = "SASL" in self.security_protocol
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"{self.security_protocol} needs CARWATCH_SASL_MECHANISM")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError("SASL needs CARWATCH_SASL_USERNAME and CARWATCH_SASL_PASSWORD")
+        return self
+
     @field_validator("broker_url")
     @classmethod
     def _has_host(cls, value: str) -> str:
@@ -95,14 +116,28 @@ class Settings(BaseSettings):
 
     @property
     def security_protocol(self) -> str:
-        tls = self.ssl_cafile is not None or self.ssl_certfile is not None
+        if self.security_protocol_setting is not None:
+            return self.security_protocol_setting
         if self.sasl_mechanism is not None:
-            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+            return "SASL_SSL"  # never SASL_PLAINTEXT unless asked for by name
+        tls = self.ssl_cafile is not None or self.ssl_certfile is not None
         return "SSL" if tls else "PLAINTEXT"
 
     @property
     def topics(self) -> tuple[str, str, str, str]:
         return (self.labs_topic, self.clinical_topic, self.alerts_topic, self.deadletter_topic)
+
+    @property
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Per-topic broker settings: the message store keeps raw messages up to the largest
+        accepted FHIR body, for ``inbound_retention_hours``, never compacted."""
+        return {
+            self.inbound_topic: {
+                "cleanup.policy": "delete",
+                "retention.ms": str(int(self.inbound_retention_hours * 3600 * 1000)),
+                "max.message.bytes": str(INBOUND_MAX_MESSAGE_BYTES),
+            }
+        }
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if "SSL" not in self.security_protocol:
@@ -174,6 +209,10 @@ class Settings(BaseSettings):
         if self.policy_file is None:
             return DEFAULT_POLICY
         return Policy.from_toml(self.policy_file)
+
+
+#: Largest raw message the message store takes (a FHIR body up to 8 MiB, plus headers).
+INBOUND_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def bootstrap_servers(url: str) -> str:

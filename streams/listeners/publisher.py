@@ -18,10 +18,15 @@
   is still down, and a producer that timed out (batches expired, sequence numbers in doubt) is
   discarded rather than reused. ``request_timeout_ms`` is the same bound as ``timeout_s``.
 - Broker address (with TLS/SASL) and topic names come from ``streams.settings.Settings``
-  (``CARWATCH_BROKER_URL``, ``CARWATCH_LABS_TOPIC``, ``CARWATCH_DEADLETTER_TOPIC``, …) unless
-  given explicitly.
-- A dead letter's ``raw`` is cut to ``MAX_DEAD_LETTER_RAW`` characters (with a marker) so that one
-  oversized input cannot exceed the broker's message size limit and block its sender forever.
+  (``CARWATCH_BROKER_URL``, ``CARWATCH_LABS_TOPIC``, ``CARWATCH_DEADLETTER_TOPIC``,
+  ``CARWATCH_INBOUND_TOPIC``, …) unless given explicitly. ``make_producer`` is the one factory
+  of the listeners' Kafka producers.
+- The message store: ``store_inbound`` writes one raw message to ``carwatch.inbound`` (keyed by
+  the feed, so one feed's messages stay in arrival order) and returns its
+  ``topic:partition:offset`` once the broker has it — before the sender is answered.
+- Records arrive encoded (``streams.listeners.plans``, built in the parse pool); sending
+  yields to the event loop every ``SEND_SLICE`` records, so a message of 10,000 results does not
+  hold other connections' answers.
 
 No patient identifier is ever logged here: log lines name topics, counts and the broker address.
 """
@@ -39,23 +44,20 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
-from schemas.records import Rejection
+from schemas.base import utc_isoformat
 from schemas.vocab import Outcome
 from streams.ingest.config import Config, load_feed_config
-from streams.ingest.files import InputItem
-from streams.ingest.normalise import ResultItem
+from streams.listeners.plans import Plan
 from streams.logs import configure_logging
-from streams.metrics import UNKNOWN_ANALYTE, PipelineMetrics
-from streams.settings import Settings, bootstrap_servers
+from streams.metrics import UNKNOWN_ANALYTE, ListenerMetrics
+from streams.settings import INBOUND_MAX_MESSAGE_BYTES, Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
 
 #: Seconds a publish call waits for the broker's acknowledgement of all its records.
 DEFAULT_TIMEOUT_S: Final = 10.0
-#: Characters of ``DeadLetter.raw`` kept (the broker's default message limit is about 1 MB).
-MAX_DEAD_LETTER_RAW: Final = 256 * 1024
+#: Records sent between two yields to the event loop.
+SEND_SLICE: Final = 256
 
 
 class BrokerUnavailable(Exception):
@@ -75,9 +77,11 @@ def describe(exc: BaseException) -> str:
 class Publisher(Protocol):
     """What a listener needs from a publisher (a fake in unit tests)."""
 
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None: ...
+    async def store_inbound(
+        self, raw: bytes, feed: str, content_type: str, received_at: datetime, message_id: str
+    ) -> str: ...
+
+    async def publish(self, plan: Plan) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +89,48 @@ class _Record:
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 ProducerFactory = Callable[..., Any]
 
 
-def _fit(dead_letter: DeadLetter) -> DeadLetter:
-    raw = dead_letter.raw
-    if len(raw) <= MAX_DEAD_LETTER_RAW:
-        return dead_letter
-    cut = len(raw) - MAX_DEAD_LETTER_RAW
-    return dead_letter.model_copy(
-        update={"raw": f"{raw[:MAX_DEAD_LETTER_RAW]}…[{cut} characters cut by carwatch]"}
+def make_producer(
+    connection: dict[str, Any],
+    *,
+    client_id: str,
+    timeout_s: float,
+    factory: ProducerFactory = AIOKafkaProducer,
+) -> Any:
+    """The listeners' producer: every record acknowledged by all in-sync replicas, idempotent
+    retries, no lingering, requests large enough for the message store's biggest message."""
+    return factory(
+        **connection,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=int(timeout_s * 1000),
+        linger_ms=0,
+        max_request_size=INBOUND_MAX_MESSAGE_BYTES,
     )
+
+
+#: Headers of a message-store record (its value is the raw message, byte for byte).
+MESSAGE_ID_HEADER: Final = "carwatch-message-id"
+FEED_HEADER: Final = "carwatch-feed"
+CONTENT_TYPE_HEADER: Final = "content-type"
+RECEIVED_AT_HEADER: Final = "carwatch-received-at"
+
+
+def inbound_headers(
+    message_id: str, feed: str, content_type: str, received_at: datetime
+) -> list[tuple[str, bytes]]:
+    return [
+        (MESSAGE_ID_HEADER, message_id.encode()),
+        (FEED_HEADER, feed.encode()),
+        (CONTENT_TYPE_HEADER, content_type.encode()),
+        (RECEIVED_AT_HEADER, utc_isoformat(received_at).encode()),
+    ]
 
 
 class LabPublisher:
@@ -114,6 +147,7 @@ class LabPublisher:
         *,
         labs_topic: str | None = None,
         deadletter_topic: str | None = None,
+        inbound_topic: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         settings: Settings | None = None,
         client_id: str = "carwatch-ingest",
@@ -128,6 +162,7 @@ class LabPublisher:
         self._connection["bootstrap_servers"] = self.bootstrap
         self.labs_topic = labs_topic or settings.labs_topic
         self.deadletter_topic = deadletter_topic or settings.deadletter_topic
+        self.inbound_topic = inbound_topic or settings.inbound_topic
         self.timeout_s = timeout_s
         self._client_id = client_id
         self._factory = producer_factory
@@ -174,37 +209,34 @@ class LabPublisher:
     def connected(self) -> bool:
         return self._producer is not None
 
-    async def publish_results(self, results: Sequence[LabResult]) -> None:
-        """Write ``results`` to the labs topic keyed by patient id; return once all are acked."""
-        await self.publish(results, ())
+    async def store_inbound(
+        self, raw: bytes, feed: str, content_type: str, received_at: datetime, message_id: str
+    ) -> str:
+        """Write one raw inbound message to the message store; its ``topic:partition:offset``.
 
-    async def publish_dead_letter(self, dead_letter: DeadLetter, key: str | None) -> None:
-        """Write one dead letter (keyed by the patient id when known); return once acked."""
-        await self.publish((), ((dead_letter, key),))
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        """Write results and dead letters together; return once the broker acked every one.
-
-        Raises ``BrokerUnavailable`` when it does not within ``timeout_s``.
+        Raises ``BrokerUnavailable`` when the broker does not acknowledge it in time.
         """
-        records = [
-            _Record(self.labs_topic, r.patient_id.encode(), r.model_dump_json().encode())
-            for r in results
-        ]
-        records += [
-            _Record(
-                self.deadletter_topic,
-                key.encode() if key else None,
-                _fit(dl).model_dump_json().encode(),
-            )
-            for dl, key in dead_letters
-        ]
+        headers = inbound_headers(message_id, feed, content_type, received_at)
+        record = _Record(self.inbound_topic, feed.encode(), raw, tuple(headers))
+        (metadata,) = await self._send_all([record])
+        return f"{metadata.topic}:{metadata.partition}:{metadata.offset}"
+
+    async def publish(self, plan: Plan) -> None:
+        """Write a plan's results and dead letters together; return once the broker acked
+        every one. Raises ``BrokerUnavailable`` when it does not within ``timeout_s``."""
+        records = [_Record(self.labs_topic, key, value) for key, value in plan.results]
+        records += [_Record(self.deadletter_topic, key, value) for key, value in plan.dead_letters]
         if records:
             await self._send_all(records)
 
-    async def _send_all(self, records: list[_Record]) -> None:
+    async def publish_records(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> None:
+        """Write already-encoded records to ``topic`` (``carwatch deadletter retry``)."""
+        if records:
+            await self._send_all([_Record(topic, key, value) for key, value in records])
+
+    async def _send_all(self, records: list[_Record]) -> list[Any]:
         if self._closed:
             raise BrokerUnavailable("the publisher is shut down")
         loop = asyncio.get_running_loop()
@@ -214,8 +246,17 @@ class LabPublisher:
             async with asyncio.timeout_at(deadline):
                 producer = await self._ensure_producer()
                 futures: list[asyncio.Future[Any]] = []
-                for record in records:
-                    futures.append(await producer.send(record.topic, record.value, key=record.key))
+                for index, record in enumerate(records, start=1):
+                    futures.append(
+                        await producer.send(
+                            record.topic,
+                            record.value,
+                            key=record.key,
+                            headers=list(record.headers) or None,
+                        )
+                    )
+                    if index % SEND_SLICE == 0:
+                        await asyncio.sleep(0)  # let other connections' answers through
             # asyncio.wait, not gather: a timeout must not cancel aiokafka's own futures.
             done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
             failures = [f.exception() for f in done if f.exception() is not None]
@@ -226,6 +267,7 @@ class LabPublisher:
                     f"Kafka at {self.bootstrap} did not acknowledge {len(pending) + len(failures)}"
                     f" of {len(records)} record(s) within {self.timeout_s:g} s ({why})"
                 )
+            return [future.result() for future in futures]
         except BrokerUnavailable:
             await self._discard(producer)
             raise
@@ -242,13 +284,11 @@ class LabPublisher:
                 return self._producer
             if self._closed:
                 raise BrokerUnavailable("the publisher is shut down")
-            producer = self._factory(
-                **self._connection,
+            producer = make_producer(
+                self._connection,
                 client_id=self._client_id,
-                acks="all",
-                enable_idempotence=True,
-                request_timeout_ms=int(self.timeout_s * 1000),
-                linger_ms=0,
+                timeout_s=self.timeout_s,
+                factory=self._factory,
             )
             try:
                 await producer.start()
@@ -297,71 +337,27 @@ class LabPublisher:
             pass
 
 
-# --- what a listener publishes and counts for one parsed message/document ---------------------
+# --- counting one answered input -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The records one input turns into: results for the labs topic, dead letters (with their
-    Kafka key, the patient id when known) for the dead-letter topic, and the tallies."""
-
-    results: list[LabResult]
-    dead_letters: list[tuple[DeadLetter, str | None]]
-    unmapped: int
-
-    @property
-    def rejected(self) -> int:
-        return len(self.dead_letters)
-
-
-def plan_items(
-    items: Sequence[ResultItem], *, source: str, prefix: str, received_at: datetime
-) -> Plan:
-    """Accepted items → results; rejected → dead letters located ``{prefix}:{item location}``;
-    unmapped → only counted."""
-    results: list[LabResult] = []
-    dead: list[tuple[DeadLetter, str | None]] = []
-    unmapped = 0
-    for item in items:
-        outcome = item.outcome
-        if isinstance(outcome, LabResult):
-            results.append(outcome)
-        elif isinstance(outcome, Rejection):
-            entry = InputItem(f"{prefix}:{item.location}", item.raw, outcome)
-            dead_letter = entry.dead_letter(source, received_at)
-            assert dead_letter is not None
-            dead.append((dead_letter, outcome.patient_id))
-        else:
-            unmapped += 1
-    return Plan(results, dead, unmapped)
-
-
-def plan_rejection(
-    rejection: Rejection, raw: str, *, source: str, location: str, received_at: datetime
-) -> Plan:
-    """A whole input rejected (not HL7, not ORU^R01, not JSON, …): one dead letter."""
-    dead_letter = InputItem(location, raw, rejection).dead_letter(source, received_at)
-    assert dead_letter is not None
-    return Plan([], [(dead_letter, rejection.patient_id)], 0)
-
-
-def count_plan(metrics: PipelineMetrics | None, plan: Plan, adapter: str) -> None:
+def count_plan(metrics: ListenerMetrics | None, plan: Plan, adapter: str) -> None:
     """Count a published input: results by analyte and outcome, rejections by reason, dead
-    letters by adapter (``mllp``/``fhir``). Call only once the records are acknowledged, so a
-    resend after a broker outage is not counted twice."""
+    letters by adapter (``mllp``/``fhir``), code/unit mismatches. Call only once the records
+    are acknowledged, so a resend after a broker outage is not counted twice."""
     if metrics is None:
         return
-    for result in plan.results:
-        analyte = result.analyte.value if result.analyte else UNKNOWN_ANALYTE
-        metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc()
-    if plan.results:
+    for analyte, count in plan.accepted.items():
+        metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc(count)
+    if plan.accepted:
         metrics.last_result_timestamp.set_to_current_time()
     if plan.unmapped:
         metrics.results.labels(UNKNOWN_ANALYTE, Outcome.UNMAPPED.value).inc(plan.unmapped)
-    for dead_letter, _ in plan.dead_letters:
-        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.REJECTED.value).inc()
-        metrics.rejected.labels(dead_letter.reason.value).inc()
-        metrics.deadletters.labels(adapter).inc()
+    for reason, count in plan.reasons.items():
+        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.REJECTED.value).inc(count)
+        metrics.rejected.labels(reason).inc(count)
+        metrics.deadletters.labels(adapter).inc(count)
+    for analyte, count in plan.mismatched.items():
+        metrics.code_unit_mismatch.labels(analyte).inc(count)
 
 
 # --- plumbing shared by the listener commands -----------------------------------------------------
@@ -385,10 +381,10 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
-def listener_metrics(port: int | None) -> PipelineMetrics:
-    """A process's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
+def listener_metrics(port: int | None) -> ListenerMetrics:
+    """A listener's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
     registry = CollectorRegistry()
-    metrics = PipelineMetrics(registry)
+    metrics = ListenerMetrics(registry)
     if port is not None:
         try:
             start_http_server(port, addr="127.0.0.1", registry=registry)
@@ -420,7 +416,7 @@ def prepare_listener(
     publish_timeout: float,
     metrics_port: int | None,
     log_level: str,
-) -> tuple[LabPublisher, PipelineMetrics]:
+) -> tuple[LabPublisher, ListenerMetrics]:
     """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
     publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
     configure_logging(log_level)

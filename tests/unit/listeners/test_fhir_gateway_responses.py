@@ -2,7 +2,7 @@
 
 import copy
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,31 +14,15 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from prometheus_client import CollectorRegistry
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
 from streams.ingest.fhir.observation import FhirConfig
-from streams.listeners.fhir_gateway import FhirGateway, expression_for
-from streams.listeners.publisher import BrokerUnavailable
-from streams.metrics import PipelineMetrics
+from streams.listeners.fhir_answers import expression_for
+from streams.listeners.fhir_gateway import FhirGateway
+from streams.metrics import ListenerMetrics
+from tests.unit.listeners.fakes import FakePublisher, thread_pool
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.fail = False
-        self.results: list[LabResult] = []
-        self.dead_letters: list[tuple[DeadLetter, str | None]] = []
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        if self.fail:
-            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is unavailable")
-        self.results += results
-        self.dead_letters += dead_letters
 
 
 def observation(**fields: Any) -> dict[str, Any]:
@@ -63,17 +47,22 @@ def bundle(*resources: dict[str, Any], kind: str = "batch") -> dict[str, Any]:
 @pytest.fixture
 async def client(
     fhir_config: FhirConfig,
-) -> AsyncIterator[tuple[TestClient[Any, Any], FakePublisher, PipelineMetrics]]:
+) -> AsyncIterator[tuple[TestClient[Any, Any], FakePublisher, ListenerMetrics]]:
     publisher = FakePublisher()
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     gateway = FhirGateway(
-        publisher, fhir_config, metrics=metrics, clock=lambda: NOW, max_body_bytes=64 * 1024
+        publisher,
+        thread_pool(),
+        fhir_config,
+        metrics=metrics,
+        clock=lambda: NOW,
+        max_body_bytes=64 * 1024,
     )
     async with TestClient(TestServer(gateway.app())) as test_client:
         yield test_client, publisher, metrics
 
 
-Client = tuple[TestClient[Any, Any], FakePublisher, PipelineMetrics]
+Client = tuple[TestClient[Any, Any], FakePublisher, ListenerMetrics]
 
 
 async def post(

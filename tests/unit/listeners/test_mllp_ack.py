@@ -1,7 +1,6 @@
 """MLLP acknowledgment decisions and the listener with a fake publisher (no broker)."""
 
 import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 from hl7.client import MLLPClient
 from prometheus_client import CollectorRegistry
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
 from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.listeners.mllp import (
@@ -24,8 +21,9 @@ from streams.listeners.mllp import (
     frame,
     frame_too_large_ack,
 )
-from streams.listeners.publisher import BrokerUnavailable
-from streams.metrics import PipelineMetrics
+from streams.listeners.plans import Plan
+from streams.metrics import ListenerMetrics
+from tests.unit.listeners.fakes import FakePublisher, thread_pool
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 MSH = "MSH|^~\\&|LIS|LAB|CARWATCH|HOSP|20260105120000+0100||ORU^R01^ORU_R01|CTRL-1|P|2.5.1"
@@ -40,31 +38,10 @@ def msg(*segments: str, msh: str = MSH) -> bytes:
     return "\r".join([msh, *segments]).encode() + b"\r"
 
 
-class FakePublisher:
-    """Records what would be published; ``fail`` makes it behave like an unreachable broker."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.results: list[LabResult] = []
-        self.dead_letters: list[tuple[DeadLetter, str | None]] = []
-        self.gate: asyncio.Event | None = None
-        self.calls = 0
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        self.calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail:
-            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is unavailable")
-        self.results += results
-        self.dead_letters += dead_letters
-
-
 def service(publisher: FakePublisher, **kwargs: object) -> MllpService:
     return MllpService(
         publisher,
+        thread_pool(),
         Hl7Config(assigning_authority="KIDS"),
         clock=lambda: NOW,
         **kwargs,  # type: ignore[arg-type]
@@ -150,7 +127,7 @@ async def test_aa_after_publishing_results() -> None:
 
 async def test_ae_publishes_good_results_and_dead_letters_the_rest() -> None:
     publisher = FakePublisher()
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     reply = await service(publisher, metrics=metrics).handle_message(
         msg(PID, OBR, ANC, ANC_BAD_UNIT, GLUCOSE)
     )
@@ -182,7 +159,7 @@ async def test_whole_message_rejection_is_dead_lettered_without_key() -> None:
 
 async def test_broker_unavailable_never_aa_and_nothing_counted() -> None:
     publisher = FakePublisher(fail=True)
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     reply = await service(publisher, metrics=metrics).handle_message(msg(PID, OBR, ANC))
     ack = ack_of(reply.ack)
     assert str(ack.segment("MSA")) == f"MSA|AR|CTRL-1|{BROKER_DOWN_TEXT}"
@@ -287,9 +264,7 @@ async def test_pipelined_frames_answered_in_order_with_junk_and_oversize(
 
 
 class BrokenPublisher(FakePublisher):
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
+    async def publish(self, plan: Plan) -> None:
         raise RuntimeError("a bug")
 
 
