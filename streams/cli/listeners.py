@@ -25,6 +25,10 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Default: $CARWATCH_DEADLETTER_TOPIC, else carwatch.deadletter.",
         ),
         click.option(
+            "--inbound-topic",
+            help="The message store. Default: $CARWATCH_INBOUND_TOPIC, else carwatch.inbound.",
+        ),
+        click.option(
             "--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP
         ),
         click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
@@ -90,15 +94,23 @@ def _run_listener(
     default_idle: float,
     **options: Any,
 ) -> None:
-    from streams.listeners.publisher import ListenerSetupError
+    from streams.listeners.publisher import KafkaOptions, ListenerSetupError
 
     limits, tls = _limits_and_tls(options, default_idle)
+    kafka = KafkaOptions(
+        broker_url=options.pop("broker_url"),
+        labs_topic=options.pop("labs_topic"),
+        deadletter_topic=options.pop("deadletter_topic"),
+        inbound_topic=options.pop("inbound_topic"),
+        publish_timeout=options.pop("publish_timeout"),
+    )
     try:
         run(
             policy=load_policy(policy_path),
             ready=lambda line: click.echo(f"carwatch {name}: {line}", err=True),
             limits=limits,
             tls=tls,
+            kafka=kafka,
             **options,
         )
     except ListenerSetupError as exc:

@@ -103,6 +103,7 @@ from streams.listeners.jobs import FhirOutcome, fhir_job, plan_fhir
 from streams.listeners.pool import ParsePool, ParseTimeout
 from streams.listeners.publisher import (
     BrokerUnavailable,
+    KafkaOptions,
     LabPublisher,
     Publisher,
     count_plan,
@@ -413,10 +414,7 @@ def main(
     *,
     host: str,
     port: int,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
+    kafka: KafkaOptions,
     feed_config_path: str | None,
     policy: Policy,
     max_body_bytes: int,
@@ -429,9 +427,7 @@ def main(
 ) -> None:
     """The ``carwatch fhir-gateway`` command; ``ListenerSetupError`` when it cannot start."""
     config = feed_config(feed_config_path, FhirConfig)
-    publisher, metrics = prepare_listener(
-        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
-    )
+    publisher, metrics = prepare_listener(kafka, metrics_port, log_level)
     serve(
         run(
             host=host,

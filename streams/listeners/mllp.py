@@ -71,6 +71,7 @@ from streams.listeners.plans import Plan, plan_rejection
 from streams.listeners.pool import ParsePool, ParseTimeout
 from streams.listeners.publisher import (
     BrokerUnavailable,
+    KafkaOptions,
     LabPublisher,
     ListenerSetupError,
     Publisher,
@@ -619,10 +620,7 @@ def main(
     *,
     host: str,
     port: int,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
+    kafka: KafkaOptions,
     feed_config_path: str | None,
     policy: Policy,
     max_frame_bytes: int,
@@ -637,9 +635,7 @@ def main(
     if broker_down not in ("ar", "close"):
         raise ListenerSetupError(f"--broker-down must be ar or close, not {broker_down!r}")
     config = feed_config(feed_config_path, Hl7Config)
-    publisher, metrics = prepare_listener(
-        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
-    )
+    publisher, metrics = prepare_listener(kafka, metrics_port, log_level)
     serve(
         run(
             host=host,

@@ -395,30 +395,35 @@ def listener_metrics(port: int | None) -> ListenerMetrics:
     return metrics
 
 
-def make_publisher(
-    broker_url: str | None, labs_topic: str | None, deadletter_topic: str | None, timeout_s: float
-) -> LabPublisher:
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """The Kafka options of a listener command (``None``: from ``CARWATCH_*``)."""
+
+    broker_url: str | None
+    labs_topic: str | None
+    deadletter_topic: str | None
+    inbound_topic: str | None
+    publish_timeout: float
+
+
+def make_publisher(kafka: KafkaOptions) -> LabPublisher:
     try:
         return LabPublisher(
-            broker_url,
-            labs_topic=labs_topic,
-            deadletter_topic=deadletter_topic,
-            timeout_s=timeout_s,
+            kafka.broker_url,
+            labs_topic=kafka.labs_topic,
+            deadletter_topic=kafka.deadletter_topic,
+            inbound_topic=kafka.inbound_topic,
+            timeout_s=kafka.publish_timeout,
         )
     except ValueError as exc:
         raise ListenerSetupError(str(exc)) from exc
 
 
 def prepare_listener(
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
-    metrics_port: int | None,
-    log_level: str,
+    kafka: KafkaOptions, metrics_port: int | None, log_level: str
 ) -> tuple[LabPublisher, ListenerMetrics]:
     """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
-    publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
+    publisher = make_publisher(kafka)
     configure_logging(log_level)
     return publisher, listener_metrics(metrics_port)
 

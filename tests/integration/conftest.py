@@ -164,6 +164,10 @@ class Pipeline:
     def deadletter(self) -> str:
         return f"{self.name}.deadletter"
 
+    @property
+    def inbound(self) -> str:
+        return f"{self.name}.inbound"
+
     def env(self, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
@@ -296,8 +300,8 @@ def pipeline(broker: Broker, tmp_path: Path) -> Iterator[Pipeline]:
 
     p = Pipeline(broker, tmp_path)
     ensure_topics(
-        Settings(broker_url=broker.url),
-        (p.labs, p.clinical, p.alerts, p.deadletter),
+        Settings(broker_url=broker.url, inbound_topic=p.inbound),
+        (p.labs, p.clinical, p.alerts, p.deadletter, p.inbound),
         partitions=PARTITIONS,
     )
     try:
