@@ -10,9 +10,11 @@ import click
 
 from streams.cli.alerts import alerts
 from streams.cli.common import EXIT_USAGE
+from streams.cli.deadletter import deadletter
 from streams.cli.feed import feed
 from streams.cli.listeners import fhir_gateway, mllp
 from streams.cli.replay import replay
+from streams.cli.reprocess import reprocess
 from streams.cli.worker import worker
 
 
@@ -21,7 +23,7 @@ def cli() -> None:
     """CAR-T Watch: lab monitoring after CD19 CAR T-cell therapy for B-ALL."""
 
 
-for command in (replay, mllp, fhir_gateway, worker, feed, alerts):
+for command in (replay, mllp, fhir_gateway, worker, feed, alerts, reprocess, deadletter):
     cli.add_command(command)
 
 

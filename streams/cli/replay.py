@@ -13,13 +13,11 @@ from schemas.records import Rejection
 from schemas.vocab import Outcome
 from streams.cli.common import (
     UsageFailure,
+    feed_configs,
     load_policy,
     parse_aware_datetime,
 )
-from streams.ingest.config import feed_config_from, load_feed_toml
-from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
-from streams.ingest.hl7.oru import Hl7Config
 from streams.pipeline.replay import Replay
 
 if TYPE_CHECKING:
@@ -55,7 +53,7 @@ def replay(
 ) -> None:
     """Run the rule engine offline over FILES (- for stdin); alert events as NDJSON."""
     policy = load_policy(policy_path)
-    hl7, fhir = _feed_configs(feed_config_path, feed_timezone)
+    hl7, fhir = feed_configs(feed_config_path, feed_timezone)
     clock = parse_aware_datetime(now) if now is not None else None
     with ExitStack() as stack:
         formats = [_format(name, fmt) for name in files]
@@ -91,18 +89,6 @@ def _write_line(out: TextIO, line: str) -> None:
 
 #: ``--strict``: the input was processed, but something in it was rejected.
 EXIT_REJECTED = 1
-
-
-def _feed_configs(path: str | None, timezone: str | None) -> tuple[Hl7Config, FhirConfig]:
-    """Both formats' settings from one feed TOML (the listener's file), ``--feed-timezone`` on top."""
-    try:
-        data = load_feed_toml(path)
-        if timezone is not None:
-            data = {**data, "default_timezone": timezone}
-        where = path or "--feed-timezone"
-        return feed_config_from(data, Hl7Config, where), feed_config_from(data, FhirConfig, where)
-    except ValueError as exc:
-        raise UsageFailure(str(exc)) from exc
 
 
 def _open_input(stack: ExitStack, name: str) -> BinaryIO:
