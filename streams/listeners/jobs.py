@@ -5,10 +5,11 @@ A job returns only what the event loop needs: the answer and the encoded ``Plan`
 message itself stays in the worker.
 """
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
@@ -186,6 +187,18 @@ def fhir_job(
     return FhirOutcome(answer.status, rendered, content_type, answer.headers, plan, seconds)
 
 
-def warm_up() -> bool:
-    """Run in each pool worker at start, so the first message does not pay the imports."""
+def warm_up(hold_s: float) -> bool:
+    """Run once per pool worker at start, so no message pays the imports; holding the worker a
+    moment makes the pool hand the next warm-up to another worker."""
+    time.sleep(hold_s)
     return True
+
+
+def lower_priority() -> None:
+    """Initializer of a parse process: parsing yields the CPU to the listener's event loop and
+    the broker, so a large message slows down only itself."""
+    os.nice(PARSE_NICENESS)
+
+
+#: How much lower a parse process is scheduled than the listener (``nice`` increment).
+PARSE_NICENESS: Final = 10

@@ -22,13 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Final, Literal, TypeVar
 
-from streams.listeners.jobs import warm_up
+from streams.listeners.jobs import lower_priority, warm_up
 
 log = logging.getLogger(__name__)
 
 PoolMode = Literal["process", "thread"]
 DEFAULT_WORKERS: Final = 2
 DEFAULT_PARSE_TIMEOUT_S: Final = 10.0
+#: Seconds each warm-up job holds its worker (so that every worker gets one).
+WARM_UP_HOLD_S: Final = 0.3
 T = TypeVar("T")
 
 
@@ -60,15 +62,16 @@ class ParsePool:
         if self.mode == "thread":
             return ThreadPoolExecutor(self.workers, thread_name_prefix="carwatch-parse")
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context)
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=lower_priority)
 
     async def start(self) -> None:
         """Start the workers and wait until each has imported the parsers (``run`` starts a
         pool that was not started)."""
         self._executor = self._new_executor()
         loop = asyncio.get_running_loop()
+        hold = WARM_UP_HOLD_S if self.mode == "process" else 0.0
         await asyncio.gather(
-            *(loop.run_in_executor(self._executor, warm_up) for _ in range(self.workers))
+            *(loop.run_in_executor(self._executor, warm_up, hold) for _ in range(self.workers))
         )
 
     async def close(self) -> None:

@@ -63,6 +63,16 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def create_batch(self) -> "FakeBatch":
+        return FakeBatch()
+
+    async def send_batch(self, batch: "FakeBatch", topic: str, *, partition: int) -> Any:
+        futures = [await self.send(topic, value, key) for key, value in batch.records]
+        return futures[-1]
+
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> "asyncio.Future[Any]":
@@ -74,6 +84,19 @@ class FakeProducer:
         elif self.mode == "fail":
             future.set_exception(ConnectionError("lost"))
         return future
+
+
+class FakeBatch:
+    """Stands in for aiokafka's BatchBuilder: two records fill it."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: None) -> object | None:
+        if len(self.records) == 2:
+            return None
+        self.records.append((key, value))
+        return object()
 
 
 def factory(mode: str) -> Any:
@@ -211,3 +234,14 @@ def test_feed_config_from_toml(tmp_path: Path) -> None:
         load_feed_config(str(path), Hl7Config)
     with pytest.raises(ValueError, match="cannot read"):
         load_feed_config(str(tmp_path / "missing.toml"), Hl7Config)
+
+
+async def test_many_records_go_in_batches_in_order_one_partition_per_key() -> None:
+    results = [RESULT.model_copy(update={"value": float(n)}) for n in range(5)]
+    other = RESULT.model_copy(update={"patient_id": "P002"})
+    async with LabPublisher("kafka://x:1", producer_factory=factory("ack")) as publisher:
+        await publisher.publish(plan([*results, other]))
+    sent = FakeProducer.instances[0].sent
+    mine = [LabResult.model_validate_json(v).value for _, v, k in sent if k == b"P001"]
+    assert mine == [0, 1, 2, 3, 4]  # full batches go out as they fill, in order
+    assert [k for _, _, k in sent].count(b"P002") == 1
