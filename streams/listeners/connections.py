@@ -151,6 +151,8 @@ class _Guarded(asyncio.Protocol):
         self.admitted = False
         self.timer: asyncio.TimerHandle | None = None
         self.handshake: asyncio.Task[None] | None = None
+        #: bytes that arrive between the TLS handshake and ``start_tls`` returning
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self.guard
@@ -195,6 +197,9 @@ class _Guarded(asyncio.Protocol):
         self.inner = self.make()
         self.inner.connection_made(transport)
         self._arm()
+        early, self.early = self.early, []
+        for data in early:
+            self.inner.data_received(data)
 
     def _arm(self) -> None:
         if self.timer is not None:
@@ -217,6 +222,8 @@ class _Guarded(asyncio.Protocol):
         self._arm()
         if self.inner is not None:
             self.inner.data_received(data)
+        else:
+            self.early.append(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
