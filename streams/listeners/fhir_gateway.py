@@ -100,6 +100,7 @@ from streams.listeners.fhir_answers import (
     render,
 )
 from streams.listeners.jobs import FhirOutcome, fhir_job, plan_fhir
+from streams.listeners.plans import Plan
 from streams.listeners.pool import ParsePool, ParseTimeout
 from streams.listeners.publisher import (
     BrokerUnavailable,
@@ -193,7 +194,30 @@ class FhirGateway:
                 body = await request.read()
         except TimeoutError:
             return self._read_timed_out(request)
+        except web.HTTPRequestEntityTooLarge:
+            return await self._too_large(request, answer_format)
         return await self._handle(request, endpoint, body, answer_format)
+
+    async def _too_large(self, request: web.Request, answer_format: Format) -> web.StreamResponse:
+        """A body over the limit: 413, and a dead letter saying so (the body is not kept)."""
+        size = request.content_length
+        text = f"body of {size if size is not None else 'unknown'} bytes is over the limit of "
+        text += f"{self.max_body_bytes} bytes"
+        parsed = FhirParse(Rejection.of(RejectReason.MALFORMED_FHIR, text))
+        plan = plan_fhir(
+            parsed,
+            b"",
+            source=self.source,
+            path=request.path,
+            received_at=self.clock(),
+            inbound=None,
+        )
+        try:
+            await self._publish_plan(plan)
+        except BrokerUnavailable:
+            return self._respond(request, broker_unavailable_answer())
+        count_plan(self.metrics, plan, ADAPTER)
+        return self._respond(request, _error(413, "too-costly", f"{text}; do not resend unchanged"))
 
     def _read_timed_out(self, request: web.Request) -> web.StreamResponse:
         """A body that does not arrive within the read timeout: the connection is closed."""
@@ -254,13 +278,15 @@ class FhirGateway:
         )
 
     async def _publish(self, outcome: FhirOutcome) -> None:
-        stored = False
+        await self._publish_plan(outcome.plan)
+
+    async def _publish_plan(self, plan: Plan) -> None:
         try:
-            await self.publisher.publish(outcome.plan)
-            stored = True
-        finally:
-            if not stored and self.metrics is not None:
+            await self.publisher.publish(plan)
+        except BrokerUnavailable:
+            if self.metrics is not None:
                 self.metrics.publish_failures.labels(ADAPTER, "carwatch.labs").inc()
+            raise
 
     def _unparsed(
         self, body: bytes, path: str, answer_format: Format, received_at: datetime, message_id: str

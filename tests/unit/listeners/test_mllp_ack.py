@@ -281,3 +281,59 @@ async def test_a_bug_hangs_up_without_ack(caplog: pytest.LogCaptureFixture) -> N
     finally:
         await server.close(grace_s=1)
     assert "internal error; closing without ACK" in caplog.text
+
+
+# --- issue 11: message store, metrics, read timeout, CD19 by unit ---------------------------------
+
+CD19_ABS_AS_PCT = "OBX|4|NM|8116-6^CD19 cells [#/volume] in Blood^LN||4.2|%|||||F"
+
+
+async def test_the_message_is_stored_before_the_ack_and_counted() -> None:
+    publisher = FakePublisher()
+    metrics = ListenerMetrics(CollectorRegistry())
+    message = msg(PID, OBR, ANC, CD19_ABS_AS_PCT)
+    reply = await service(publisher, metrics=metrics).handle_message(message)
+    ack = ack_of(reply.ack)
+    assert str(ack.segment("MSA")[1]) == "AA"
+    assert "1 code_unit_mismatch" in str(ack.segment("MSA")[3])
+    ((raw, feed, content_type, _),) = publisher.inbound
+    assert raw == message and feed == "mllp" and content_type == "x-application/hl7-v2+er7"
+    assert [r.analyte.value for r in publisher.results if r.analyte] == ["anc", "cd19_pct"]
+    sample = metrics.registry.get_sample_value
+    assert sample("carwatch_listener_messages_total", {"listener": "mllp", "code": "AA"}) == 1
+    assert sample("carwatch_inbound_messages_total", {"listener": "mllp"}) == 1
+    assert sample("carwatch_code_unit_mismatch_total", {"analyte": "cd19_pct"}) == 1
+    assert sample("carwatch_listener_parse_seconds_count", {"listener": "mllp"}) == 1
+
+
+async def test_dead_letters_name_the_stored_message() -> None:
+    publisher = FakePublisher()
+    await service(publisher).handle_message(msg(PID, OBR, ANC_BAD_UNIT))
+    ((dead, _),) = publisher.dead_letters
+    assert dead.inbound == publisher.inbound[0][3]
+
+
+async def test_broker_down_counts_a_publish_failure_and_answers_ar() -> None:
+    metrics = ListenerMetrics(CollectorRegistry())
+    reply = await service(FakePublisher(fail=True), metrics=metrics).handle_message(msg(PID, ANC))
+    assert str(ack_of(reply.ack).segment("MSA")[1]) == "AR"
+    sample = metrics.registry.get_sample_value
+    labels = {"listener": "mllp", "topic": "carwatch.inbound"}
+    assert sample("carwatch_listener_publish_failures_total", labels) == 1
+    assert sample("carwatch_listener_messages_total", {"listener": "mllp", "code": "AR"}) == 1
+
+
+async def test_a_message_that_does_not_finish_is_closed_after_the_read_timeout() -> None:
+    metrics = ListenerMetrics(CollectorRegistry())
+    server = MllpListener(service(FakePublisher(), metrics=metrics), port=0, read_timeout_s=0.3)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x0bMSH|^~\\&|slow sender")  # started, never finished
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await server.close(grace_s=1)
+    labels = {"listener": "mllp", "outcome": "timeout"}
+    assert metrics.registry.get_sample_value("carwatch_listener_connections_total", labels) == 1

@@ -245,3 +245,20 @@ async def test_many_records_go_in_batches_in_order_one_partition_per_key() -> No
     mine = [LabResult.model_validate_json(v).value for _, v, k in sent if k == b"P001"]
     assert mine == [0, 1, 2, 3, 4]  # full batches go out as they fill, in order
     assert [k for _, _, k in sent].count(b"P002") == 1
+
+
+def test_sasl_never_falls_back_to_plaintext_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    sasl = {"sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u", "sasl_password": "p"}
+    assert Settings(**sasl).security_protocol == "SASL_SSL"  # system CA store, not plaintext
+    assert Settings(**sasl, ssl_cafile=Path("/ca.pem")).security_protocol == "SASL_SSL"
+    monkeypatch.setenv("CARWATCH_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    assert Settings(**sasl).security_protocol == "SASL_PLAINTEXT"  # only when named
+    with pytest.raises(ValidationError, match="needs CARWATCH_SASL_MECHANISM"):
+        Settings()
+    monkeypatch.delenv("CARWATCH_SECURITY_PROTOCOL")
+    with pytest.raises(ValidationError, match="SASL_USERNAME"):
+        Settings(sasl_mechanism="PLAIN")
