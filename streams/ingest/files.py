@@ -131,6 +131,8 @@ def ndjson_outcome(line: bytes, policy: Policy) -> tuple[WireRecord | Rejection 
         obj = load_json(line)
     except ValueError as exc:
         return Rejection.of(RejectReason.MALFORMED_JSON, str(exc)[:300]), False
+    if not isinstance(obj, dict):
+        return Rejection.of(RejectReason.MALFORMED_JSON, "a record must be a JSON object"), False
     outcome: WireRecord | Rejection | Unmapped = decode_record(obj)
     if not isinstance(outcome, LabResult):
         return outcome, False
