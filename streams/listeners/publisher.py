@@ -144,10 +144,12 @@ async def _enqueue(producer: Any, records: list[_Record]) -> list["asyncio.Futur
     """Hand ``records`` to the producer in order, one future per batch (not per record).
 
     A message of 10,000 results is a few 1 MB batches: the acknowledgement resolves a few
-    futures instead of 10,000 (which took the event loop 50–90 ms in one go), and the loop
-    gets a turn every ``SEND_SLICE`` records. Partitions are chosen by aiokafka's default
-    partitioner (murmur2 of the key, as every Kafka client does), so one patient's records stay
-    on one partition, in order.
+    futures instead of 10,000 (which took the event loop 50–90 ms in one go). Partitions are
+    chosen by aiokafka's default partitioner (murmur2 of the key, as every Kafka client does),
+    so one patient's records stay on one partition, in order. The loop gets a turn after every
+    ``SEND_SLICE`` records, but only where the key changes: one patient's records of one message
+    are appended without a break, so no other message's records come between them — the worker
+    applies a specimen's results together only when they are consecutive (clinical-rules.md 0).
     """
     if len(records) == 1:
         (record,) = records
@@ -157,7 +159,14 @@ async def _enqueue(producer: Any, records: list[_Record]) -> list["asyncio.Futur
     partitions: dict[str, list[int]] = {}
     open_batches: dict[tuple[str, int], Any] = {}
     futures: list[asyncio.Future[Any]] = []
-    for index, record in enumerate(records, start=1):
+    since_yield = 0
+    previous: bytes | None = None
+    for record in records:
+        if since_yield >= SEND_SLICE and record.key != previous:
+            since_yield = 0
+            await asyncio.sleep(0)  # let other connections' answers through
+        since_yield += 1
+        previous = record.key
         if record.topic not in partitions:
             partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
         every = partitions[record.topic]
@@ -171,8 +180,6 @@ async def _enqueue(producer: Any, records: list[_Record]) -> list["asyncio.Futur
                 futures.append(await producer.send_batch(batch, where[0], partition=where[1]))
             batch = open_batches[where] = producer.create_batch()
             batch.append(key=record.key, value=record.value, timestamp=None)
-        if index % SEND_SLICE == 0:
-            await asyncio.sleep(0)  # let other connections' answers through
     for (topic, partition), batch in open_batches.items():
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures

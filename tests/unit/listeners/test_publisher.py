@@ -262,3 +262,17 @@ def test_sasl_never_falls_back_to_plaintext_silently(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CARWATCH_SECURITY_PROTOCOL")
     with pytest.raises(ValidationError, match="SASL_USERNAME"):
         Settings(sasl_mechanism="PLAIN")
+
+
+async def test_one_patients_records_of_a_message_stay_consecutive() -> None:
+    """Two large messages published at once: no record of one comes between another patient's
+    records (the worker applies a specimen together only when its results are consecutive)."""
+
+    def many(patient: str) -> Plan:
+        return plan([RESULT.model_copy(update={"patient_id": patient})] * 300)
+
+    async with LabPublisher("kafka://x:1", producer_factory=factory("ack")) as publisher:
+        await asyncio.gather(publisher.publish(many("PA")), publisher.publish(many("PB")))
+    keys = [k for _, _, k in FakeProducer.instances[0].sent]
+    runs = [k for n, k in enumerate(keys) if n == 0 or keys[n - 1] != k]
+    assert sorted(runs) == [b"PA", b"PB"] and len(keys) == 600
