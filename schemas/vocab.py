@@ -164,3 +164,5 @@ class Outcome(StrEnum):
     UNKNOWN_ACCESSION = "unknown_accession"
     #: a record for a patient whose follow-up ended (``end_of_follow_up``): kept out of the rules
     NOT_MONITORED = "not_monitored"
+    #: collected before the patient's retained history (pruned, settled): not re-evaluated
+    OUTSIDE_WINDOW = "outside_window"

@@ -42,7 +42,7 @@ def test_ferritin_above_twice_baseline_with_low_fibrinogen_is_critical(documente
     assert iec(alerts) == RAISED
     alert = alerts[0]
     assert alert.event_time == at_day(10)
-    assert "> 2 × baseline (400 ng/mL)" in alert.summary
+    assert "> 2 × baseline (400 ng/mL on day -2, accession P1-A1)" in alert.summary
     assert "hypofibrinogenemia" in alert.summary
     documented(
         alert,
@@ -72,7 +72,7 @@ def test_without_a_baseline_ferritin_must_exceed_twice_the_uln_of_300(ferritin, 
     result = only(run(t.events))
     assert iec(result) == (RAISED if alerts else [])
     if alerts:
-        assert "ULN (300 ng/mL)" in result[0].summary
+        assert "ULN (300 ng/mL; no baseline)" in result[0].summary
 
 
 def test_high_baseline_replaces_the_uln_as_reference():
@@ -88,7 +88,7 @@ def test_baseline_is_the_last_ferritin_on_or_before_day_0():
     t.ferritin(day=10, ng_ml=501).fibrinogen(day=10, mg_dl=120)
     alerts = only(run(t.events))
     assert iec(alerts) == RAISED
-    assert "baseline (250 ng/mL)" in alerts[0].summary
+    assert "baseline (250 ng/mL on day 0" in alerts[0].summary
 
 
 def test_ferritin_on_day_1_is_not_a_baseline():
@@ -104,7 +104,7 @@ def test_rapid_2_fold_rise_within_72_hours_meets_the_ferritin_criterion():
     t.fibrinogen(day=11, mg_dl=120)
     alerts = only(run(t.events))
     assert iec(alerts) == RAISED
-    assert "2-fold rise from 250 ng/mL within 72 h" in alerts[0].summary
+    assert "2-fold rise within 72 h from 250 ng/mL (day 8, accession P1-A1)" in alerts[0].summary
 
 
 def test_2_fold_rise_over_73_hours_does_not_meet_the_criterion():
@@ -312,14 +312,17 @@ def test_lowest_ferritin_since_resolution_keeps_falling():
 
 
 def test_late_earlier_supporting_result_is_an_update_of_the_open_alert():
-    # ferritin day 10, ALT day 12 → raised on day 12; a fibrinogen of day 10 arrives late
+    # ferritin day 10, ALT day 12 → raised on day 12; a fibrinogen of day 10 arrives late.
+    # rev. 2: the episode starts at the criterion ferritin (day 10) either way; the late
+    # category joins as an update of the same alert.
     t = patient().ferritin(day=10, ng_ml=3000).lab(Analyte.ALT, day=12, value=300)
     t.fibrinogen(day=10, mg_dl=120)  # the day-10 fibrinogen, reported late
     alerts = only(run(t.events))
     assert [a.action for a in alerts] == [AlertAction.RAISED, AlertAction.UPDATED]
     raised, updated = alerts
     assert updated.alert_id == raised.alert_id
-    assert updated.episode_start < raised.episode_start
+    assert updated.episode_start == raised.episode_start == at_day(10)
+    assert "hypofibrinogenemia" in updated.summary and "hypofibrinogenemia" not in raised.summary
     assert list(active(alerts)) == [raised.alert_id]
 
 

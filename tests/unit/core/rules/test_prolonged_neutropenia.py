@@ -71,7 +71,7 @@ def test_14_days_of_anc_at_or_below_500_is_grade_3_critical(documented):
     assert grade_in(alert) == 3
     assert alert.event_time == at_day(14)
     assert alert.episode_start == at_day(1)
-    assert "14 days with ANC ≤ 500" in alert.summary
+    assert "ANC ≤ 500 /µL on 14 days (first day 1, last day 14)" in alert.summary
     documented(alert, analytes={Analyte.ANC}, collected={at_day(1), at_day(14)})
     assert {(e.value, e.unit) for e in alert.evidence} == {(400.0, "/uL")}
     assert "G-CSF" in alert.recommendation
@@ -109,7 +109,7 @@ def test_7_days_of_anc_at_or_below_100_is_grade_3_critical():
     alerts = only(run(daily_anc(patient(), 1, 7, 100).events))
     assert icaht(alerts) == [("raised", "critical")]
     assert grade_in(alerts[0]) == 3
-    assert "7 days ≤ 100" in alerts[0].summary
+    assert "≤ 100 /µL on 7 days (first day 1, last day 7)" in alerts[0].summary
 
 
 def test_anc_of_101_is_not_profound_neutropenia():
@@ -217,7 +217,7 @@ def test_non_stable_recovery_does_not_count_in_the_100_column():
     assert icaht(run(t.events)) == []
     alerts = only(run(t.events, FROM_GRADE_2))
     assert icaht(alerts) == [("raised", "warning")]
-    assert "5 days ≤ 100" in alerts[0].summary
+    assert "≤ 100 /µL on 5 days" in alerts[0].summary
     # the 7th day ≤ 100 is day 9
     alerts = only(run(daily_anc(t, 8, 9, 50).events))
     assert icaht(alerts) == [("raised", "critical")]
