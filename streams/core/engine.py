@@ -27,7 +27,7 @@ from schemas.alert import AlertEvent
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, ClinicalEventKind, Outcome, ResultStatus, RuleName
-from streams.core.lifecycle import Step, forget_settled, order, reconcile
+from streams.core.lifecycle import Step, covers_open, forget_settled, order, reconcile
 from streams.core.policy import Policy
 from streams.core.rules import (
     bca_loss,
@@ -155,7 +155,9 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     state.enrollment = enrollment
     at = event.infused_at
     change = "the infusion record changed (day 0 or enrollment fields)"
-    alerts = _evaluate(_context(state, policy), RULES, Step(at=at, decided_at=at, change=change))
+    alerts = _evaluate(
+        _context(state, policy), RULES, Step(at=at, decided_at=at, change=lambda: change)
+    )
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
 
@@ -176,7 +178,7 @@ def _apply_event(state: PatientState, event: ClinicalEvent, policy: Policy) -> S
     ctx = _context(state, policy)
     rules = _rules_for(frozenset(), frozenset({event.kind}))
     change = f"{event.kind.value} recorded on day {ctx.day(event.at)}"
-    alerts = _evaluate(ctx, rules, Step(at=event.at, decided_at=event.at, change=change))
+    alerts = _evaluate(ctx, rules, Step(at=event.at, decided_at=event.at, change=lambda: change))
     return StepResult(state, alerts, outcome)
 
 
@@ -206,12 +208,14 @@ def _apply_specimen(
     alerts: list[AlertEvent] = []
     if changes:
         ctx = _context(state, policy)
+        if all(replaced is None and not stored.is_cancelled for _, stored, replaced in changes):
+            ctx.appended = tuple((a, stored) for a, stored, _ in changes)
         analyte, stored, _ = changes[-1]
         step_ = Step(
             at=group[0].collected_at,
             decided_at=max(decided),
             trigger=Cite(analyte, stored, "result that triggered this event"),
-            change=_describe_changes(ctx, changes),
+            change=lambda: _describe_changes(ctx, changes),
         )
         alerts = _evaluate(ctx, _rules_for(frozenset(a for a, _, _ in changes), frozenset()), step_)
         prune(state, policy)
@@ -280,7 +284,14 @@ def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEv
     events: list[AlertEvent] = []
     for rule in rules:
         fingerprint = ctx.policy.fingerprint(rule.reads.settings)
-        events += reconcile(ctx, rule.name, fingerprint, ctx.findings(rule.name), step)
+        evaluation = ctx.evaluation(rule.name)
+        if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
+            evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
+        if not evaluation.complete and not evaluation.findings:
+            continue
+        events += reconcile(
+            ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
+        )
     return order(events, RULE_ORDER)
 
 
@@ -304,6 +315,7 @@ def prune(state: PatientState, policy: Policy) -> None:
         del history[:keep]
         if not history:
             del state.results[analyte]
+    state.accessions.clear()
     state.events = [e for e in state.events if e.at >= cut or e.kind in _KEPT_EVENTS]
     ctx = _context(state, policy)
     for rule in RULES:
@@ -315,12 +327,15 @@ def _cut(state: PatientState, policy: Policy) -> datetime | None:
     histories = [h for h in state.results.values() if h]
     if not histories:
         return None
-    newest = max(h[-1].collected_at for h in histories)
-    window = timedelta(days=policy.history_window_days)
     cap = policy.max_results_per_analyte
-    too_old = any(h[0].collected_at < newest - window - _WINDOW_SLACK for h in histories)
-    too_many = any(len(h) > cap + cap // 4 for h in histories)
-    if not (too_old or too_many):
+    newest = oldest = histories[0][-1].collected_at
+    too_many = False
+    for history in histories:
+        newest = max(newest, history[-1].collected_at)
+        oldest = min(oldest, history[0].collected_at)
+        too_many = too_many or len(history) > cap + cap // 4
+    window = timedelta(days=policy.history_window_days)
+    if not too_many and oldest >= newest - window - _WINDOW_SLACK:
         return None
     cut = newest - window
     for history in histories:

@@ -22,14 +22,14 @@ order of docs/clinical-spec.md (``order``).
 """
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.alert import AlertEvent
 from schemas.vocab import AlertAction, ResultStatus, RuleName
 from streams.core.rules.base import Cite, Finding, RuleInput, Texts
-from streams.core.state import AlertStatus, AnnouncedAlert
+from streams.core.state import AlertStatus, AnnouncedAlert, PatientState
 
 _LIFECYCLE = {
     AlertAction.RAISED: 0,
@@ -51,8 +51,9 @@ class Step:
     at: datetime
     decided_at: datetime
     trigger: Cite | None = None
-    #: what changed in the history, for retraction texts ("ANC A-12 (day 9) cancelled")
-    change: str | None = None
+    #: what changed in the history, for retraction texts ("ANC A-12 (day 9) cancelled");
+    #: computed only when a retraction is emitted
+    change: Callable[[], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +85,18 @@ def match(
 
 
 def reconcile(
-    ctx: RuleInput, rule: RuleName, fingerprint: str, findings: list[Finding], step: Step
+    ctx: RuleInput,
+    rule: RuleName,
+    fingerprint: str,
+    findings: list[Finding],
+    step: Step,
+    complete: bool = True,
 ) -> list[AlertEvent]:
-    """Events that bring subscribers from the announced alerts to ``findings`` of one rule."""
+    """Events that bring subscribers from the announced alerts to ``findings`` of one rule.
+
+    With ``complete=False`` (an incremental evaluation) ``findings`` are only the episodes the
+    new items touched: alerts they do not name are left as they are, never retracted.
+    """
     alerts = ctx.state.alerts
     pairs, unmatched = match(alerts, rule, findings)
     events: list[AlertEvent] = []
@@ -106,11 +116,20 @@ def reconcile(
         elif finding.is_open:  # resolved, and on the history as now known it never ended
             announced.status = AlertStatus.OPEN
             events.append(_update(ctx, announced, finding, step))
-    for key in unmatched:
+    for key in unmatched if complete else ():
         announced = alerts[key]
         if announced.status is not AlertStatus.RETRACTED:
             events.append(_retraction(ctx, announced, step))
     return events
+
+
+def covers_open(state: PatientState, rule: RuleName, findings: list[Finding]) -> bool:
+    """Do ``findings`` account for every open alert of ``rule``? (An incremental evaluation
+    must: a scan that only appends never loses an open episode.)"""
+    if not any(a.rule is rule and a.status is AlertStatus.OPEN for a in state.alerts.values()):
+        return True
+    _, unmatched = match(state.alerts, rule, findings)
+    return not any(state.alerts[key].status is AlertStatus.OPEN for key in unmatched)
 
 
 def forget_settled(ctx: RuleInput, rule: RuleName, findings: list[Finding]) -> None:
@@ -129,6 +148,9 @@ def forget_settled(ctx: RuleInput, rule: RuleName, findings: list[Finding]) -> N
 
 def order(events: Iterable[AlertEvent], rule_order: Sequence[RuleName]) -> list[AlertEvent]:
     """Retractions first; then alerts by the time of their first event, then by rule order."""
+    events = list(events)
+    if len(events) < 2:
+        return events
     rank = {rule: index for index, rule in enumerate(rule_order)}
     retractions = [e for e in events if e.action is AlertAction.RETRACTED]
     retractions.sort(key=lambda e: (e.event_time, rank[e.rule]))
@@ -214,7 +236,7 @@ def _close(ctx: RuleInput, announced: AnnouncedAlert, finding: Finding, step: St
 def _retraction(ctx: RuleInput, announced: AnnouncedAlert, step: Step) -> AlertEvent:
     announced.status = AlertStatus.RETRACTED
     announced.seq += 1
-    change = step.change or "a result was corrected, cancelled or added late"
+    change = step.change() if step.change else "a result was corrected, cancelled or added late"
     texts = Texts(
         summary=(
             f"{announced.rule.value} alert retracted: {change}; on the lab history as now known "

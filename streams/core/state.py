@@ -167,6 +167,14 @@ class PatientState:
     #: per rule, its accumulator at ``cut`` (JSON-able, ``streams.core.carry``)
     carries: dict[RuleName, Any] = field(default_factory=dict)
     gaps: list[GapRecord] = field(default_factory=list)
+    #: per scan rule, its live accumulator after its last item: lets a step that only appends
+    #: feed the new items instead of the history. Derived, never stored: a decoded state
+    #: rebuilds it on its first evaluation.
+    tails: dict[RuleName, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: per analyte, accession → stored result (derived, rebuilt on demand)
+    accessions: dict[Analyte, dict[str, StoredResult]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def new(cls, patient_id: str) -> "PatientState":
@@ -183,7 +191,12 @@ class PatientState:
         if self.cut is not None and incoming.collected_at < self.cut:
             return Outcome.OUTSIDE_WINDOW, None
         history = self.results.setdefault(analyte, [])
-        index = _find_same_result(history, incoming)
+        by_accession = self.accessions.get(analyte)
+        if by_accession is None:
+            by_accession = self.accessions[analyte] = {
+                r.accession: r for r in history if r.accession is not None
+            }
+        index = _find_same_result(history, incoming, by_accession)
         stored = None if index is None else history[index]
         if stored is not None and (
             _same_record(stored, incoming) or incoming.fingerprint() in stored.replaced
@@ -203,7 +216,12 @@ class PatientState:
             incoming.replaced = (*stored.replaced, stored.fingerprint())
         if index is not None:
             del history[index]
-        insort(history, incoming)
+        if not history or history[-1] < incoming:
+            history.append(incoming)  # the usual case: results arrive in collection order
+        else:
+            insort(history, incoming)
+        if incoming.accession is not None:
+            by_accession[incoming.accession] = incoming
         return Outcome.ACCEPTED, stored
 
     def record_event(self, event: ClinicalEventRecord) -> Outcome:
@@ -222,7 +240,11 @@ class PatientState:
         return None
 
 
-def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> int | None:
+def _find_same_result(
+    history: list[StoredResult],
+    incoming: StoredResult,
+    by_accession: dict[str, StoredResult],
+) -> int | None:
     """Index of the stored version of the same result.
 
     Same result = same accession; without an accession, same source and specimen time -- except
@@ -231,10 +253,10 @@ def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> in
     """
     accession = incoming.accession
     if accession is not None:
-        for index in range(len(history) - 1, -1, -1):
-            if history[index].accession == accession:
-                return index
-        return None
+        stored = by_accession.get(accession)
+        if stored is None:
+            return None
+        return next(i for i in range(len(history) - 1, -1, -1) if history[i] is stored)
     for index in range(len(history) - 1, -1, -1):
         stored = history[index]
         if (

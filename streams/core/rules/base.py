@@ -67,6 +67,11 @@ class Reads:
     #: rules whose evaluation this one builds on (evaluated first)
     depends_on: tuple[RuleName, ...] = ()
 
+    @property
+    def ordered(self) -> tuple[Analyte, ...]:
+        """``analytes`` in the vocabulary's order (a specimen lists its results in it)."""
+        return _in_vocabulary_order(self.analytes)
+
 
 @dataclass(frozen=True, slots=True)
 class Cite:
@@ -129,6 +134,16 @@ class Specimen:
     def of(self, analyte: Analyte) -> list[StoredResult]:
         return [r for a, r in self.results if a is analyte]
 
+    def lowest(self, analyte: Analyte) -> StoredResult | None:
+        """The specimen's lowest value of ``analyte``: one specimen is one observation, and
+        two values of it (two labs, a repeat) are read conservatively, as the worse."""
+        values = [r for a, r in self.results if a is analyte and r.value is not None]
+        return min(values, key=lambda r: r.value or 0.0) if values else None
+
+    def highest(self, analyte: Analyte) -> StoredResult | None:
+        values = [r for a, r in self.results if a is analyte and r.value is not None]
+        return max(values, key=lambda r: r.value or 0.0) if values else None
+
 
 @dataclass(frozen=True, slots=True)
 class Course:
@@ -163,10 +178,24 @@ class Basis:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """A rule's findings on the current history, and its accumulator after the last item."""
+    """A rule's findings on the current history, and its accumulator after the last item.
+
+    ``complete`` is False for an incremental evaluation (``ScanRule.advance``): its findings are
+    then only the episodes that the new items closed or left open; earlier closed episodes are
+    unchanged by construction (a scan never looks back) and are not repeated.
+    """
 
     findings: list[Finding]
     acc: Any = None
+    complete: bool = True
+
+
+@dataclass(slots=True)
+class Tail:
+    """A rule's live accumulator after its last item (``PatientState.tails``; never stored)."""
+
+    acc: Any
+    last_at: datetime | None
 
 
 def episode_key(start: datetime, prefix: str = "") -> str:
@@ -189,6 +218,9 @@ class RuleInput:
     registry: "Mapping[RuleName, Rule]" = field(default_factory=dict)
     _results: dict[Analyte, list[StoredResult]] = field(default_factory=dict)
     _evaluations: dict[RuleName, Evaluation] = field(default_factory=dict)
+    #: set by the engine when this step only appends new results collected at one instant:
+    #: scan rules whose tails end before it then feed just this specimen (``advance``)
+    appended: tuple[tuple[Analyte, StoredResult], ...] = ()
     _midnight: float | Literal[False] | None = None
 
     @property
@@ -242,9 +274,7 @@ class RuleInput:
         a course event is recorded is read as after it.
         """
         by_time: dict[datetime, list[tuple[Analyte, StoredResult]]] = {}
-        for analyte in Analyte:
-            if analyte not in reads.analytes:
-                continue
+        for analyte in reads.ordered:
             for result in self.results(analyte):
                 if result.value is None and result.detected is None:
                     continue
@@ -266,10 +296,21 @@ class RuleInput:
         return [item for _, _, item in timed]
 
     def evaluation(self, rule: RuleName) -> Evaluation:
-        """A rule's evaluation on this history, computed once per step (dependents read it)."""
+        """A rule's evaluation on this history, computed once per step (dependents read it):
+        incremental when the step only appends (``appended_at``) and the rule has a tail."""
         found = self._evaluations.get(rule)
         if found is None:
-            found = self._evaluations[rule] = self.registry[rule].evaluate(self)
+            evaluator = self.registry[rule]
+            if self.appended and isinstance(evaluator, ScanRule):
+                found = evaluator.advance(self, self.appended)
+            if found is None:
+                found = evaluator.evaluate(self)
+            self._evaluations[rule] = found
+        return found
+
+    def complete_evaluation(self, rule: RuleName) -> Evaluation:
+        """The full evaluation from the carry, replacing an incremental one of this step."""
+        found = self._evaluations[rule] = self.registry[rule].evaluate(self)
         return found
 
     def findings(self, rule: RuleName) -> list[Finding]:
@@ -322,6 +363,14 @@ class RuleInput:
 FIXED_OFFSET_ZONES = frozenset(
     {"UTC", "Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "GMT", "Etc/GMT", "Zulu"}
 )
+
+
+_VOCABULARY_INDEX = {analyte: index for index, analyte in enumerate(Analyte)}
+
+
+@lru_cache(maxsize=64)
+def _in_vocabulary_order(analytes: frozenset[Analyte]) -> tuple[Analyte, ...]:
+    return tuple(a for a in Analyte if a in analytes)
 
 
 @lru_cache(maxsize=4096)
@@ -386,9 +435,43 @@ class ScanRule(Generic[Acc]):
     def evaluate(self, ctx: RuleInput) -> Evaluation:
         acc = self.resume(ctx)
         out: list[Finding] = []
-        for item in ctx.items(self.reads):
+        items = ctx.items(self.reads)
+        for item in items:
             self.feed(ctx, acc, item, out)
+        ctx.state.tails[self.name] = Tail(acc, items[-1].at if items else ctx.state.cut)
         return Evaluation([*out, *self.open_findings(ctx, acc)], acc)
+
+    def advance(
+        self, ctx: RuleInput, appended: tuple[tuple[Analyte, StoredResult], ...]
+    ) -> Evaluation | None:
+        """Feed only the appended specimen to the tail (the step added new results, all
+        collected at one instant).
+
+        None when there is no tail, or it has seen something at or after that instant: then the
+        step is not an append for this rule and it is evaluated in full.
+        """
+        tail = ctx.state.tails.get(self.name)
+        at = appended[0][1].collected_at
+        if tail is None or (tail.last_at is not None and tail.last_at >= at):
+            return None
+        analytes = self.reads.analytes
+        results = tuple(
+            sorted(
+                (
+                    (a, r)
+                    for a, r in appended
+                    if a in analytes
+                    and (r.value is not None or r.detected is not None)
+                    and ctx.usable(r)
+                ),
+                key=lambda pair: (_VOCABULARY_INDEX[pair[0]], pair[1].sort_key()),
+            )
+        )
+        out: list[Finding] = []
+        if results:
+            self.feed(ctx, tail.acc, Specimen(at, ctx.day(at), results), out)
+            tail.last_at = at
+        return Evaluation([*out, *self.open_findings(ctx, tail.acc)], tail.acc, complete=False)
 
     def carry(self, ctx: RuleInput, cut: datetime) -> Any:
         acc = self.resume(ctx)

@@ -6,7 +6,8 @@ infections.
 
 Policy: ``igg_threshold_mg_dl`` (400; exactly 400 does not alert), ``ivig_effect_days`` (28).
 
-- IgG below the threshold → warning, before and after day 0. One alert per episode (a run of low
+- IgG below the threshold → warning, before and after day 0. Two IgG values of one specimen
+  are one observation, read as the lower (decision: the conservative reading). One alert per episode (a run of low
   IgG results); resolved by the next IgG at or above the threshold. A censored ``< 140 mg/dL``
   counts with its limit.
 - ``ivig_given`` is context, never a trigger: an IgG measured within 28 days after a dose
@@ -90,20 +91,19 @@ class HypogammaglobulinemiaRule(ScanRule[HypogammaAcc]):
                 acc.first = acc.lowest = acc.latest = None
                 acc.stopped = item.event
             return
-        threshold = ctx.policy.igg_threshold_mg_dl
-        for result in item.of(Analyte.IGG):
-            if result.value is None:
-                continue
-            igg = LowIgg(result, acc.last_dose)
-            if result.value < threshold:
-                if acc.first is None:
-                    acc.first = igg
-                if acc.lowest is None or result.value < (acc.lowest.result.value or 0.0):
-                    acc.lowest = igg
-                acc.latest = igg
-            elif acc.first is not None:
-                out.append(_finding(ctx, acc, igg, None))
-                acc.first = acc.lowest = acc.latest = None
+        result = item.lowest(Analyte.IGG)
+        if result is None or result.value is None:
+            return
+        igg = LowIgg(result, acc.last_dose)
+        if result.value < ctx.policy.igg_threshold_mg_dl:
+            if acc.first is None:
+                acc.first = igg
+            if acc.lowest is None or result.value < (acc.lowest.result.value or 0.0):
+                acc.lowest = igg
+            acc.latest = igg
+        elif acc.first is not None:
+            out.append(_finding(ctx, acc, igg, None))
+            acc.first = acc.lowest = acc.latest = None
 
     def open_findings(self, ctx: RuleInput, acc: HypogammaAcc) -> list[Finding]:
         return [] if acc.first is None else [_finding(ctx, acc, None, None)]

@@ -23,6 +23,8 @@ Sources: Westhafen 2025, "Immune-effector cell associated Hemophagocytic Lymphoh
   after ferritin had already halved is raised and resolved), or at ``end_of_follow_up``.
 - A new episode needs a ferritin after the resolution at ≥ 2 × the lowest ferritin since the
   resolution (the resolving one included), and the criteria again.
+- Two ferritins of one specimen are one observation, read as the higher (decision: the
+  conservative reading for a syndrome defined by hyperferritinemia).
 - The accumulator keeps the baseline, the open episode and the last 7 days of ferritins,
   candidates and supporting results, so pruning loses nothing.
 """
@@ -163,9 +165,9 @@ class IecHsRule(ScanRule[IecAcc]):
         _forget_old(ctx, acc, item)
         new_supports = _supports(ctx, acc, item)
         acc.supports += new_supports
-        for result in item.of(Analyte.FERRITIN):
-            if result.value is not None:
-                _ferritin(ctx, acc, result, item.day, out)
+        ferritin = item.highest(Analyte.FERRITIN)
+        if ferritin is not None:
+            _ferritin(ctx, acc, ferritin, item.day, out)
         _join(ctx, acc, item, out)
 
     def open_findings(self, ctx: RuleInput, acc: IecAcc) -> list[Finding]:
@@ -185,13 +187,20 @@ def _forget_old(ctx: RuleInput, acc: IecAcc, item: Specimen) -> None:
     def recent(result: StoredResult, days: int) -> bool:
         return item.day - ctx.day_of(result) <= days
 
-    acc.ferritins = [r for r in acc.ferritins if recent(r, window)]
-    acc.candidates = [f for f in acc.candidates if recent(f.result, window)]
-    acc.supports = [f for f in acc.supports if recent(f.result, window)]
-    acc.counts = [(a, r) for a, r in acc.counts if recent(r, lookback)]
-    acc.ldh = [r for r in acc.ldh if recent(r, window)]
-    if acc.episode is not None:
-        acc.episode.criteria = [f for f in acc.episode.criteria if recent(f.result, window)]
+    # every list is in collection order: drop from the front while too old
+    while acc.ferritins and not recent(acc.ferritins[0], window):
+        del acc.ferritins[0]
+    while acc.candidates and not recent(acc.candidates[0].result, window):
+        del acc.candidates[0]
+    while acc.supports and not recent(acc.supports[0].result, window):
+        del acc.supports[0]
+    while acc.counts and not recent(acc.counts[0][1], lookback):
+        del acc.counts[0]
+    while acc.ldh and not recent(acc.ldh[0], window):
+        del acc.ldh[0]
+    criteria = acc.episode.criteria if acc.episode is not None else []
+    while criteria and not recent(criteria[0].result, window):
+        del criteria[0]
 
 
 def _supports(ctx: RuleInput, acc: IecAcc, item: Specimen) -> list[Flag]:

@@ -14,7 +14,8 @@ consolidative HCT with MRD positivity at any level after CAR T-cell infusion) an
   ``mrd_sensitivity_flow``, ``_pcr``, ``_ngs``). Decision where the method is unknown too: a
   positive counts as the most sensitive (10⁻⁶) and a negative as the least (10⁻⁴), so that an
   unknown assay never clears disease a sensitive one found. A less sensitive negative is shown as
-  ``updated`` context and does not resolve.
+  ``updated`` context and does not resolve. Results of one specimen are one observation:
+  detected by any assay means detected.
 - ``relapse`` and ``end_of_follow_up`` resolve the alert and end the rule; ``hct_performed``
   resolves the open alert, and MRD is still monitored after it (a later positive is a new alert).
 """
@@ -117,12 +118,24 @@ class MrdPositiveRule(ScanRule[MrdAcc]):
             return
         if item.day < 1:
             return
-        for result in item.of(Analyte.MRD):
-            if result.detected is not None:
-                _result(ctx, acc, result, out)
+        result = _observation(ctx.policy, item.of(Analyte.MRD))
+        if result is not None:
+            _result(ctx, acc, result, out)
 
     def open_findings(self, ctx: RuleInput, acc: MrdAcc) -> list[Finding]:
         return [] if acc.episode is None else [_finding(ctx, acc.episode, None, None)]
+
+
+def _observation(policy: Policy, results: list[StoredResult]) -> StoredResult | None:
+    """One specimen's MRD: detected by any assay means detected (the most sensitive positive
+    assay speaks for it); else the most sensitive negative. A negative beside a positive of the
+    same sample never clears it."""
+    reported = [r for r in results if r.detected is not None]
+    positives = [r for r in reported if r.detected]
+    chosen = positives or reported
+    if not chosen:
+        return None
+    return min(chosen, key=lambda r: sensitivity(policy, r, bool(r.detected)))
 
 
 def _result(ctx: RuleInput, acc: MrdAcc, result: StoredResult, out: list[Finding]) -> None:

@@ -22,6 +22,9 @@ of that day, else the last earlier result). Grade by the worse column: ≤ 500 /
 A day's value may still fall while its results arrive: grades are re-read after every result,
 and a grade is reached at the collection time of the result that made it known.
 
+Two ANC values of one specimen are one observation, read as the lower (as the lowest result of a
+day is that day's value).
+
 Late ICAHT (after day 30): the two most recent ANC results, consecutive and both after day 30, the
 less severe setting the grade: ≤ 1500 → 1, ≤ 1000 → 2, ≤ 500 → 3, ≤ 100 → 4.
 
@@ -210,11 +213,11 @@ class ProlongedNeutropeniaRule(ScanRule[IcahtAcc]):
                 acc.episode = None
                 acc.stopped = item.event
             return
-        for result in item.of(Analyte.ANC):
-            if result.value is not None:
-                if item.day >= 0:
-                    _result(ctx, acc, result, item.day, out)
-                acc.previous = result
+        result = item.lowest(Analyte.ANC)
+        if result is not None:
+            if item.day >= 0:
+                _result(ctx, acc, result, item.day, out)
+            acc.previous = result
 
     def open_findings(self, ctx: RuleInput, acc: IcahtAcc) -> list[Finding]:
         episode = acc.episode
