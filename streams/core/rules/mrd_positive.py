@@ -231,7 +231,10 @@ def _finding(
         )
 
     level = "detected" if peak is None else f"peak={peak.value!r}"
-    shown = "" if insufficient is None else f"|insufficient@{insufficient.collected_ts:.0f}"
+    # the signature names the insufficient negative even once cleared: a resolution is not an
+    # update of the evidence
+    weak = episode.insufficient
+    shown = "" if weak is None else f"|insufficient@{weak.collected_ts:.0f}"
     return Finding(
         rule=RuleName.MRD_POSITIVE,
         episode_key=episode_key(first.collected_at),
