@@ -62,6 +62,8 @@ class MrdEpisode:
     latest: StoredResult
     #: the sensitivity a negative must reach to resolve (the most sensitive positive's)
     required: float
+    #: the method of that most sensitive positive
+    required_method: MrdMethod | None
     #: the latest negative too insensitive to resolve (shown as context)
     insufficient: StoredResult | None = None
 
@@ -85,6 +87,12 @@ def sensitivity(policy: Policy, result: StoredResult, detected: bool) -> float:
     if result.method is not None:
         return by_method[result.method]
     return min(by_method.values()) if detected else max(by_method.values())
+
+
+def _method_name(method: MrdMethod | None) -> str:
+    if method is None:
+        return "assay"
+    return {MrdMethod.FLOW: "flow", MrdMethod.PCR: "qPCR", MrdMethod.NGS: "NGS"}[method]
 
 
 def describe(policy: Policy, result: StoredResult) -> str:
@@ -145,7 +153,7 @@ def _result(ctx: RuleInput, acc: MrdAcc, result: StoredResult, out: list[Finding
         sens = sensitivity(policy, result, True)
         quantified = result if result.value is not None else None
         if episode is None:
-            acc.episode = MrdEpisode(result, quantified, result, sens)
+            acc.episode = MrdEpisode(result, quantified, result, sens, result.method)
             if acc.first_positive is None:
                 acc.first_positive = Basis(
                     result.collected_at,
@@ -153,7 +161,8 @@ def _result(ctx: RuleInput, acc: MrdAcc, result: StoredResult, out: list[Finding
                 )
             return
         episode.latest = result
-        episode.required = min(episode.required, sens)
+        if sens < episode.required:
+            episode.required, episode.required_method = sens, result.method
         if quantified is not None and (
             episode.peak is None or (result.value or 0.0) > (episode.peak.value or 0.0)
         ):
@@ -208,7 +217,8 @@ def _finding(
                 f" MRD not detected on day {ctx.day_of(insufficient)} "
                 f"({describe(policy, insufficient)}): not detected at "
                 f"{power_of_ten(sensitivity(policy, insufficient, False))} does not exclude the "
-                f"disease detected at {power_of_ten(episode.required)}."
+                f"{_method_name(episode.required_method)}-detected disease (sensitivity "
+                f"{power_of_ten(episode.required)})."
             )
         summary += ctx.risk_sentence()
         if cleared is not None:
