@@ -59,16 +59,18 @@ from streams.core.rules.bcell import (
 from streams.core.state import ClinicalEventRecord
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Relapsed/Refractory Disease', risk factor 3 'Early Loss of B-cell "
-    "aplasia (BCA)'; Table 1 'Short CAR persistence (loss of BCA)'; Figure 3 (algorithm based on "
-    "loss of BCA within 6 months of infusion)",
-    "Westhafen 2025 Table 1: pooled ELIANA/ENSIGN analysis (N = 143), loss of BCA within 1 y "
-    "associated with increased relapse risk (HR 4.5, P < .001); loss of BCA within 6 mo, 24-mo "
-    "EFS 14 %",
+    f"{REVIEW} -- section 'Relapsed/Refractory Disease', risk factor 3 \"Early Loss of B-cell "
+    'aplasia (BCA)": "Loss of BCA implies the absence of functional CAR T-cells, and if it occurs '
+    'within 6 months post-infusion, it is associated with a high risk of CD19-positive relapse."; '
+    "Figure 3 'Algorithm based on loss of B-cell aplasia (BCA) within 6 months of infusion'",
+    "Westhafen 2025, Table 1 'Risk Factors for CAR T-cell Therapy Failure', short CAR "
+    'persistence: "Pooled ELIANA/ENSIGN analysis (N = 143): loss of BCA within 1 y was associated '
+    "with increased relapse risk (HR 4.5, P < .001). Patients with loss of BCA within 6 mo had a "
+    '24-mo EFS of 14%."',
 )
 LATE_REFERENCE = (
-    "Westhafen 2025, section 'T-cell persistence': B-cell recovery alone does not necessarily "
-    "imply relapse"
+    "Westhafen 2025, section 'T-cell persistence': \"B-cell recovery alone does not necessarily "
+    'imply relapse"'
 )
 
 

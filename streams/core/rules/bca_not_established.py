@@ -47,8 +47,9 @@ from streams.core.rules.bcell import (
 from streams.core.state import ClinicalEventRecord
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Relapsed/Refractory Disease', risk factor 3: BCA can be used as a "
-    "measure of in vivo CD19 CAR T-cell functional activity; section 'T-cell persistence'",
+    f"{REVIEW} -- section 'Relapsed/Refractory Disease', risk factor 3: \"BCA can be used as a "
+    'measure of in vivo CD19 CAR T-cell functional activity"',
+    "Westhafen 2025, section 'T-cell persistence'",
 )
 RECOMMENDATION = (
     "B-cell aplasia not established: functional CAR T-cells may never have expanded (primary "

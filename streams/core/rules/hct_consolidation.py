@@ -46,8 +46,10 @@ from streams.core.rules.base import (
 from streams.core.state import ClinicalEventRecord
 
 REFERENCES = (
-    f"{REVIEW} -- section 'HCT for all vs. selective use': recommendations for patients who are "
-    "eligible to proceed to HCT and do not have a history of prior HCT; Figures 2 and 3",
+    f"{REVIEW} -- section 'HCT for all vs. selective use': \"In patients who are eligible to "
+    "proceed to HCT and do not have a history of prior HCT\"; Figure 2 'Algorithm based on "
+    "Minimal Residual Disease (MRD)'; Figure 3 'Algorithm based on loss of B-cell aplasia (BCA) "
+    "within 6 months of infusion'",
 )
 MAY_CONSIDER = {
     RiskFactor.DONOR_AVAILABLE_WISHES_HCT: "appropriate donor available and desire to proceed "

@@ -39,9 +39,9 @@ from streams.core.state import ClinicalEventRecord, StoredResult
 from streams.core.text import labelled, quantity
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Hypogammaglobulinemia and risk of infections': most institutions use "
-    "IgG levels below 400 mg/dL as the threshold for supplementation; higher levels may be "
-    "needed for those with recurrent infections",
+    f"{REVIEW} -- section 'Hypogammaglobulinemia and risk of infections': \"Most institutions "
+    "use immunoglobulin G (IgG) levels below 400 mg/dL as the threshold for supplementation, "
+    'higher levels may be needed for those with recurrent infections"',
 )
 RECOMMENDATION = (
     "Consider immunoglobulin replacement (the threshold most institutions use); higher IgG "

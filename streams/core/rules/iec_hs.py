@@ -54,7 +54,9 @@ from streams.core.text import labelled, number, quantity
 
 REFERENCES = (
     f"{REVIEW} -- section 'Immune-effector cell associated Hemophagocytic Lymphohistiocytosis "
-    "(HLH)-like syndrome (IEC-HS)'",
+    "(HLH)-like syndrome (IEC-HS)': \"published ASTCT working group treatment recommendations "
+    "include a patient-tailored stepwise approach with anakinra with or without glucocorticoids, "
+    'followed by ruxolitinib, emapalumab or low-dose etoposide"',
     "ASTCT IEC-HS consensus: Hines MR, et al. Immune Effector Cell-Associated Hemophagocytic "
     "Lymphohistiocytosis-Like Syndrome. Transplant Cell Ther 2023;29(7):438.e1-438.e16",
 )

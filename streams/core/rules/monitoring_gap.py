@@ -39,9 +39,11 @@ from streams.core.rules.base import (
 from streams.core.state import ClinicalEventRecord, GapRecord, StoredResult
 
 REFERENCES = (
-    "CAR-T Watch clinical rules, section 7 (monitoring gap); Westhafen 2025, section 'Relapsed/"
-    "Refractory Disease', risk factor 3: loss of BCA within 6 months is associated with a high "
-    "risk of CD19-positive relapse, so CD19 is monitored regularly",
+    "CAR-T Watch clinical spec (docs/clinical-spec.md), section 7 'Monitoring gap': a product "
+    "rule beyond the review",
+    "Westhafen 2025, section 'Relapsed/Refractory Disease', risk factor 3: \"Loss of BCA implies "
+    "the absence of functional CAR T-cells, and if it occurs within 6 months post-infusion, it is "
+    'associated with a high risk of CD19-positive relapse."',
 )
 KIND_ANALYTES = {
     "cd19": (Analyte.CD19_PCT, Analyte.CD19_ABS),

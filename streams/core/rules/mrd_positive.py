@@ -45,9 +45,9 @@ from streams.core.state import ClinicalEventRecord, StoredResult
 from streams.core.text import mrd_level, power_of_ten
 
 REFERENCES = (
-    f"{REVIEW} -- section 'HCT for all vs. selective use': reasonable evidence to recommend "
-    "consolidative HCT in patients who present with MRD positivity at any level after CAR T-cell "
-    "infusion; Figure 2 (algorithm based on MRD)",
+    f"{REVIEW} -- section 'HCT for all vs. selective use': \"there is reasonable evidence to "
+    'recommend consolidative HCT in patients who" ... "present with MRD positivity at any level '
+    "after CAR T-cell infusion\"; Figure 2 'Algorithm based on Minimal Residual Disease (MRD)'",
 )
 RECOMMENDATION = (
     "Confirm the CD19 status of the clone (CD19-negative escape). In HCT-eligible patients "

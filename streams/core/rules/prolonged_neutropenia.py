@@ -60,7 +60,10 @@ from streams.core.state import ClinicalEventRecord, StoredResult
 from streams.core.text import day_count, labelled, number
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Immune effector cell-associated hematotoxicity (ICAHT)'",
+    f"{REVIEW} -- section 'Immune effector cell-associated hematotoxicity (ICAHT)': "
+    '"Prolonged cytopenias (30-90 days), particularly neutropenia (<500/mm3) occur in a subset of '
+    "patients (approximately 10% of patients experience persistent cytopenia one year after "
+    'treatment)"',
     "EHA/EBMT ICAHT consensus grading: Rejeski K, et al. Immune effector cell-associated "
     "hematotoxicity: EHA/EBMT consensus grading and best practice recommendations. Blood "
     "2023;142(10):865-877",
