@@ -67,6 +67,9 @@ _KEPT_EVENTS = frozenset(
         ClinicalEventKind.END_OF_FOLLOW_UP,
     }
 )
+#: Settings every rule reads through the engine (day numbers; what a rule may build on): part of
+#: every alert id's fingerprint besides the rule's own settings.
+COMMON_SETTINGS = ("timezone", "alert_on_preliminary")
 #: Pruning waits until the history exceeds its bounds by this much, then cuts back to them.
 _WINDOW_SLACK = timedelta(days=30)
 
@@ -283,7 +286,7 @@ def _rules_for(
 def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEvent]:
     events: list[AlertEvent] = []
     for rule in rules:
-        fingerprint = ctx.policy.fingerprint(rule.reads.settings)
+        fingerprint = ctx.policy.fingerprint((*COMMON_SETTINGS, *rule.reads.settings))
         evaluation = ctx.evaluation(rule.name)
         if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
             evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
