@@ -1,4 +1,4 @@
-"""``AlertEvent``: what subscribers receive on ``carwatch.alerts`` (DESIGN.md "Alert event")."""
+"""``AlertEvent``: what subscribers receive on ``carwatch.alerts`` (docs/clinical-spec.md "Common definitions")."""
 
 from typing import Annotated, Literal
 

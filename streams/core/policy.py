@@ -1,4 +1,4 @@
-"""Every clinical threshold, with its default from clinical-rules.md, loadable from TOML.
+"""Every clinical threshold, with its default from docs/clinical-spec.md, loadable from TOML.
 
 An institution overrides settings in a TOML file (``carwatch replay --policy FILE``, env
 ``CARWATCH_POLICY_FILE`` for the worker); unknown keys are rejected so a typo never silently
@@ -55,7 +55,7 @@ class Policy(BaseModel):
     timezone: str = "UTC"
     alert_on_preliminary: bool = False
 
-    # history bounds (DESIGN.md: state size stays flat over years of follow-up)
+    # history bounds (docs/architecture.md: state size stays flat over years of follow-up)
     history_window_days: int = Field(default=730, ge=60)
     max_results_per_analyte: int = Field(default=120, ge=16)
 
