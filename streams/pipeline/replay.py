@@ -5,12 +5,6 @@ record ends in one outcome (accepted, rejected, unmapped, not_enrolled, duplicat
 unknown_accession); rejected ones are reported with their location and reason. ``decided_at`` of
 each alert is the triggering record's ``resulted_at`` (else its collection time), or ``now`` for the
 final ``tick``, so a replay of the same input is byte-identical every time.
-
-Specimen grouping (clinical-rules.md 0 "Same specimen", rev. 2): consecutive records of one
-patient go to ``apply_all`` together, so the engine can apply the results of one specimen (one
-HL7 message, one FHIR Bundle, consecutive lines) at once. A run ends where another patient's
-record, or the end of a file, comes; rejected and unmapped items do not end it (they never reach
-the engine).
 """
 
 from collections import Counter
@@ -19,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.alert import AlertEvent
-from schemas.records import Rejection, WireRecord
+from schemas.records import Rejection
 from schemas.vocab import Outcome, RejectReason
-from streams.core.engine import apply_all, tick
+from streams.core.engine import PatientEvent, apply_all, tick
 from streams.core.policy import Policy
 from streams.core.state import PatientState
 from streams.ingest.files import InputItem
@@ -46,6 +40,7 @@ class ReplayCounts:
             f"unmapped {o[Outcome.UNMAPPED]}, not enrolled {o[Outcome.NOT_ENROLLED]}, "
             f"duplicates {o[Outcome.DUPLICATE]}, superseded {o[Outcome.SUPERSEDED]}, "
             f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, "
+            f"not monitored {o[Outcome.NOT_MONITORED]}, outside window {o[Outcome.OUTSIDE_WINDOW]}, "
             f"code/unit mismatches {self.code_unit_mismatch}, alert events {self.alert_events}"
         )
 
@@ -59,14 +54,16 @@ class Replay:
     on_reject: Callable[[InputItem, Rejection], None]
     #: called for records that were valid but changed nothing worth a note (unknown accession)
     on_ignored: Callable[[InputItem, Outcome], None] = lambda item, outcome: None
-    #: called for results accepted under the other CD19 analyte than their code named
-    on_mismatch: Callable[[InputItem], None] = lambda item: None
     states: dict[str, PatientState] = field(default_factory=dict)
     counts: ReplayCounts = field(default_factory=ReplayCounts)
+    #: called for results accepted under the other CD19 analyte than their code named
+    on_mismatch: Callable[[InputItem], None] = lambda item: None
 
     def feed(self, items: Iterable[InputItem]) -> None:
-        """Apply one file's items: each patient's consecutive records as one ``apply_all``."""
-        run: list[tuple[InputItem, WireRecord]] = []
+        """Apply items in order. Consecutive records of one patient are applied together
+        (``apply_all``), so the results of one specimen evaluate once; rejected and unmapped
+        lines between them do not separate them."""
+        run: list[tuple[InputItem, PatientEvent]] = []
         for item in items:
             self.counts.read += 1
             outcome = item.outcome
@@ -82,16 +79,16 @@ class Replay:
                 self.counts.code_unit_mismatch += 1
                 self.on_mismatch(item)
             if run and run[0][1].patient_id != outcome.patient_id:
-                self._apply_run(run)
+                self._apply(run)
                 run = []
             run.append((item, outcome))
         if run:
-            self._apply_run(run)
+            self._apply(run)
 
-    def _apply_run(self, run: list[tuple[InputItem, WireRecord]]) -> None:
+    def _apply(self, run: list[tuple[InputItem, PatientEvent]]) -> None:
         patient_id = run[0][1].patient_id
         state = self.states.get(patient_id) or PatientState.new(patient_id)
-        results = apply_all(state, [record for _, record in run], self.policy)
+        results = apply_all(state, [event for _, event in run], self.policy)
         if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
             self.states[patient_id] = state
         for (item, _), result in zip(run, results, strict=True):
