@@ -79,8 +79,9 @@ ALLOWED_LABEL_VALUES: dict[str, frozenset[str]] = {
 
 
 @dataclass
-class PipelineMetrics:
-    """All metrics of one process, registered in ``registry`` (a fresh one per test)."""
+class IngestMetrics:
+    """The series every process that ingests has (CONTRACTS.md: results, rejections, dead
+    letters, last ingest), in ``registry`` (a fresh one per test)."""
 
     registry: CollectorRegistry = field(default=REGISTRY)
 
@@ -105,6 +106,20 @@ class PipelineMetrics:
             ["topic"],
             registry=r,
         )
+        self.last_result_timestamp = Gauge(
+            "carwatch_last_result_ingested_timestamp_seconds",
+            "Unix time at which the last lab result was ingested (feed-silence alerting).",
+            registry=r,
+        )
+
+
+@dataclass
+class PipelineMetrics(IngestMetrics):
+    """All metrics of the worker process."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        r = self.registry
         self.consumed = Counter(
             "carwatch_messages_consumed",
             "Messages consumed from Kafka topics.",
@@ -147,11 +162,6 @@ class PipelineMetrics:
             "Time to process one batch of records in the monitor agent.",
             registry=r,
         )
-        self.last_result_timestamp = Gauge(
-            "carwatch_last_result_ingested_timestamp_seconds",
-            "Unix time at which the last lab result was ingested (feed-silence alerting).",
-            registry=r,
-        )
         self.consumer_lag = Gauge(
             "carwatch_consumer_lag_messages",
             "Messages not yet consumed, by input topic (sum over this worker's partitions).",
@@ -177,7 +187,7 @@ class PipelineMetrics:
 
 
 @dataclass
-class ListenerMetrics:
+class ListenerMetrics(IngestMetrics):
     """The metrics of one listener process (``carwatch mllp``, ``carwatch fhir-gateway``), in its
     own registry: the shared ingest counters plus the listener series of CONTRACTS.md.
 
@@ -185,37 +195,13 @@ class ListenerMetrics:
     analyte than their code names (streams.ingest.normalise), so the interface engineer sees it.
     """
 
-    registry: CollectorRegistry
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         r = self.registry
-        self.results = Counter(
-            "carwatch_results",
-            "Input records by analyte and outcome (accepted, rejected, unmapped).",
-            ["analyte", "outcome"],
-            registry=r,
-        )
-        self.rejected = Counter(
-            "carwatch_rejected",
-            "Rejected input records by machine-readable reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.deadletters = Counter(
-            "carwatch_deadletter_messages",
-            "Messages written to the dead-letter topic, by the adapter they came from.",
-            ["topic"],
-            registry=r,
-        )
         self.code_unit_mismatch = Counter(
             "carwatch_code_unit_mismatch",
             "CD19 results accepted by their unit although their code names the other CD19 analyte.",
             ["analyte"],
-            registry=r,
-        )
-        self.last_result_timestamp = Gauge(
-            "carwatch_last_result_ingested_timestamp_seconds",
-            "Unix time at which the last lab result was ingested (feed-silence alerting).",
             registry=r,
         )
         self.messages = Counter(

@@ -26,7 +26,7 @@ from streams.listeners.fhir_answers import (
     render,
 )
 from streams.listeners.hl7_ack import AckDecision, decide_ack
-from streams.listeners.plans import Plan, plan_items, plan_rejection
+from streams.listeners.plans import Plan, plan_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +63,14 @@ def plan_hl7(
     inbound: str | None,
 ) -> Plan:
     """The records of one parsed message (shared by the listener and reprocessing)."""
-    where = f"message {message.control_id or '(no MSH-10)'}"
-    if message.message_rejection is not None:
-        return plan_rejection(
-            message.message_rejection,
-            hl7_text(payload),
-            source=source,
-            location=where,
-            received_at=received_at,
-            inbound=inbound,
-        )
-    return plan_items(
-        message.items, source=source, prefix=where, received_at=received_at, inbound=inbound
+    return plan_message(
+        message.message_rejection,
+        message.items,
+        lambda: hl7_text(payload),
+        source=source,
+        location=f"message {message.control_id or '(no MSH-10)'}",
+        received_at=received_at,
+        inbound=inbound,
     )
 
 
@@ -150,17 +146,15 @@ def plan_fhir(
     received_at: datetime,
     inbound: str | None,
 ) -> Plan:
-    if parsed.document_rejection is not None:
-        return plan_rejection(
-            parsed.document_rejection,
-            clean_text(body.decode("utf-8", errors="replace")),
-            source=source,
-            location=path,
-            received_at=received_at,
-            inbound=inbound,
-        )
-    return plan_items(
-        parsed.items, source=source, prefix=path, received_at=received_at, inbound=inbound
+    """The records of one parsed body (shared by the gateway and reprocessing)."""
+    return plan_message(
+        parsed.document_rejection,
+        parsed.items,
+        lambda: clean_text(body.decode("utf-8", errors="replace")),
+        source=source,
+        location=path,
+        received_at=received_at,
+        inbound=inbound,
     )
 
 

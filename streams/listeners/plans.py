@@ -12,7 +12,7 @@ whole message is in the message store, which ``inbound`` names.
 """
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -106,3 +106,29 @@ def plan_rejection(
     """A whole input rejected (not HL7, not ORU^R01, not JSON, …): one dead letter."""
     record, reason = _dead_letter(InputItem(location, raw, rejection), source, received_at, inbound)
     return Plan(dead_letters=[record], reasons=Counter({reason: 1}))
+
+
+def plan_message(
+    rejection: Rejection | None,
+    items: Sequence[ResultItem],
+    raw: Callable[[], str],
+    *,
+    source: str,
+    location: str,
+    received_at: datetime,
+    inbound: str | None,
+) -> Plan:
+    """The records of one parsed message or body: its whole-input rejection (with ``raw()``, the
+    input as text), else its items located under ``location``."""
+    if rejection is not None:
+        return plan_rejection(
+            rejection,
+            raw(),
+            source=source,
+            location=location,
+            received_at=received_at,
+            inbound=inbound,
+        )
+    return plan_items(
+        items, source=source, prefix=location, received_at=received_at, inbound=inbound
+    )

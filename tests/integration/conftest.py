@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -42,20 +43,25 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def require_java() -> None:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         message = "java is missing: the integration tests run a real Kafka broker (Java 17+)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
+
+
+@contextmanager
+def running_broker(port: int, controller: int, state: Path, **extra: str) -> Iterator[Broker]:
+    """scripts/broker.sh up on these ports and state dir (``extra``: its other settings), and
+    down afterwards."""
     env = {
         **os.environ,
         "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(port + 1),
-        "CARWATCH_STATE_DIR": str(tmp_path_factory.mktemp("kafka")),
+        "CARWATCH_KAFKA_CONTROLLER_PORT": str(controller),
+        "CARWATCH_STATE_DIR": str(state),
         "CARWATCH_PARTITIONS": str(PARTITIONS),
+        **extra,
     }
     script = str(REPO / "scripts" / "broker.sh")
     up = subprocess.run(
@@ -67,6 +73,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield Broker(port)
     finally:
         subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=90)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    require_java()
+    port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
+    with running_broker(port, port + 1, tmp_path_factory.mktemp("kafka")) as started:
+        yield started
 
 
 def free_port() -> int:

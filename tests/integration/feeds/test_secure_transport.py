@@ -8,10 +8,7 @@ test makes its certificate authority with the ``cryptography`` package.
 
 import asyncio
 import json
-import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,14 @@ from streams.listeners.publisher import LabPublisher
 from streams.metrics import ListenerMetrics
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
-from tests.integration.conftest import PARTITIONS, REPO, Broker, Pipeline, free_port
+from tests.integration.conftest import (
+    PARTITIONS,
+    Broker,
+    Pipeline,
+    free_port,
+    require_java,
+    running_broker,
+)
 from tests.integration.feeds.certs import Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -71,31 +75,19 @@ class SecureBroker:
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("java is missing: the secure broker is a real Kafka broker")
+    require_java()
     pki = make_pki(tmp_path_factory.mktemp("pki"))
-    port, controller, sasl = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(controller),
-        "CARWATCH_KAFKA_SASL_SSL_PORT": str(sasl),
-        "CARWATCH_KAFKA_SSL_KEYSTORE_PEM": str(pki.server_pem),
-        "CARWATCH_KAFKA_SCRAM_USER": USER,
-        "CARWATCH_KAFKA_SCRAM_PASSWORD": PASSWORD,
-        "CARWATCH_STATE_DIR": str(tmp_path_factory.mktemp("secure-kafka")),
-        "CARWATCH_PARTITIONS": str(PARTITIONS),
-    }
-    script = str(REPO / "scripts" / "broker.sh")
-    up = subprocess.run(
-        ["bash", script, "up"], env=env, capture_output=True, text=True, timeout=300
-    )
-    if up.returncode != 0:
-        pytest.fail(f"broker.sh up (secure) failed:\n{up.stdout}\n{up.stderr}")
-    try:
-        yield SecureBroker(Broker(port), sasl, pki)
-    finally:
-        subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=90)
+    sasl = free_port()
+    with running_broker(
+        free_port(),
+        free_port(),
+        tmp_path_factory.mktemp("secure-kafka"),
+        CARWATCH_KAFKA_SASL_SSL_PORT=str(sasl),
+        CARWATCH_KAFKA_SSL_KEYSTORE_PEM=str(pki.server_pem),
+        CARWATCH_KAFKA_SCRAM_USER=USER,
+        CARWATCH_KAFKA_SCRAM_PASSWORD=PASSWORD,
+    ) as plaintext:
+        yield SecureBroker(plaintext, sasl, pki)
 
 
 @pytest.fixture
