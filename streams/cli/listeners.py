@@ -34,7 +34,10 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
         click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
         click.option(
-            "--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT."
+            "--metrics-port",
+            type=click.IntRange(0, 65535),
+            help="This listener's metrics on 127.0.0.1:PORT (default 9465 MLLP, 9466 FHIR; "
+            "0: none).",
         ),
         click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True),
         click.option(
@@ -92,11 +95,14 @@ def _run_listener(
     run: Callable[..., None],
     policy_path: str | None,
     default_idle: float,
+    default_metrics_port: int,
     **options: Any,
 ) -> None:
     from streams.listeners.publisher import KafkaOptions, ListenerSetupError
 
     limits, tls = _limits_and_tls(options, default_idle)
+    port = options.pop("metrics_port")
+    options["metrics_port"] = default_metrics_port if port is None else (port or None)
     kafka = KafkaOptions(
         broker_url=options.pop("broker_url"),
         labs_topic=options.pop("labs_topic"),
@@ -161,7 +167,14 @@ def mllp(policy_path: str | None, **options: Any) -> None:
     """Receive HL7 v2 ORU^R01 over MLLP; ACK AA only once Kafka has the results."""
     from streams.listeners import mllp as listener
 
-    _run_listener("mllp", listener.main, policy_path, listener.DEFAULT_IDLE_TIMEOUT_S, **options)
+    _run_listener(
+        "mllp",
+        listener.main,
+        policy_path,
+        listener.DEFAULT_IDLE_TIMEOUT_S,
+        listener.DEFAULT_METRICS_PORT,
+        **options,
+    )
 
 
 @click.command("fhir-gateway")
@@ -191,6 +204,7 @@ def fhir_gateway(policy_path: str | None, token_env: str | None, **options: Any)
         gateway.main,
         policy_path,
         gateway.DEFAULT_IDLE_TIMEOUT_S,
+        gateway.DEFAULT_METRICS_PORT,
         token=token,
         **options,
     )

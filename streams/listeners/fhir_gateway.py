@@ -122,6 +122,8 @@ DEFAULT_PORT: Final = 8080
 #: Largest accepted request body.
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_IDLE_TIMEOUT_S: Final = 60.0
+#: Prometheus port of this listener (CONTRACTS.md; 127.0.0.1 only).
+DEFAULT_METRICS_PORT: Final = 9466
 ADAPTER: Final = "fhir"
 ACCEPTED_CONTENT_TYPES: Final = JSON_TYPES | XML_TYPES
 

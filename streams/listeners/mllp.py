@@ -245,6 +245,8 @@ class MllpDeframer:
 #: MIME type of an ER7-encoded (pipe-delimited) HL7 v2 message in the message store.
 HL7_CONTENT_TYPE: Final = "x-application/hl7-v2+er7"
 DEFAULT_IDLE_TIMEOUT_S: Final = 600.0
+#: Prometheus port of this listener (CONTRACTS.md; 127.0.0.1 only).
+DEFAULT_METRICS_PORT: Final = 9465
 DEFAULT_READ_TIMEOUT_S: Final = 30.0
 
 

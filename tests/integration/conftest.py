@@ -89,6 +89,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the metrics a process serves on 127.0.0.1:port (``None``: not there)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:

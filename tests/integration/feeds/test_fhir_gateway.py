@@ -23,6 +23,7 @@ from streams.listeners.fhir_gateway import FhirGateway
 from streams.listeners.mllp import MllpListener, MllpService
 from streams.listeners.pool import ParsePool
 from streams.listeners.publisher import LabPublisher
+from tests.integration.conftest import free_port, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -165,6 +166,7 @@ async def test_broker_unreachable_is_503_never_2xx(
 async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_path: Path) -> None:
     """The real command in a subprocess: 201 once Kafka has the result; stops on SIGTERM."""
     log = tmp_path / "gateway.log"
+    metrics_port = free_port()
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [
@@ -182,6 +184,8 @@ async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_
                 topics.deadletter,
                 "--inbound-topic",
                 topics.inbound,
+                "--metrics-port",
+                str(metrics_port),
             ],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -195,6 +199,9 @@ async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_
         )
         assert status == 201
         assert len(await consume(topics.labs, 1)) == 1
+        labels = {"listener": "fhir", "code": "201"}
+        assert scrape(metrics_port, "carwatch_listener_messages_total", labels) == 1
+        assert scrape(metrics_port, "carwatch_inbound_messages_total", {"listener": "fhir"}) == 1
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(process.wait), 30) == 0
     finally:

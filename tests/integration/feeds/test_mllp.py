@@ -26,6 +26,7 @@ from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.listeners.mllp import BROKER_DOWN_TEXT, MllpListener, MllpService
 from streams.listeners.pool import ParsePool
 from streams.listeners.publisher import LabPublisher
+from tests.integration.conftest import free_port, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -285,6 +286,7 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
     feed = tmp_path / "feed.toml"
     feed.write_text('assigning_authority = "KIDS"\n')
     log = tmp_path / "mllp.log"
+    metrics_port = free_port()
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [
@@ -302,6 +304,8 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
                 topics.deadletter,
                 "--inbound-topic",
                 topics.inbound,
+                "--metrics-port",
+                str(metrics_port),
                 "--feed-config",
                 str(feed),
             ],
@@ -315,6 +319,9 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
         (ack,) = await send_async(port, oru("CLI-1", anc("0.42"), alc("300")))
         assert msa(ack)[:2] == ("AA", "CLI-1")
         assert len(await consume(topics.labs, 2)) == 2
+        labels = {"listener": "mllp", "code": "AA"}
+        assert scrape(metrics_port, "carwatch_listener_messages_total", labels) == 1
+        assert scrape(metrics_port, "carwatch_inbound_messages_total", {"listener": "mllp"}) == 1
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(process.wait), 30) == 0
     finally:
