@@ -1,13 +1,16 @@
 """The bounded worker pool that parses messages off the event loop.
 
-Parsing a 1 MB HL7 message or FHIR body takes tens to hundreds of milliseconds of pure Python.
-On the event loop that stalls every other connection (the first release: one 100 KB HL7 message
-delayed other connections' ACKs by 5 s). In a thread pool it still holds the GIL: the loop gets
-the interpreter back only every switch interval and competes with the parser for it, which
-measured 5–40 ms per small ACK under one 1 MB parse on two cores; in worker *processes* the loop
-keeps its core (docs/feeds.md "Limits"). So the default is processes (``spawn``: no fork of a
-running event loop), started and warmed up before the listener accepts connections; threads
-remain an option where processes cannot be used.
+Parsing a 1 MB HL7 message or FHIR body takes hundreds of milliseconds of pure Python. On the
+event loop that stalls every other connection (the first release: one 100 KB HL7 message
+delayed other connections' ACKs by 5 s). In a thread pool it still holds the GIL, which the loop
+gets back only at the switch interval: measured on loopback with the real broker, small MLLP
+messages sent while a 1 MB message was parsed were ACKed in a median of 13–17 ms (p90 34–42 ms)
+with threads, and 3–6 ms (p90 9–14 ms) with worker processes (baselines without the large
+message 2–8 ms; a shared 2-core machine at load 6). So the default is processes (``spawn``: no
+fork of a running event loop), each warmed up (imports done) before the listener accepts
+connections and run at a lower priority (``jobs.lower_priority``), so that parsing yields the
+CPU to the loop and the broker; a large message then takes longer itself (1.5–3 s instead of
+0.9 s with threads), which is the trade. Threads remain an option (``--parse-mode thread``).
 
 The pool is bounded twice: ``workers`` processes, and at most ``queue`` jobs admitted at once
 (``try_acquire`` tells the FHIR gateway to answer 429; MLLP connections wait, one message each).
