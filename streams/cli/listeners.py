@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.common import LOG_LEVELS, UsageFailure, load_policy
+from streams.cli.common import UsageFailure, load_policy, log_level_option, metrics_port_option
 
 if TYPE_CHECKING:
     pass
@@ -29,10 +29,8 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
         click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
-        click.option(
-            "--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT."
-        ),
-        click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True),
+        metrics_port_option(),
+        log_level_option(),
     ]
     for option in reversed(options):
         command = option(command)

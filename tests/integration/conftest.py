@@ -188,7 +188,7 @@ class Pipeline:
         )
         log_file = log.open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "streams.cli", "worker", "--log-level", "info"],
             cwd=REPO,
             env=env,
             stdout=log_file,
