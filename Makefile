@@ -1,4 +1,4 @@
-.PHONY: setup test test-unit lint schemas bench bench-pipeline demo broker-up broker-down broker-status
+.PHONY: setup test test-unit lint schemas docs bench bench-pipeline demo broker-up broker-down broker-status
 
 PYTHON ?= python3
 VENV := .venv
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
+
+# docs/settings.md from the settings models (a test fails when it is out of date).
+docs: $(STAMP)
+	$(BIN)/python -m streams.settings_reference > docs/settings.md
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine

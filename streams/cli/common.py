@@ -58,6 +58,14 @@ def log_level_option(dest: str = "log_level") -> Callable[[F], F]:
     )
 
 
+def policy_option() -> Callable[[F], F]:
+    return click.option(
+        "--policy",
+        "policy_path",
+        help="Policy TOML file: thresholds and plausibility limits (default: the built-in ones).",
+    )
+
+
 def metrics_port_option(dest: str = "metrics_port") -> Callable[[F], F]:
     return click.option(
         "--metrics-port",

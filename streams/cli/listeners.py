@@ -5,7 +5,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.common import UsageFailure, load_policy, log_level_option, metrics_port_option
+from streams.cli.common import (
+    UsageFailure,
+    load_policy,
+    log_level_option,
+    metrics_port_option,
+    policy_option,
+)
 
 if TYPE_CHECKING:
     pass
@@ -28,7 +34,7 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
             "--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP
         ),
         click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
-        click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
+        policy_option(),
         metrics_port_option(),
         log_level_option(),
     ]
