@@ -60,6 +60,8 @@ LISTENER_CODES = (
     *("200", "201", "400", "401", "403", "404", "405", "406", "413", "415", "422", "429", "503"),
 )
 CONNECTION_OUTCOMES = ("accepted", "refused", "timeout", "tls_error")
+#: Seconds buckets of ``carwatch_listener_parse_seconds`` (a message parses in ms; 10 s caps it).
+PARSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 LATENCY_BUCKETS = (
     0.005,
@@ -203,13 +205,26 @@ class PipelineMetrics(IngestMetrics):
 class ListenerMetrics(IngestMetrics):
     """The feed listeners' metrics (jobs ``carwatch-mllp``, ``carwatch-fhir-gateway``).
 
-    Every series carries ``listener`` (``mllp``/``fhir``); the codes are HL7 ACK codes for MLLP
-    and HTTP statuses for FHIR (``LISTENER_CODES``).
+    The listener series carry ``listener`` (``mllp``/``fhir``); the codes are HL7 ACK codes for
+    MLLP and HTTP statuses for FHIR (``LISTENER_CODES``). ``code_unit_mismatch`` counts CD19
+    results accepted by their unit under the other CD19 analyte than their code names
+    (streams.ingest.normalise), so the interface engineer sees it.
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         r = self.registry
+        self.code_unit_mismatch = Counter(
+            "carwatch_code_unit_mismatch",
+            "CD19 results accepted by their unit although their code names the other CD19 analyte.",
+            ["analyte"],
+            registry=r,
+        )
+        self.last_result_timestamp = Gauge(
+            "carwatch_last_result_ingested_timestamp_seconds",
+            "Unix time at which the last lab result was ingested (feed-silence alerting).",
+            registry=r,
+        )
         self.messages = Counter(
             "carwatch_listener_messages",
             "Messages answered, by acknowledgement code (AA/AE/AR) or HTTP status.",
@@ -238,6 +253,7 @@ class ListenerMetrics(IngestMetrics):
             "carwatch_listener_parse_seconds",
             "Time to parse and validate one inbound message.",
             ["listener"],
+            buckets=PARSE_BUCKETS,
             registry=r,
         )
         self.publish_failures = Counter(

@@ -361,6 +361,8 @@ def count_plan(metrics: ListenerMetrics | None, plan: Plan, adapter: str) -> Non
     for result in plan.results:
         analyte = result.analyte.value if result.analyte else UNKNOWN_ANALYTE
         metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc()
+    if plan.results:
+        metrics.last_result_timestamp.set_to_current_time()
     if plan.unmapped:
         metrics.results.labels(UNKNOWN_ANALYTE, Outcome.UNMAPPED.value).inc(plan.unmapped)
     for dead_letter, _ in plan.dead_letters:

@@ -16,7 +16,7 @@ from streams.metrics import (
 )
 
 SHARED = {"carwatch_results", "carwatch_rejected", "carwatch_deadletter_messages"}
-WORKER_ONLY = {
+WORKER_SERIES = {
     "carwatch_messages_consumed",
     "carwatch_alert_events",
     "carwatch_active_alerts",
@@ -29,7 +29,9 @@ WORKER_ONLY = {
     "carwatch_table_recovery_seconds",
     "carwatch_table_recovery_in_progress",
 }
-LISTENER_ONLY = {
+LISTENER_SERIES = {
+    "carwatch_code_unit_mismatch",
+    "carwatch_last_result_ingested_timestamp_seconds",
     "carwatch_listener_messages",
     "carwatch_listener_connections_open",
     "carwatch_listener_connections",
@@ -52,8 +54,8 @@ def families(metrics: IngestMetrics | DeliveryMetrics) -> set[str]:
 @pytest.mark.parametrize(
     ("metric_set", "expected"),
     [
-        (PipelineMetrics, SHARED | WORKER_ONLY),
-        (ListenerMetrics, SHARED | LISTENER_ONLY),
+        (PipelineMetrics, SHARED | WORKER_SERIES),
+        (ListenerMetrics, SHARED | LISTENER_SERIES),
         (DeliveryMetrics, DELIVERY),
     ],
 )
