@@ -269,9 +269,14 @@ def settings_models() -> list[type[BaseSettings]]:
 
 
 def env_names(model: type[BaseSettings]) -> dict[str, str]:
-    """Environment variable (upper case) → field name, for one settings model."""
+    """Environment variable (upper case) → field name, for one settings model (a string
+    ``validation_alias`` is the variable's whole name, as pydantic-settings reads it)."""
     prefix = str(model.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper(): name for name in model.model_fields}
+    names = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        names[(alias if isinstance(alias, str) else f"{prefix}{name}").upper()] = name
+    return names
 
 
 def known_variables() -> frozenset[str]:

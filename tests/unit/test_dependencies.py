@@ -71,7 +71,10 @@ def test_every_imported_package_is_declared_directly() -> None:
     """Code that imports a package only a dependency brings along breaks when that dependency
     drops it (aiohttp and aiokafka came in through faust-streaming before)."""
     distributions = packages_distributions()
-    for folders, extras in ((("streams", "schemas"), ()), (("tests", "bench", "scripts"), ("test",))):
+    for folders, extras in (
+        (("streams", "schemas"), ()),
+        (("tests", "bench", "scripts"), ("test",)),
+    ):
         for folder in folders:
             for module in imported(folder):
                 names = {canonicalize_name(d) for d in distributions.get(module, [])}

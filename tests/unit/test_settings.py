@@ -49,3 +49,20 @@ def test_metrics_port_option_then_environment_then_the_process_default(
     monkeypatch.setenv("CARWATCH_METRICS_HOST", "0.0.0.0")
     assert Settings().metrics_address(9465) == ("0.0.0.0", 19000)
     assert Settings().metrics_address(9465, 19001) == ("0.0.0.0", 19001)
+
+
+def test_an_aliased_field_is_known_by_its_alias() -> None:
+    from pydantic import Field
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from streams.settings import env_names
+
+    class Aliased(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="CARWATCH_")
+        plain: int = 1
+        protocol_setting: str | None = Field(default=None, validation_alias="CARWATCH_PROTOCOL")
+
+    assert env_names(Aliased) == {
+        "CARWATCH_PLAIN": "plain",
+        "CARWATCH_PROTOCOL": "protocol_setting",
+    }
