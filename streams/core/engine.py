@@ -27,7 +27,7 @@ from schemas.alert import AlertEvent
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
 from schemas.vocab import Analyte, ClinicalEventKind, Outcome, ResultStatus, RuleName
-from streams.core.lifecycle import Step, covers_open, forget_settled, order, reconcile
+from streams.core.lifecycle import Step, covers_open, forget_settled, order, quiet, reconcile
 from streams.core.policy import Policy
 from streams.core.rules import (
     bca_loss,
@@ -70,6 +70,9 @@ _KEPT_EVENTS = frozenset(
 #: Settings every rule reads through the engine (day numbers; what a rule may build on): part of
 #: every alert id's fingerprint besides the rule's own settings.
 COMMON_SETTINGS = ("timezone", "alert_on_preliminary")
+_PRELIMINARY = ResultStatus.PRELIMINARY
+#: statuses of a record that is a result of its own (not a later version of one)
+_NEW_VERSIONS = (ResultStatus.FINAL, ResultStatus.PRELIMINARY)
 #: Pruning waits until the history exceeds its bounds by this much, then cuts back to them.
 _WINDOW_SLACK = timedelta(days=30)
 
@@ -128,7 +131,7 @@ def tick(
     ctx = _context(state, policy)
     if not GAPS.observe(ctx, now):
         return state, []
-    return state, _evaluate(ctx, (GAPS,), Step(at=now, decided_at=now))
+    return state, _evaluate(ctx, ((GAPS, True),), Step(at=now, decided_at=now))
 
 
 def _same_specimen(first: LabResult, other: PatientEvent) -> bool:
@@ -140,7 +143,7 @@ def _same_specimen(first: LabResult, other: PatientEvent) -> bool:
         isinstance(other, LabResult)
         and other.patient_id == first.patient_id
         and other.collected_at == first.collected_at
-        and other.status in (ResultStatus.FINAL, ResultStatus.PRELIMINARY)
+        and other.status in _NEW_VERSIONS
     )
 
 
@@ -159,7 +162,7 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     at = event.infused_at
     change = "the infusion record changed (day 0 or enrollment fields)"
     alerts = _evaluate(
-        _context(state, policy), RULES, Step(at=at, decided_at=at, change=lambda: change)
+        _context(state, policy), ALL_RULES, Step(at=at, decided_at=at, change=lambda: change)
     )
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
@@ -204,7 +207,7 @@ def _apply_specimen(
         outcome, replaced = state.record_result(analyte, stored)
         outcomes.append(outcome)
         if outcome is Outcome.ACCEPTED and (
-            stored.status is not ResultStatus.PRELIMINARY or policy.alert_on_preliminary
+            stored.status is not _PRELIMINARY or policy.alert_on_preliminary
         ):
             changes.append((analyte, stored, replaced))
             decided.append(result.resulted_at or result.collected_at)
@@ -221,7 +224,9 @@ def _apply_specimen(
             change=lambda: _describe_changes(ctx, changes),
         )
         alerts = _evaluate(ctx, _rules_for(frozenset(a for a, _, _ in changes), frozenset()), step_)
-        prune(state, policy)
+        newest = max(stored.collected_at for _, stored, _ in changes)
+        if _may_need_pruning(state, policy, newest, {a for a, _, _ in changes}):
+            prune(state, policy)
     results = [StepResult(state, [], outcome) for outcome in outcomes]
     results[-1] = StepResult(state, alerts, outcomes[-1])
     return results
@@ -274,28 +279,54 @@ def _context(state: PatientState, policy: Policy) -> RuleInput:
 @cache
 def _rules_for(
     analytes: frozenset[Analyte], kinds: frozenset[ClinicalEventKind]
-) -> tuple[Rule, ...]:
-    """The rules that read these analytes or event kinds, and the rules built on them."""
-    chosen = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
+) -> tuple[tuple[Rule, bool], ...]:
+    """The rules that read these analytes or event kinds (direct), and the rules built on them
+    (not direct), in evaluation order."""
+    direct = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
+    chosen = set(direct)
     for rule in RULES:  # dependents come after their dependencies
         if chosen & set(rule.reads.depends_on):
             chosen.add(rule.name)
-    return tuple(rule for rule in RULES if rule.name in chosen)
+    return tuple((rule, rule.name in direct) for rule in RULES if rule.name in chosen)
 
 
-def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEvent]:
+ALL_RULES = tuple((rule, True) for rule in RULES)
+
+
+def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) -> list[AlertEvent]:
+    """Reconcile the rules' findings. A rule that reads nothing of this step's change (not
+    direct) is evaluated only when a rule it builds on announced something: its findings derive
+    from theirs, so without such an announcement they cannot have changed."""
+    changed: set[RuleName] = set()
     events: list[AlertEvent] = []
-    for rule in rules:
+    for rule, direct in rules:
+        if not direct and not changed.intersection(rule.reads.depends_on):
+            continue
         fingerprint = ctx.policy.fingerprint((*COMMON_SETTINGS, *rule.reads.settings))
         evaluation = ctx.evaluation(rule.name)
         if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
             evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
-        if not evaluation.complete and not evaluation.findings:
+        if not evaluation.complete and quiet(ctx.state, rule.name, evaluation.findings):
             continue
-        events += reconcile(
+        emitted = reconcile(
             ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
         )
+        if emitted:
+            changed.add(rule.name)
+            events += emitted
     return order(events, RULE_ORDER)
+
+
+def _may_need_pruning(
+    state: PatientState, policy: Policy, newest: datetime, analytes: set[Analyte]
+) -> bool:
+    """A cheap test before ``_cut``: only a new result can push the history past its bounds."""
+    cap = policy.max_results_per_analyte
+    if any(len(state.results.get(a, ())) > cap + cap // 4 for a in analytes):
+        return True
+    oldest = state.earliest()
+    window = timedelta(days=policy.history_window_days)
+    return oldest is not None and oldest < newest - window - _WINDOW_SLACK
 
 
 def prune(state: PatientState, policy: Policy) -> None:
@@ -319,6 +350,7 @@ def prune(state: PatientState, policy: Policy) -> None:
         if not history:
             del state.results[analyte]
     state.accessions.clear()
+    state.oldest = None
     state.events = [e for e in state.events if e.at >= cut or e.kind in _KEPT_EVENTS]
     ctx = _context(state, policy)
     for rule in RULES:

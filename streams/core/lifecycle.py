@@ -31,6 +31,7 @@ from schemas.vocab import AlertAction, ResultStatus, RuleName
 from streams.core.rules.base import Cite, Finding, RuleInput, Texts
 from streams.core.state import AlertStatus, AnnouncedAlert, PatientState
 
+_OPEN = AlertStatus.OPEN
 _LIFECYCLE = {
     AlertAction.RAISED: 0,
     AlertAction.UPDATED: 1,
@@ -67,14 +68,11 @@ def match(
     alerts: dict[str, AnnouncedAlert], rule: RuleName, findings: list[Finding]
 ) -> tuple[list[Match], list[str]]:
     """Pair findings with the alerts announced for them; return the unmatched announced keys."""
-    seen: set[str] = {
-        f"{rule.value}|{f.episode_key}"
-        for f in findings
-        if f"{rule.value}|{f.episode_key}" in alerts
-    }
+    prefix = f"{rule.value}|"
+    seen: set[str] = {prefix + f.episode_key for f in findings if prefix + f.episode_key in alerts}
     pairs: list[Match] = []
     for finding in findings:
-        key = f"{rule.value}|{finding.episode_key}"
+        key = prefix + finding.episode_key
         announced = alerts.get(key)
         if announced is None or announced.status is AlertStatus.RETRACTED:
             key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
@@ -123,10 +121,27 @@ def reconcile(
     return events
 
 
+def quiet(state: PatientState, rule: RuleName, findings: list[Finding]) -> bool:
+    """Would reconciling these (incremental) findings emit nothing? True when each is an open
+    episode announced and open as it stands, with the same start, severity and signature: the
+    usual step, where a new result changes nothing an alert says."""
+    prefix = f"{rule.value}|"
+    for finding in findings:
+        announced = state.alerts.get(prefix + finding.episode_key)
+        if (
+            announced is None
+            or not finding.is_open
+            or announced.status is not _OPEN
+            or _changed(announced, finding)
+        ):
+            return False
+    return True
+
+
 def covers_open(state: PatientState, rule: RuleName, findings: list[Finding]) -> bool:
     """Do ``findings`` account for every open alert of ``rule``? (An incremental evaluation
     must: a scan that only appends never loses an open episode.)"""
-    if not any(a.rule is rule and a.status is AlertStatus.OPEN for a in state.alerts.values()):
+    if not any(a.rule is rule and a.status is _OPEN for a in state.alerts.values()):
         return True
     _, unmatched = match(state.alerts, rule, findings)
     return not any(state.alerts[key].status is AlertStatus.OPEN for key in unmatched)

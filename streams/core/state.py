@@ -40,6 +40,8 @@ from schemas.vocab import (
     Severity,
 )
 
+#: enum members as module constants: a class attribute lookup costs on the hot path
+_CANCELLED, _CORRECTED, _FINAL = ResultStatus.CANCELLED, ResultStatus.CORRECTED, ResultStatus.FINAL
 _RANK = {
     ResultStatus.PRELIMINARY: 0,
     ResultStatus.FINAL: 1,
@@ -91,7 +93,7 @@ class StoredResult:
 
     @property
     def is_cancelled(self) -> bool:
-        return self.status is ResultStatus.CANCELLED
+        return self.status is _CANCELLED
 
 
 @dataclass(slots=True)
@@ -171,6 +173,8 @@ class PatientState:
     #: feed the new items instead of the history. Derived, never stored: a decoded state
     #: rebuilds it on its first evaluation.
     tails: dict[RuleName, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: the earliest collection time in ``results`` (derived: pruning checks it each step)
+    oldest: datetime | None = field(default=None, compare=False, repr=False)
     #: per analyte, accession → stored result (derived, rebuilt on demand)
     accessions: dict[Analyte, dict[str, StoredResult]] = field(
         default_factory=dict, compare=False, repr=False
@@ -209,13 +213,15 @@ class PatientState:
                 return Outcome.DUPLICATE, None
             incoming = _tombstone(incoming)
         elif stored is not None and _RANK[incoming.status] < _RANK[stored.status]:
-            restores_cancelled = stored.is_cancelled and incoming.status is ResultStatus.CORRECTED
+            restores_cancelled = stored.is_cancelled and incoming.status is _CORRECTED
             if not restores_cancelled:
                 return Outcome.SUPERSEDED, None
         if stored is not None:
             incoming.replaced = (*stored.replaced, stored.fingerprint())
         if index is not None:
             del history[index]
+        if self.oldest is not None and incoming.collected_at < self.oldest:
+            self.oldest = incoming.collected_at
         if not history or history[-1] < incoming:
             history.append(incoming)  # the usual case: results arrive in collection order
         else:
@@ -223,6 +229,12 @@ class PatientState:
         if incoming.accession is not None:
             by_accession[incoming.accession] = incoming
         return Outcome.ACCEPTED, stored
+
+    def earliest(self) -> datetime | None:
+        """The earliest collection time held (cached in ``oldest``)."""
+        if self.oldest is None:
+            self.oldest = min((h[0].collected_at for h in self.results.values() if h), default=None)
+        return self.oldest
 
     def record_event(self, event: ClinicalEventRecord) -> Outcome:
         if self.cut is not None and event.at < self.cut:
@@ -264,8 +276,8 @@ def _find_same_result(
             and stored.collected_at == incoming.collected_at
             and stored.source == incoming.source
             and not (
-                incoming.status is ResultStatus.FINAL
-                and stored.status is ResultStatus.FINAL
+                incoming.status is _FINAL
+                and stored.status is _FINAL
                 and not _same_record(stored, incoming)
             )
         ):

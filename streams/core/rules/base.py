@@ -48,6 +48,8 @@ REVIEW = (
     "doi:10.1016/j.jtct.2025.10.023"
 )
 
+_PRELIMINARY, _CANCELLED = ResultStatus.PRELIMINARY, ResultStatus.CANCELLED
+
 #: Course events that end a rule's monitoring (docs/clinical-spec.md "Course events").
 HCT_PERFORMED = ClinicalEventKind.HCT_PERFORMED
 RELAPSE = ClinicalEventKind.RELAPSE
@@ -260,9 +262,10 @@ class RuleInput:
 
     def usable(self, result: StoredResult) -> bool:
         """May a rule build on this result? Final or corrected (preliminary only by policy)."""
-        if result.status is ResultStatus.PRELIMINARY:
+        status = result.status
+        if status is _PRELIMINARY:
             return self.policy.alert_on_preliminary
-        return result.status is not ResultStatus.CANCELLED
+        return status is not _CANCELLED
 
     def events(self) -> list[ClinicalEventRecord]:
         return self.state.events
@@ -455,21 +458,16 @@ class ScanRule(Generic[Acc]):
         if tail is None or (tail.last_at is not None and tail.last_at >= at):
             return None
         analytes = self.reads.analytes
-        results = tuple(
-            sorted(
-                (
-                    (a, r)
-                    for a, r in appended
-                    if a in analytes
-                    and (r.value is not None or r.detected is not None)
-                    and ctx.usable(r)
-                ),
-                key=lambda pair: (_VOCABULARY_INDEX[pair[0]], pair[1].sort_key()),
-            )
-        )
+        results = [
+            (a, r)
+            for a, r in appended
+            if a in analytes and (r.value is not None or r.detected is not None) and ctx.usable(r)
+        ]
+        if len(results) > 1:  # the order a full evaluation reads a specimen in
+            results.sort(key=lambda pair: (_VOCABULARY_INDEX[pair[0]], pair[1].sort_key()))
         out: list[Finding] = []
         if results:
-            self.feed(ctx, tail.acc, Specimen(at, ctx.day(at), results), out)
+            self.feed(ctx, tail.acc, Specimen(at, ctx.day(at), tuple(results)), out)
             tail.last_at = at
         return Evaluation([*out, *self.open_findings(ctx, tail.acc)], tail.acc, complete=False)
 

@@ -36,8 +36,11 @@ def cd19_specimen(item: Specimen) -> Cd19Specimen | None:
     return Cd19Specimen(item.at, results) if results else None
 
 
+_CD19_PCT = Analyte.CD19_PCT
+
+
 def threshold(policy: Policy, analyte: Analyte) -> float:
-    if analyte is Analyte.CD19_PCT:
+    if analyte is _CD19_PCT:
         return policy.bca_cd19_pct_threshold
     return policy.bca_cd19_abs_threshold_per_ul
 
