@@ -232,9 +232,9 @@ def test_prometheus_scrapes_the_worker_and_loads_the_rules(
             return list(groups) if done else []
 
         groups = eventually("every shipped alert rule evaluated", evaluated, log)
-        assert [(g["name"], g["file"]) for g in groups] == [
+        assert sorted((g["name"], g["file"]) for g in groups) == sorted(
             (g["name"], str(RULES.resolve())) for g in shipped_groups
-        ]
+        )
         rules = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
         assert sorted((r["name"], r["labels"]["severity"]) for r in rules) == sorted(
             (r["alert"], r["labels"]["severity"]) for r in shipped
