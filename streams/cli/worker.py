@@ -1,5 +1,6 @@
 """``carwatch worker``: the Faust worker (streams/shell/)."""
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,8 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
 
     import faust
 
+    if metrics_port is not None:  # streams.shell.app reads its settings from the environment
+        os.environ["CARWATCH_METRICS_PORT"] = str(metrics_port)
     from streams.shell.app import app
 
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
