@@ -16,10 +16,13 @@ import click
 
 from streams.cli.common import (
     UsageFailure,
+    feed_config_option,
     feed_configs,
     load_policy,
     parse_aware_datetime,
+    policy_option,
     settings_from_env,
+    since_option,
 )
 
 
@@ -29,7 +32,7 @@ def deadletter() -> None:
 
 
 @deadletter.command("list")
-@click.option("--since", help="Only dead letters written since (ISO 8601 with zone).")
+@since_option()
 @click.option("--reason", help="Only this reject reason (e.g. unknown_unit).")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_(since: str | None, reason: str | None, limit: int) -> None:
@@ -65,8 +68,8 @@ def show(letter_id: str) -> None:
 
 @deadletter.command()
 @click.argument("letter_id", metavar="ID")
-@click.option("--feed-config", "feed_config_path", help="The feeds' TOML settings.")
-@click.option("--policy", "policy_path", help="Policy TOML file.")
+@feed_config_option()
+@policy_option()
 def retry(letter_id: str, feed_config_path: str | None, policy_path: str | None) -> None:
     """Re-submit dead letter ID with today's configuration; report what became of it."""
     import asyncio

@@ -5,14 +5,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.common import LOG_LEVELS, UsageFailure, load_policy
+from streams.cli.common import (
+    UsageFailure,
+    feed_config_option,
+    load_policy,
+    log_level_option,
+    metrics_port_option,
+    policy_option,
+)
 
 if TYPE_CHECKING:
     pass
 
+#: One type instance for every PEM option (click compares option types by identity).
+PEM_FILE = click.Path(dir_okay=False)
 _BROKER_HELP = "Kafka URL (default: $CARWATCH_BROKER_URL, else kafka://127.0.0.1:9092)."
 _TIMEOUT_HELP = "Seconds to wait for Kafka's acknowledgement before answering 'retry'."
-_FEED_HELP = "TOML file with the feed's settings (Hl7Config / FhirConfig fields)."
 
 
 def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -31,15 +39,10 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP
         ),
-        click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
-        click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
-        click.option(
-            "--metrics-port",
-            type=click.IntRange(0, 65535),
-            help="This listener's metrics on 127.0.0.1:PORT (default 9465 MLLP, 9466 FHIR; "
-            "0: none).",
-        ),
-        click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True),
+        feed_config_option(),
+        policy_option(),
+        metrics_port_option(),
+        log_level_option(),
         click.option(
             "--max-connections",
             type=click.IntRange(min=1),
@@ -55,7 +58,7 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Seconds a message or body that started may take to arrive.",
         ),
         click.option(
-            "--idle-timeout",
+            "--connection-idle-timeout",
             type=click.FloatRange(min=0.1),
             help="Seconds without a byte before a connection is closed "
             "(default: 600 MLLP, 60 FHIR).",
@@ -75,13 +78,11 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="Seconds one message may take to parse before it is rejected.",
         ),
-        click.option(
-            "--tls-cert", type=click.Path(dir_okay=False), help="Server certificate (PEM)."
-        ),
-        click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key (PEM)."),
+        click.option("--tls-cert", type=PEM_FILE, help="Server certificate (PEM)."),
+        click.option("--tls-key", type=PEM_FILE, help="Its private key (PEM)."),
         click.option(
             "--tls-client-ca",
-            type=click.Path(dir_okay=False),
+            type=PEM_FILE,
             help="CA of client certificates: mutual TLS (senders must present one).",
         ),
     ]
@@ -95,14 +96,11 @@ def _run_listener(
     run: Callable[..., None],
     policy_path: str | None,
     default_idle: float,
-    default_metrics_port: int,
     **options: Any,
 ) -> None:
     from streams.listeners.publisher import KafkaOptions, ListenerSetupError
 
     limits, tls = _limits_and_tls(options, default_idle)
-    port = options.pop("metrics_port")
-    options["metrics_port"] = default_metrics_port if port is None else (port or None)
     kafka = KafkaOptions(
         broker_url=options.pop("broker_url"),
         labs_topic=options.pop("labs_topic"),
@@ -129,7 +127,7 @@ def _limits_and_tls(options: dict[str, Any], default_idle: float) -> tuple[Any, 
 
     from streams.listeners.connections import ListenerLimits, TlsFiles
 
-    idle = options.pop("idle_timeout")
+    idle = options.pop("connection_idle_timeout")
     limits = ListenerLimits(
         idle_timeout_s=idle if idle is not None else default_idle,
         max_connections=options.pop("max_connections"),
@@ -172,7 +170,6 @@ def mllp(policy_path: str | None, **options: Any) -> None:
         listener.main,
         policy_path,
         listener.DEFAULT_IDLE_TIMEOUT_S,
-        listener.DEFAULT_METRICS_PORT,
         **options,
     )
 
@@ -204,7 +201,6 @@ def fhir_gateway(policy_path: str | None, token_env: str | None, **options: Any)
         gateway.main,
         policy_path,
         gateway.DEFAULT_IDLE_TIMEOUT_S,
-        gateway.DEFAULT_METRICS_PORT,
         token=token,
         **options,
     )

@@ -13,9 +13,11 @@ from schemas.records import Rejection
 from schemas.vocab import Outcome
 from streams.cli.common import (
     UsageFailure,
+    feed_config_option,
     feed_configs,
     load_policy,
     parse_aware_datetime,
+    policy_option,
 )
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
 from streams.pipeline.replay import Replay
@@ -29,12 +31,8 @@ if TYPE_CHECKING:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format for all files.")
 @click.option("--alerts-out", type=click.Path(dir_okay=False, writable=True), help="NDJSON file.")
 @click.option("--now", help="Clock for a final tick (ISO 8601 with zone): monitoring gaps.")
-@click.option("--policy", "policy_path", help="Policy TOML file with threshold overrides.")
-@click.option(
-    "--feed-config",
-    "feed_config_path",
-    help="The feed's TOML settings, as the listener reads them (local codes, zone, ...).",
-)
+@policy_option()
+@feed_config_option()
 @click.option(
     "--feed-timezone",
     help="IANA zone of HL7 timestamps without an offset when MSH-7 has none "

@@ -4,21 +4,20 @@ import click
 
 from streams.cli.common import (
     UsageFailure,
+    feed_config_option,
     feed_configs,
     load_policy,
     parse_aware_datetime,
+    policy_option,
     settings_from_env,
+    since_option,
 )
 
 
 @click.command()
-@click.option("--since", required=True, help="Arrival time to start from (ISO 8601 with zone).")
-@click.option(
-    "--feed-config",
-    "feed_config_path",
-    help="The feeds' TOML settings (local codes, zone, ...), as the listeners read them.",
-)
-@click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits, zone).")
+@since_option(required=True)
+@feed_config_option()
+@policy_option()
 @click.option("--dry-run", is_flag=True, help="Report what would be published; publish nothing.")
 def reprocess(
     since: str, feed_config_path: str | None, policy_path: str | None, dry_run: bool

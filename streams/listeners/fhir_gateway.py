@@ -113,7 +113,7 @@ from streams.listeners.publisher import (
     serve,
     wait_for_signal,
 )
-from streams.metrics import ListenerMetrics
+from streams.metrics import FHIR_GATEWAY, ListenerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,6 @@ DEFAULT_PORT: Final = 8080
 #: Largest accepted request body.
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_IDLE_TIMEOUT_S: Final = 60.0
-#: Prometheus port of this listener (CONTRACTS.md; 127.0.0.1 only).
-DEFAULT_METRICS_PORT: Final = 9466
 ADAPTER: Final = "fhir"
 ACCEPTED_CONTENT_TYPES: Final = JSON_TYPES | XML_TYPES
 
@@ -455,7 +453,7 @@ def main(
 ) -> None:
     """The ``carwatch fhir-gateway`` command; ``ListenerSetupError`` when it cannot start."""
     config = feed_config(feed_config_path, FhirConfig)
-    publisher, metrics = prepare_listener(kafka, metrics_port, log_level)
+    publisher, metrics = prepare_listener(FHIR_GATEWAY, kafka, metrics_port, log_level, ready)
     serve(
         run(
             host=host,

@@ -81,7 +81,7 @@ from streams.listeners.publisher import (
     serve,
     wait_for_signal,
 )
-from streams.metrics import ListenerMetrics
+from streams.metrics import MLLP, ListenerMetrics
 
 __all__ = ["BROKER_DOWN_TEXT", "decide_ack"]
 
@@ -245,8 +245,6 @@ class MllpDeframer:
 #: MIME type of an ER7-encoded (pipe-delimited) HL7 v2 message in the message store.
 HL7_CONTENT_TYPE: Final = "x-application/hl7-v2+er7"
 DEFAULT_IDLE_TIMEOUT_S: Final = 600.0
-#: Prometheus port of this listener (CONTRACTS.md; 127.0.0.1 only).
-DEFAULT_METRICS_PORT: Final = 9465
 DEFAULT_READ_TIMEOUT_S: Final = 30.0
 
 
@@ -637,7 +635,7 @@ def main(
     if broker_down not in ("ar", "close"):
         raise ListenerSetupError(f"--broker-down must be ar or close, not {broker_down!r}")
     config = feed_config(feed_config_path, Hl7Config)
-    publisher, metrics = prepare_listener(kafka, metrics_port, log_level)
+    publisher, metrics = prepare_listener(MLLP, kafka, metrics_port, log_level, ready)
     serve(
         run(
             host=host,

@@ -43,14 +43,19 @@ from typing import Any, Final, Protocol, Self
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.base import utc_isoformat
 from schemas.vocab import Outcome
 from streams.ingest.config import Config, load_feed_config
 from streams.listeners.plans import Plan
 from streams.logs import configure_logging
-from streams.metrics import UNKNOWN_ANALYTE, ListenerMetrics
+from streams.metrics import (
+    UNKNOWN_ANALYTE,
+    ListenerMetrics,
+    MetricsServerError,
+    Process,
+    serve_metrics,
+)
 from streams.settings import INBOUND_MAX_MESSAGE_BYTES, Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -423,17 +428,19 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
-def listener_metrics(port: int | None) -> ListenerMetrics:
-    """A listener's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
-    registry = CollectorRegistry()
-    metrics = ListenerMetrics(registry)
-    if port is not None:
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=registry)
-        except OSError as exc:
-            raise ListenerSetupError(
-                f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
-            ) from exc
+def listener_metrics(
+    process: Process, port: int | None, ready: Callable[[str], None] | None = None
+) -> ListenerMetrics:
+    """A listener's metrics in their own registry, served where ``Settings.metrics_address``
+    says (``port`` from the command line, else ``CARWATCH_METRICS_*``, else its own port)."""
+    metrics = ListenerMetrics()
+    try:
+        host, port = Settings().metrics_address(process.metrics_port, port)
+        bound = serve_metrics(metrics.registry, host, port)
+    except (ValueError, MetricsServerError) as exc:
+        raise ListenerSetupError(str(exc)) from exc
+    if ready is not None:
+        ready(f"metrics on http://{host}:{bound}/metrics")
     return metrics
 
 
@@ -462,12 +469,16 @@ def make_publisher(kafka: KafkaOptions) -> LabPublisher:
 
 
 def prepare_listener(
-    kafka: KafkaOptions, metrics_port: int | None, log_level: str
+    process: Process,
+    kafka: KafkaOptions,
+    metrics_port: int | None,
+    log_level: str,
+    ready: Callable[[str], None] | None = None,
 ) -> tuple[LabPublisher, ListenerMetrics]:
     """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
     publisher = make_publisher(kafka)
     configure_logging(log_level)
-    return publisher, listener_metrics(metrics_port)
+    return publisher, listener_metrics(process, metrics_port, ready)
 
 
 def serve(listener: Coroutine[Any, Any, None], host: str, port: int) -> None:
