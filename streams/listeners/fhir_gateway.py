@@ -252,9 +252,7 @@ class FhirGateway:
         if self.metrics is not None:
             self.metrics.parse_seconds.labels(ADAPTER).observe(outcome.seconds)
         try:
-            await store
-            if self.metrics is not None:
-                self.metrics.inbound.labels(ADAPTER).inc()
+            await self._stored(store)
             await self._publish(outcome)
         except BrokerUnavailable as exc:
             log.warning("POST %s: 503, not acknowledged (%s)", request.path, exc)
@@ -276,6 +274,16 @@ class FhirGateway:
             headers=outcome.headers,
             content_type=outcome.content_type,
         )
+
+    async def _stored(self, store: "asyncio.Future[str]") -> None:
+        try:
+            await store
+        except BrokerUnavailable:
+            if self.metrics is not None:
+                self.metrics.publish_failures.labels(ADAPTER, "carwatch.inbound").inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.inbound.labels(ADAPTER).inc()
 
     async def _publish(self, outcome: FhirOutcome) -> None:
         await self._publish_plan(outcome.plan)

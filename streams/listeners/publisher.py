@@ -45,11 +45,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.base import utc_isoformat
-from schemas.vocab import Outcome
+from schemas.vocab import Analyte, Outcome
 from streams.ingest.config import Config, load_feed_config
 from streams.listeners.plans import Plan
 from streams.logs import configure_logging
 from streams.metrics import (
+    MLLP,
     UNKNOWN_ANALYTE,
     ListenerMetrics,
     MetricsServerError,
@@ -428,12 +429,27 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
+#: Topics a listener writes, as ``topic`` label values (the roles, not the configured names).
+LISTENER_TOPICS: Final = ("carwatch.inbound", "carwatch.labs")
+
+
+def export_listener_series(metrics: ListenerMetrics, listener: str) -> None:
+    """Export the labelled series a dashboard or alert rule selects from the start, at 0: a
+    counter that was never incremented is not scraped at all, and "no failures yet" must read
+    as 0, not as a missing series."""
+    for topic in LISTENER_TOPICS:
+        metrics.publish_failures.labels(listener, topic)
+    for analyte in (Analyte.CD19_PCT, Analyte.CD19_ABS):
+        metrics.code_unit_mismatch.labels(analyte.value)
+
+
 def listener_metrics(
     process: Process, port: int | None, ready: Callable[[str], None] | None = None
 ) -> ListenerMetrics:
     """A listener's metrics in their own registry, served where ``Settings.metrics_address``
     says (``port`` from the command line, else ``CARWATCH_METRICS_*``, else its own port)."""
     metrics = ListenerMetrics()
+    export_listener_series(metrics, "mllp" if process is MLLP else "fhir")
     try:
         host, port = Settings().metrics_address(process.metrics_port, port)
         bound = serve_metrics(metrics.registry, host, port)

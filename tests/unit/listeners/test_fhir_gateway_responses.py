@@ -401,3 +401,12 @@ async def test_a_body_over_the_limit_is_413_and_dead_lettered(client: Client) ->
     ((dead, key),) = client[1].dead_letters
     assert key is None and dead.reason is RejectReason.MALFORMED_FHIR
     assert "over the limit of 65536 bytes" in dead.details[0].message
+
+
+async def test_a_message_store_failure_is_counted(client: Client) -> None:
+    client[1].fail = True
+    await client[0].post("/fhir/Observation", data=json.dumps(observation()), headers=FHIR)
+    labels = {"listener": "fhir", "topic": "carwatch.inbound"}
+    assert (
+        client[2].registry.get_sample_value("carwatch_listener_publish_failures_total", labels) == 1
+    )
