@@ -14,9 +14,9 @@ Three kinds of gap, each info:
 
 A gap resolves only when the missing analyte arrives: a result of that kind collected after the
 anchor, late or not. A result of another analyte never touches it. The gap is raised at the start
-of the first day past its limit (its ``event_time``). Decisions: ``end_of_follow_up`` resolves
-every gap and stops the rule; ``hct_performed`` and ``relapse`` do so for CD19 gaps only (B-cell
-monitoring of the CAR T-cells is over; IgG and ANC monitoring go on).
+of the first day past its limit (its ``event_time``). ``end_of_follow_up`` resolves every gap and
+stops the rule; after ``hct_performed`` or ``relapse`` the patient is still in follow-up and
+gaps go on, as the rules name the end of follow-up alone as stopping them.
 """
 
 from datetime import datetime
@@ -25,8 +25,6 @@ from typing import Any
 from schemas.vocab import Analyte, RuleName, Severity
 from streams.core.rules.base import (
     END_OF_FOLLOW_UP,
-    HCT_PERFORMED,
-    RELAPSE,
     Cite,
     Evaluation,
     Finding,
@@ -51,8 +49,10 @@ KIND_ANALYTES = {
     "anc": (Analyte.ANC,),
 }
 WHAT = {"cd19": "CD19 (B-cell) result", "igg": "IgG result", "anc": "ANC during open neutropenia"}
+#: only the end of follow-up stops gap monitoring (docs/clinical-spec.md section 0 names it for
+#: end_of_follow_up alone; after HCT or relapse the patient is still in follow-up)
 STOPS = {
-    "cd19": frozenset({HCT_PERFORMED, RELAPSE, END_OF_FOLLOW_UP}),
+    "cd19": frozenset({END_OF_FOLLOW_UP}),
     "igg": frozenset({END_OF_FOLLOW_UP}),
     "anc": frozenset({END_OF_FOLLOW_UP}),
 }
@@ -62,7 +62,7 @@ class MonitoringGapRule:
     name = RuleName.MONITORING_GAP
     reads = Reads(
         analytes=frozenset({Analyte.CD19_PCT, Analyte.CD19_ABS, Analyte.IGG, Analyte.ANC}),
-        events=frozenset({HCT_PERFORMED, RELAPSE, END_OF_FOLLOW_UP}),
+        events=frozenset({END_OF_FOLLOW_UP}),
         tick=True,
         settings=(
             "first_year_last_day",
