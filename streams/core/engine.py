@@ -302,6 +302,10 @@ def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) ->
             evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
         if not evaluation.complete and quiet(ctx.state, rule.name, evaluation.findings):
             continue
+        if not evaluation.findings and not any(
+            a.rule is rule.name for a in ctx.state.alerts.values()
+        ):
+            continue  # nothing found, nothing announced: nothing to reconcile
         emitted = reconcile(
             ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
         )

@@ -32,6 +32,7 @@ from streams.core.rules.base import Cite, Finding, RuleInput, Texts
 from streams.core.state import AlertStatus, AnnouncedAlert, PatientState
 
 _OPEN = AlertStatus.OPEN
+_PRELIMINARY = ResultStatus.PRELIMINARY
 _LIFECYCLE = {
     AlertAction.RAISED: 0,
     AlertAction.UPDATED: 1,
@@ -339,8 +340,7 @@ def _preliminary_context(ctx: RuleInput, finding: Finding) -> tuple[Cite, ...]:
         Cite(analyte, result, "preliminary result: context only, no rule builds on it")
         for analyte in sorted(analytes)
         for result in ctx.state.results.get(analyte, ())
-        if result.status is ResultStatus.PRELIMINARY
-        and result.collected_at >= finding.episode_start
+        if result.status is _PRELIMINARY and result.collected_at >= finding.episode_start
     )
 
 

@@ -46,7 +46,11 @@ def threshold(policy: Policy, analyte: Analyte) -> float:
 
 
 def aplastic(policy: Policy, specimen: Cd19Specimen) -> bool:
-    return any((r.value or 0.0) < threshold(policy, a) for a, r in specimen.results)
+    pct, absolute = policy.bca_cd19_pct_threshold, policy.bca_cd19_abs_threshold_per_ul
+    for analyte, result in specimen.results:
+        if (result.value or 0.0) < (pct if analyte is _CD19_PCT else absolute):
+            return True
+    return False
 
 
 def cites(specimen: Cd19Specimen, note: str) -> list[Cite]:
