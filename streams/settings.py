@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     clinical_topic: str = "carwatch.clinical"
     alerts_topic: str = "carwatch.alerts"
     deadletter_topic: str = "carwatch.deadletter"
+    #: clinicians' acknowledgements of alerts (``carwatch web``, ``carwatch alerts ack``)
+    acks_topic: str = "carwatch.acks"
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
