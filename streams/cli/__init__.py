@@ -13,6 +13,7 @@ from streams.cli.common import EXIT_USAGE
 from streams.cli.feed import feed
 from streams.cli.listeners import fhir_gateway, mllp
 from streams.cli.replay import replay
+from streams.cli.web import web
 from streams.cli.worker import worker
 
 
@@ -21,7 +22,7 @@ def cli() -> None:
     """CAR-T Watch: lab monitoring after CD19 CAR T-cell therapy for B-ALL."""
 
 
-for command in (replay, mllp, fhir_gateway, worker, feed, alerts):
+for command in (replay, mllp, fhir_gateway, worker, feed, alerts, web):
     cli.add_command(command)
 
 

@@ -142,6 +142,62 @@ def webhook(
     click.echo(f"carwatch alerts webhook: {handled} events handled", err=True)
 
 
+@alerts.command()
+@click.argument("alert_id")
+@click.option(
+    "--action",
+    type=click.Choice(["acknowledged", "acted_on", "overridden"]),
+    help="Default: overridden when --reason is given, else acknowledged.",
+)
+@click.option(
+    "--reason",
+    type=click.Choice(
+        ["already_managed", "expected_in_course", "result_in_error", "goals_of_care", "other"]
+    ),
+    help="Why it is overridden.",
+)
+@click.option("--note", help="What was done (acted_on), or detail of an override.")
+@click.option("--by", help="Who acknowledges (default: your login name).")
+def ack(
+    alert_id: str, action: str | None, reason: str | None, note: str | None, by: str | None
+) -> None:
+    """Acknowledge, act on or override an alert, as on its page (an event on the acks topic)."""
+    import getpass
+    from datetime import datetime
+
+    from streams.cli.web import open_database, ui_settings
+    from streams.web.acks import AckPublisher, AckRefused, acknowledge
+
+    settings = settings_from_env()
+    db = open_database(ui_settings(), create=False)
+    publisher = AckPublisher(settings, db)
+    try:
+        event, published = acknowledge(
+            db,
+            publisher,
+            alert_id,
+            action=action or ("overridden" if reason else "acknowledged"),
+            reason=reason,
+            note=note,
+            by=by or getpass.getuser(),
+            now=datetime.now(UTC),
+        )
+    except AckRefused as exc:
+        raise UsageFailure(str(exc)) from exc
+    finally:
+        publisher.close()
+        db.dispose()
+    click.echo(
+        f"{event.action.value} {event.alert_id} (event {event.alert_event_id}) by {event.by}"
+    )
+    if not published:
+        click.echo(
+            f"carwatch alerts ack: the broker did not confirm; kept in the outbox, "
+            f"carwatch web sends it to {settings.acks_topic} when the broker is back",
+            err=True,
+        )
+
+
 def _alert_line(value: bytes | None, as_json: bool, seen: set[str]) -> str | None:
     from pydantic import ValidationError
 
