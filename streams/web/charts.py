@@ -176,7 +176,12 @@ def timeline_figure(
         plot_bgcolor="white",
         font={"family": "DejaVu Sans, Arial, sans-serif", "size": 11},
     )
-    figure.update_xaxes(type="date", showgrid=True, gridcolor="#eef2f7")
+    figure.update_xaxes(
+        type="date",
+        showgrid=True,
+        gridcolor="#eef2f7",
+        range=_x_range(points, bands, course, infused_at, now),
+    )
     figure.update_yaxes(showgrid=True, gridcolor="#eef2f7")
     return figure
 
@@ -205,6 +210,23 @@ def _threshold(figure: go.Figure, row: int, panel: Panel, line: Line) -> None:
         row=row,
         col=1,
     )
+
+
+def _x_range(
+    points: Sequence[LabPoint],
+    bands: Sequence[Band],
+    course: Sequence[tuple[str, datetime, str | None]],
+    infused_at: datetime | None,
+    now: datetime,
+) -> list[str]:
+    """The time span shown, set explicitly: an empty panel would otherwise pull the shared axis
+    back to 1970 (plotly's default range of an axis without data)."""
+    moments = [p.row.collected_at for p in points] + [at for _, at, _ in course]
+    moments += [b.start for b in bands] + [b.end for b in bands if b.end is not None]
+    moments += [infused_at] if infused_at is not None else []
+    first, last = (min(moments), max(moments)) if moments else (now - timedelta(days=30), now)
+    pad = max(timedelta(days=2), (last - first) / 40)
+    return [(first - pad).isoformat(), (last + pad).isoformat()]
 
 
 def _y(panel: Panel, value: float) -> tuple[float, bool]:

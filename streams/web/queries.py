@@ -117,7 +117,7 @@ def acks_of(session: Session, alert_ids: Sequence[str]) -> dict[str, list[AckVie
             select(AlertEventRow.event_id, AlertEventRow.seq).where(
                 AlertEventRow.event_id.in_(referenced)
             )
-        ).tuples()
+        )
     }
     views = [_stored_view(row, seqs) for row in stored]
     views += [_waiting_view(ack, seqs, ack.event_id not in published) for ack in waiting]
@@ -194,7 +194,7 @@ def inbox(
         query = query.where(AlertRow.rule == rule.value)
     if severity is not None:
         query = query.where(AlertRow.severity == severity.value)
-    rows = session.execute(query).tuples().all()
+    rows = session.execute(query).all()
     acks = acks_of(session, [alert.alert_id for alert, _ in rows])
     items = [
         InboxItem(
