@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -48,6 +48,10 @@ def build_ack(
     """The ``AckEvent`` for ``alert`` as seen at ``seen_event``; ``AckRefused`` explains why not."""
     if seen_event.alert_id != alert.alert_id:
         raise AckRefused("that event belongs to another alert")
+    if action not in AckAction.__members__.values():
+        raise AckRefused(f"unknown action; one of {', '.join(a.value for a in AckAction)}")
+    if reason and reason not in OverrideReason.__members__.values():
+        raise AckRefused(f"unknown reason; one of {', '.join(r.value for r in OverrideReason)}")
     try:
         return AckEvent(
             event_id=str(uuid.uuid4()),
@@ -61,14 +65,9 @@ def build_ack(
             at=now,
             via=via,  # type: ignore[arg-type]
         )
-    except ValueError as exc:  # an unknown action or reason, or a ValidationError
-        raise AckRefused(_why(exc)) from exc
-
-
-def _why(exc: ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        return str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
-    return str(exc)
+    except ValidationError as exc:
+        message = str(exc.errors(include_url=False)[0]["msg"])
+        raise AckRefused(message.removeprefix("Value error, ")) from exc
 
 
 def keep(db: Database, ack: AckEvent, now: datetime) -> None:
@@ -89,6 +88,12 @@ def pending_count(db: Database) -> int:
     with db.read() as session:
         query = select(func.count()).select_from(OutboxRow).where(OutboxRow.published_at.is_(None))
         return int(session.scalar(query) or 0)
+
+
+class OutboxPublisher(Protocol):
+    def publish_pending(self, now: datetime) -> int: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -172,7 +177,7 @@ class AckPublisher:
 
 def acknowledge(
     db: Database,
-    publisher: AckPublisher,
+    publisher: OutboxPublisher,
     alert_id: str,
     *,
     action: str,

@@ -35,7 +35,7 @@ from sqlalchemy import text
 
 from streams.web import views
 from streams.web.auth import SessionInfo, same, verify_password
-from streams.web.context import CTX, WebContext
+from streams.web.context import CTX, SESSION, WebContext
 from streams.web.ingest import Ingester
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def ctx_of(request: web.Request) -> WebContext:
 
 
 def user_of(request: web.Request) -> SessionInfo:
-    info: SessionInfo = request["session"]
+    info: SessionInfo = request[SESSION]
     return info
 
 
@@ -163,7 +163,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         fresh_token, info = await asyncio.to_thread(ctx.sessions.create, proxied, ctx.clock())
     if info is None:
         return _refuse(request)
-    request["session"] = info
+    request[SESSION] = info
     response = await handler(request)
     if fresh_token is not None:
         _set_session_cookie(ctx, response, fresh_token)
@@ -196,7 +196,7 @@ async def _csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(
             status=403, text="cross-origin request refused", content_type="text/plain"
         )
-    info: SessionInfo = request["session"]
+    info: SessionInfo = request[SESSION]
     sent = request.headers.get("X-CSRF-Token")
     if sent is None and request.content_type == "application/x-www-form-urlencoded":
         sent = str((await request.post()).get("csrf_token", ""))
@@ -314,7 +314,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     token, _ = await asyncio.to_thread(ctx.sessions.create, username, now)
     ctx.metrics.logins.labels("success").inc()
     ctx.access.record(now, username, "login", remote=request.remote)
-    response = web.HTTPSeeOther(_safe_next(str(form.get("next", "/"))))
+    response = _see_other(_safe_next(str(form.get("next", "/"))))
     _set_session_cookie(ctx, response, token)
     response.del_cookie(LOGIN_COOKIE, path="/login")
     return response
@@ -324,9 +324,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     await asyncio.to_thread(ctx.sessions.end, request.cookies.get(SESSION_COOKIE))
     ctx.access.record(ctx.clock(), user_of(request).username, "logout", remote=request.remote)
-    response = web.HTTPSeeOther("/login")
+    response = _see_other("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def _see_other(location: str) -> web.Response:
+    """A 303 that can carry cookies (an ``HTTPSeeOther`` must be raised, not returned)."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _static_handler(files: dict[str, Path]) -> Handler:

@@ -12,8 +12,8 @@ from streams.core.policy import Policy
 from streams.settings import Settings
 from streams.web import format as fmt
 from streams.web.accesslog import AccessLog
-from streams.web.acks import AckPublisher
-from streams.web.auth import Sessions, Throttle, User
+from streams.web.acks import OutboxPublisher
+from streams.web.auth import SessionInfo, Sessions, Throttle, User
 from streams.web.config import UiSettings
 from streams.web.db import Database
 from streams.web.metrics import WebMetrics
@@ -34,7 +34,7 @@ class WebContext:
     users: dict[str, User]
     access: AccessLog
     keys: PatientKeys
-    publisher: AckPublisher
+    publisher: OutboxPublisher
     clock: Callable[[], datetime] = utc_now
     sessions: Sessions = field(init=False)
     throttle: Throttle = field(init=False)
@@ -74,3 +74,5 @@ def templates(policy: Policy) -> jinja2.Environment:
 
 #: Where the application keeps its ``WebContext``.
 CTX = web.AppKey("ctx", WebContext)
+#: The signed-in user of a request (set by the authentication middleware).
+SESSION = web.RequestKey("session", SessionInfo)

@@ -17,7 +17,7 @@ from schemas.vocab import RuleName, Severity
 from streams.web import acks as ackbook
 from streams.web import charts
 from streams.web.auth import SessionInfo
-from streams.web.context import CTX, WebContext
+from streams.web.context import CTX, SESSION, WebContext
 from streams.web.db import AlertEventRow, OutboxRow
 from streams.web.metrics import ROUTES
 from streams.web.queries import (
@@ -51,7 +51,7 @@ def _ctx(request: web.Request) -> WebContext:
 
 
 def _user(request: web.Request) -> SessionInfo:
-    info: SessionInfo = request["session"]
+    info: SessionInfo = request[SESSION]
     return info
 
 
@@ -61,7 +61,7 @@ def _choice(enum: type[E], value: str | None, what: str) -> E | None:
     try:
         return enum(value)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"unknown {what}: {value[:40]!r}") from None
+        raise web.HTTPBadRequest(text=f"unknown {what} (see the filter list)") from None
 
 
 def _page(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
