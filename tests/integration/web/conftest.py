@@ -14,13 +14,27 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from streams.core.policy import DEFAULT_POLICY
 from streams.web.auth import hash_password
+from streams.web.db import (
+    AckRow,
+    AlertEventRow,
+    AlertRow,
+    ClinicalRecord,
+    ConsumerOffset,
+    LabRow,
+    Patient,
+    connect,
+)
+from streams.web.queries import PatientKeys, inbox
 from tests.integration.conftest import REPO, Pipeline, free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -188,3 +202,32 @@ def login(page: Any, server: WebServer) -> None:
     page.fill("input[name=password]", PASSWORD)
     page.click("form[action='/login'] button[type=submit]")
     page.wait_for_selector("#unacknowledged")
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    """Every derived row (surrogate ids aside) and the inbox with its acknowledgements."""
+    db = connect(url)
+    try:
+        out: dict[str, Any] = {}
+        with db.read() as session:
+            for table in (
+                Patient,
+                ClinicalRecord,
+                LabRow,
+                AlertEventRow,
+                AlertRow,
+                AckRow,
+                ConsumerOffset,
+            ):
+                columns = [c for c in table.__table__.columns if c.name != "id"]
+                rows = session.execute(select(*columns)).all()
+                out[table.__tablename__] = sorted(repr(tuple(row)) for row in rows)
+            keys = PatientKeys(b"same key for both")
+            now = datetime.now(UTC)
+            out["inbox"] = [
+                (i.alert.alert_id, i.alert.severity, i.ack.event_id if i.ack else None)
+                for i in inbox(session, keys, now, DEFAULT_POLICY.tz)
+            ]
+        return out
+    finally:
+        db.dispose()

@@ -25,29 +25,16 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
-from sqlalchemy import select
 
 from schemas.ack import AckEvent
 from schemas.alert import AlertEvent
 from schemas.vocab import AlertAction, RuleName
 from streams import synthetic
-from streams.core.policy import DEFAULT_POLICY
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
 from streams.testing import Timeline, run
-from streams.web.db import (
-    AckRow,
-    AlertEventRow,
-    AlertRow,
-    ClinicalRecord,
-    ConsumerOffset,
-    LabRow,
-    Patient,
-    connect,
-)
 from streams.web.format import result_text
 from streams.web.metrics import ALLOWED_WEB_LABEL_VALUES
-from streams.web.queries import PatientKeys, inbox
 from streams.web.readmodel import SEVERITY_RANK
 from tests.integration.conftest import (
     PARTITIONS,
@@ -64,6 +51,7 @@ from tests.integration.web.conftest import (
     acks_topic,
     login,
     request,
+    snapshot,
     web_env,
 )
 
@@ -250,35 +238,6 @@ def _assert_metric_labels_bounded(server: WebServer) -> None:
 # -- catch-up after a stop equals a rebuild --------------------------------------------------
 
 
-def _snapshot(url: str) -> dict[str, Any]:
-    """Every derived row (surrogate ids aside) and the inbox with its acknowledgements."""
-    db = connect(url)
-    try:
-        out: dict[str, Any] = {}
-        with db.read() as session:
-            for table in (
-                Patient,
-                ClinicalRecord,
-                LabRow,
-                AlertEventRow,
-                AlertRow,
-                AckRow,
-                ConsumerOffset,
-            ):
-                columns = [c for c in table.__table__.columns if c.name != "id"]
-                rows = session.execute(select(*columns)).all()
-                out[table.__tablename__] = sorted(repr(tuple(row)) for row in rows)
-            keys = PatientKeys(b"same key for both")
-            now = datetime.now(UTC)
-            out["inbox"] = [
-                (i.alert.alert_id, i.alert.severity, i.ack.event_id if i.ack else None)
-                for i in inbox(session, keys, now, DEFAULT_POLICY.tz)
-            ]
-        return out
-    finally:
-        db.dispose()
-
-
 def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
     demo: Demo, tmp_path: Path
 ) -> None:
@@ -321,8 +280,8 @@ def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
         timeout=120,
     )
     assert rebuild.returncode == 0, rebuild.stderr
-    caught_up = _snapshot(f"sqlite:///{server.folder / 'web.db'}")
-    from_scratch = _snapshot(f"sqlite:///{rebuilt / 'web.db'}")
+    caught_up = snapshot(f"sqlite:///{server.folder / 'web.db'}")
+    from_scratch = snapshot(f"sqlite:///{rebuilt / 'web.db'}")
     assert caught_up == from_scratch
     assert "WEB-LATE-1" in {row.split("'")[1] for row in caught_up["patients"]}
     acked = {alert_id: ack for alert_id, _, ack in caught_up["inbox"]}
