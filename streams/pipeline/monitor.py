@@ -44,7 +44,7 @@ from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Outcome, RejectReason, RuleName, Severity
-from streams.core.engine import PatientEvent, StepResult, apply, tick
+from streams.core.engine import PatientEvent, apply, apply_all, tick
 from streams.core.policy import Policy
 from streams.core.state import AlertStatus, PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
@@ -265,24 +265,24 @@ class Monitor:
         poisoned: set[int] = set()
         while True:
             state = decode_state(stored) if stored is not None else PatientState.new(patient_id)
-            results: list[tuple[_Decoded, StepResult]] = []
-            failed = None
-            for index, item in enumerate(ordered):
-                if index in poisoned:
-                    continue
-                try:
-                    results.append((item, apply(state, item.event, self.policy)))
-                except Exception as exc:  # a bug in the engine: keep the partition going
-                    log.exception(
-                        "apply raised %s for a record from %s; dead-lettered, batch re-run",
-                        type(exc).__name__,
-                        item.topic,
+            active = [item for index, item in enumerate(ordered) if index not in poisoned]
+            try:
+                # all of the patient's records at once: a specimen's results apply together
+                results = list(
+                    zip(
+                        active,
+                        apply_all(state, [i.event for i in active], self.policy),
+                        strict=True,
                     )
-                    failed = index
-                    break
-            if failed is None:
+                )
                 break
-            poisoned.add(failed)
+            except Exception as exc:  # a bug in the engine: find the record, keep going
+                log.exception(
+                    "apply raised %s for a batch from %s; locating the record",
+                    type(exc).__name__,
+                    ordered[0].topic,
+                )
+                poisoned.add(self._poison(stored, patient_id, ordered, poisoned))
         for index in sorted(poisoned):
             item = ordered[index]
             rejection = Rejection.of(
@@ -305,6 +305,24 @@ class Monitor:
             after = open_alerts(state)
             if after != before or key not in self.index.entries:
                 self.index.update(key, partition, after)
+
+    def _poison(
+        self,
+        stored: bytes | None,
+        patient_id: str,
+        ordered: list["_Decoded"],
+        poisoned: set[int],
+    ) -> int:
+        """The index of the first record that makes ``apply`` raise, applied one by one."""
+        state = decode_state(stored) if stored is not None else PatientState.new(patient_id)
+        for index, item in enumerate(ordered):
+            if index in poisoned:
+                continue
+            try:
+                apply(state, item.event, self.policy)
+            except Exception:
+                return index
+        return max(set(range(len(ordered))) - poisoned)  # only together: drop the last
 
     def _announce(
         self, item: _Decoded, alerts: list[AlertEvent], key: bytes, out: Outgoing

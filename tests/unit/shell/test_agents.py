@@ -136,14 +136,26 @@ async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
     now = datetime.now(UTC)
     records = synthetic.patient("igg_decline", pid, now)
     await harness.put(records[0])  # infusion
-    real_apply = __import__("streams.pipeline.monitor", fromlist=["apply"]).apply
+    monitor = __import__("streams.pipeline.monitor", fromlist=["apply"])
+    real_apply, real_apply_all = monitor.apply, monitor.apply_all
+
+    def poisoned(event: Any) -> bool:
+        return getattr(event, "accession", None) == records[1]["accession"]
 
     def flaky(state: Any, event: Any, policy: Any) -> Any:
-        if getattr(event, "accession", None) == records[1]["accession"]:
+        if poisoned(event):
             raise RuntimeError("boom")
         return real_apply(state, event, policy)
 
-    with mock.patch("streams.pipeline.monitor.apply", flaky):
+    def flaky_all(state: Any, events: Any, policy: Any) -> Any:
+        if any(poisoned(event) for event in events):
+            raise RuntimeError("boom")
+        return real_apply_all(state, events, policy)
+
+    with (
+        mock.patch("streams.pipeline.monitor.apply", flaky),
+        mock.patch("streams.pipeline.monitor.apply_all", flaky_all),
+    ):
         out = await harness.put(records[1])
     assert out.outcomes["rejected"] == 1
     ((_, letter),) = harness.sent_deadletters()
