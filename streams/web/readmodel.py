@@ -183,23 +183,17 @@ def apply_infusion(session: Session, infusion: Infusion) -> ReadOutcome:
 
 
 def apply_clinical_event(session: Session, event: ClinicalEvent, at: Incoming) -> ReadOutcome:
-    if session.get(Patient, event.patient_id) is None:
-        return ReadOutcome.NOT_ENROLLED
     key = _digest((event.patient_id, event.kind.value, utc_isoformat(event.at), event.detail or ""))
-    if _exists(session, ClinicalRecord, key):
-        return ReadOutcome.DUPLICATE
-    session.add(
-        ClinicalRecord(
-            dedup_key=key,
-            patient_id=event.patient_id,
-            kind=event.kind.value,
-            at=event.at,
-            detail=event.detail,
-            kafka_partition=at.partition,
-            kafka_offset=at.offset,
-        )
+    row = ClinicalRecord(
+        dedup_key=key,
+        patient_id=event.patient_id,
+        kind=event.kind.value,
+        at=event.at,
+        detail=event.detail,
+        kafka_partition=at.partition,
+        kafka_offset=at.offset,
     )
-    return ReadOutcome.APPLIED
+    return _add_once(session, row)
 
 
 def lab_dedup_key(result: LabResult) -> str:
@@ -220,38 +214,40 @@ def lab_dedup_key(result: LabResult) -> str:
 
 
 def apply_lab_result(session: Session, result: LabResult, at: Incoming) -> ReadOutcome:
-    if session.get(Patient, result.patient_id) is None:
-        return ReadOutcome.NOT_ENROLLED
-    key = lab_dedup_key(result)
-    if _exists(session, LabRow, key):
-        return ReadOutcome.DUPLICATE
     assert result.analyte is not None and result.unit is not None  # normalised
-    session.add(
-        LabRow(
-            dedup_key=key,
-            patient_id=result.patient_id,
-            analyte=result.analyte.value,
-            value=result.value,
-            comparator=result.comparator.value if result.comparator else None,
-            unit=result.unit,
-            collected_at=result.collected_at,
-            resulted_at=result.resulted_at,
-            status=result.status.value,
-            accession=result.accession,
-            source=result.source,
-            method=result.method.value if result.method else None,
-            detected=result.detected,
-            sensitivity=result.sensitivity,
-            kafka_partition=at.partition,
-            kafka_offset=at.offset,
-        )
+    row = LabRow(
+        dedup_key=lab_dedup_key(result),
+        patient_id=result.patient_id,
+        analyte=result.analyte.value,
+        value=result.value,
+        comparator=result.comparator.value if result.comparator else None,
+        unit=result.unit,
+        collected_at=result.collected_at,
+        resulted_at=result.resulted_at,
+        status=result.status.value,
+        accession=result.accession,
+        source=result.source,
+        method=result.method.value if result.method else None,
+        detected=result.detected,
+        sensitivity=result.sensitivity,
+        kafka_partition=at.partition,
+        kafka_offset=at.offset,
     )
+    return _add_once(session, row)
+
+
+def _add_once(session: Session, row: LabRow | ClinicalRecord) -> ReadOutcome:
+    """Store a monitored patient's record unless an equal one is stored already."""
+    if session.get(Patient, row.patient_id) is None:
+        return ReadOutcome.NOT_ENROLLED
+    table = type(row)
+    found = session.execute(
+        select(table.id).where(table.dedup_key == row.dedup_key).limit(1)
+    ).first()
+    if found is not None:
+        return ReadOutcome.DUPLICATE
+    session.add(row)
     return ReadOutcome.APPLIED
-
-
-def _exists(session: Session, table: type[LabRow] | type[ClinicalRecord], key: str) -> bool:
-    found = session.execute(select(table.id).where(table.dedup_key == key).limit(1)).first()
-    return found is not None
 
 
 def asks_attention(alert: AlertRow | None, event: AlertEvent) -> bool:

@@ -238,6 +238,12 @@ def _assert_metric_labels_bounded(server: WebServer) -> None:
 # -- catch-up after a stop equals a rebuild --------------------------------------------------
 
 
+def _carwatch(server: WebServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], cwd=REPO, env=server.env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
     demo: Demo, tmp_path: Path
 ) -> None:
@@ -253,14 +259,7 @@ def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
     demo.feed(synthetic.patient("igg_decline", "WEB-LATE-1", now))
     target = next(a for a in demo.open_alerts().values() if a.rule is RuleName.MRD_POSITIVE)
     note = ("--note", "NGS MRD repeat ordered", "--by", "dr-cli")
-    cli = subprocess.run(
-        [*CLI, "alerts", "ack", target.alert_id, "--action", "acted_on", *note],
-        cwd=REPO,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = _carwatch(server, "alerts", "ack", target.alert_id, "--action", "acted_on", *note)
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.startswith(f"acted_on {target.alert_id}")
 
@@ -271,13 +270,8 @@ def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
         server.stop()
     rebuilt = tmp_path / "rebuilt"
     rebuilt.mkdir()
-    rebuild = subprocess.run(
-        [*CLI, "web", "--once", "--rebuild", "--database-url", f"sqlite:///{rebuilt}/web.db"],
-        cwd=REPO,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    rebuild = _carwatch(
+        server, "web", "--once", "--rebuild", "--database-url", f"sqlite:///{rebuilt}/web.db"
     )
     assert rebuild.returncode == 0, rebuild.stderr
     caught_up = snapshot(f"sqlite:///{server.folder / 'web.db'}")
