@@ -9,7 +9,8 @@
 - With the broker down, pages serve from the database and say how old their data is; an
   acknowledgement made meanwhile reaches ``carwatch.acks`` when the broker is back.
 
-The timeline screenshot is kept in the test's tmp folder; its path is printed.
+The timeline screenshot is kept in the run's tmp folder (``web-artefacts<N>/timeline.png``);
+its path is printed.
 """
 
 import json
@@ -118,7 +119,7 @@ def _rows(page: Any, section: str) -> list[dict[str, str]]:
 
 
 def test_the_clinician_sees_acknowledges_and_the_ack_survives_a_restart(
-    demo: Demo, chromium: Any, tmp_path: Path
+    demo: Demo, chromium: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     server = WebServer.for_pipeline(demo.pipeline, tmp_path / "web")
     server.start()
@@ -139,7 +140,8 @@ def test_the_clinician_sees_acknowledges_and_the_ack_survives_a_restart(
         page.wait_for_selector("#timeline-chart[data-rendered=true]")
         _assert_evidence_shown(page, target)
         assert page.locator("#timeline-chart .main-svg").count() > 0
-        shot = tmp_path / "timeline.png"
+        # an artefact of the run: pytest removes a passed test's own tmp_path, not this folder
+        shot = tmp_path_factory.mktemp("web-artefacts") / "timeline.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"\ntimeline screenshot: {shot}")
         timeline_path = page.url.removeprefix(server.base)
