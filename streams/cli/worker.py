@@ -1,13 +1,15 @@
 """``carwatch worker``: the Faust worker (streams/shell/)."""
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from streams.cli.common import (
-    LOG_LEVELS,
     UsageFailure,
+    log_level_option,
+    metrics_port_option,
     settings_from_env,
 )
 from streams.core.policy import PolicyError
@@ -17,12 +19,13 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--loglevel", type=LOG_LEVELS, default="info", show_default=True)
-def worker(loglevel: str) -> None:
+@log_level_option("loglevel")
+@metrics_port_option()
+def worker(loglevel: str, metrics_port: int | None) -> None:
     """Run the Faust worker: monitor agent, tick timer and /metrics (settings: CARWATCH_*)."""
     from streams.pipeline.topics import TopicError, ensure_topics
 
-    settings = settings_from_env()
+    settings = settings_from_env(metrics_port=metrics_port)
     try:
         settings.load_policy()
     except PolicyError as exc:
@@ -36,6 +39,8 @@ def worker(loglevel: str) -> None:
 
     import faust
 
+    if metrics_port is not None:  # streams.shell.app reads its settings from the environment
+        os.environ["CARWATCH_METRICS_PORT"] = str(metrics_port)
     from streams.shell.app import app
 
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -131,7 +131,7 @@ def tick(
     ctx = _context(state, policy)
     if not GAPS.observe(ctx, now):
         return state, []
-    return state, _evaluate(ctx, (GAPS,), Step(at=now, decided_at=now))
+    return state, _evaluate(ctx, ((GAPS, True),), Step(at=now, decided_at=now))
 
 
 def _same_specimen(first: LabResult, other: PatientEvent) -> bool:
@@ -162,7 +162,7 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     at = event.infused_at
     change = "the infusion record changed (day 0 or enrollment fields)"
     alerts = _evaluate(
-        _context(state, policy), RULES, Step(at=at, decided_at=at, change=lambda: change)
+        _context(state, policy), ALL_RULES, Step(at=at, decided_at=at, change=lambda: change)
     )
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
@@ -279,27 +279,41 @@ def _context(state: PatientState, policy: Policy) -> RuleInput:
 @cache
 def _rules_for(
     analytes: frozenset[Analyte], kinds: frozenset[ClinicalEventKind]
-) -> tuple[Rule, ...]:
-    """The rules that read these analytes or event kinds, and the rules built on them."""
-    chosen = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
+) -> tuple[tuple[Rule, bool], ...]:
+    """The rules that read these analytes or event kinds (direct), and the rules built on them
+    (not direct), in evaluation order."""
+    direct = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
+    chosen = set(direct)
     for rule in RULES:  # dependents come after their dependencies
         if chosen & set(rule.reads.depends_on):
             chosen.add(rule.name)
-    return tuple(rule for rule in RULES if rule.name in chosen)
+    return tuple((rule, rule.name in direct) for rule in RULES if rule.name in chosen)
 
 
-def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEvent]:
+ALL_RULES = tuple((rule, True) for rule in RULES)
+
+
+def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) -> list[AlertEvent]:
+    """Reconcile the rules' findings. A rule that reads nothing of this step's change (not
+    direct) is evaluated only when a rule it builds on announced something: its findings derive
+    from theirs, so without such an announcement they cannot have changed."""
+    changed: set[RuleName] = set()
     events: list[AlertEvent] = []
-    for rule in rules:
+    for rule, direct in rules:
+        if not direct and not changed.intersection(rule.reads.depends_on):
+            continue
         fingerprint = ctx.policy.fingerprint((*COMMON_SETTINGS, *rule.reads.settings))
         evaluation = ctx.evaluation(rule.name)
         if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
             evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
         if not evaluation.complete and quiet(ctx.state, rule.name, evaluation.findings):
             continue
-        events += reconcile(
+        emitted = reconcile(
             ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
         )
+        if emitted:
+            changed.add(rule.name)
+            events += emitted
     return order(events, RULE_ORDER)
 
 

@@ -5,8 +5,9 @@ empty fields dropped, sources interned in a table: a year of follow-up stays wel
 Every field round-trips exactly (``tests/unit/pipeline/test_state_codec.py``). Rule carries are
 stored as the JSON-able form ``streams.core.carry`` gives them.
 
-``FORMAT`` is bumped on any incompatible change; a state in an unknown format is an error, never
-silently reset. Format 2 (rev. 2 rules: stored alert ids, carries, gap records) does not read
+``FORMAT`` is bumped on any incompatible change -- including a change of a rule accumulator's
+fields, which the carries store -- and a state in an unknown format is an error, never silently
+reset. Format 2 (rev. 2 rules: stored alert ids, carries, gap records) does not read
 format 1: upgrading a worker from the first release rebuilds its table from the input topics
 under a new application id (docs/deploy.md "Upgrading").
 """
