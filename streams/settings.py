@@ -240,7 +240,7 @@ def bootstrap_servers(url: str) -> str:
 
 #: Every settings model that reads ``CARWATCH_*`` variables, as ``module:Class`` (imported on
 #: demand). A test fails when a ``BaseSettings`` under ``streams`` is missing here.
-SETTINGS_MODELS: Final = ("streams.settings:Settings",)
+SETTINGS_MODELS: Final = ("streams.settings:Settings", "streams.web.config:UiSettings")
 
 #: ``CARWATCH_*`` variables read outside the settings models, and by what.
 OTHER_VARIABLES: Final = {
