@@ -171,8 +171,7 @@ def _serve(
 ) -> None:
     import asyncio
 
-    from prometheus_client import start_http_server
-
+    from streams.metrics import MetricsServerError, serve_metrics
     from streams.web.accesslog import AccessLog
     from streams.web.acks import AckPublisher
     from streams.web.context import WebContext
@@ -181,11 +180,9 @@ def _serve(
 
     metrics = WebMetrics()
     try:
-        start_http_server(ui.metrics_port, addr=ui.metrics_host, registry=metrics.registry)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve metrics on {ui.metrics_host}:{ui.metrics_port}: {exc.strerror}"
-        ) from exc
+        metrics_port = serve_metrics(metrics.registry, ui.metrics_host, ui.metrics_port)
+    except MetricsServerError as exc:
+        raise click.ClickException(str(exc)) from exc
     with db.write() as session:
         keys = PatientKeys.load(session)
     access = AccessLog(ui.access_log_path)
@@ -201,7 +198,7 @@ def _serve(
         publisher=AckPublisher(settings, db, metrics),
     )
     try:
-        asyncio.run(_serve_pages(context, ingest))
+        asyncio.run(_serve_pages(context, ingest, metrics_port))
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {ui.host}:{ui.port}: {exc.strerror or exc}"
@@ -210,7 +207,7 @@ def _serve(
         access.close()
 
 
-async def _serve_pages(context: Any, ingest: bool) -> None:
+async def _serve_pages(context: Any, ingest: bool, metrics_port: int) -> None:
     from aiohttp import web as aioweb
 
     from streams.listeners.publisher import wait_for_signal
@@ -222,9 +219,10 @@ async def _serve_pages(context: Any, ingest: bool) -> None:
     try:
         site = aioweb.TCPSite(runner, ui.host, ui.port)
         await site.start()
+        port = runner.addresses[0][1]  # the bound one (``--port 0`` picks a free port)
         click.echo(
-            f"carwatch web: serving on http://{ui.host}:{ui.port}/ "
-            f"(metrics on http://{ui.metrics_host}:{ui.metrics_port}/metrics)",
+            f"carwatch web: listening on http://{ui.host}:{port}/ "
+            f"(metrics on http://{ui.metrics_host}:{metrics_port}/metrics)",
             err=True,
         )
         await wait_for_signal()

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from streams.web.readmodel import ReadOutcome, Source
+from streams.metrics import (
+    ALLOWED_LABEL_VALUES,
+    LOGIN_OUTCOMES,
+    PUBLISH_OUTCOMES,
+    READMODEL_OUTCOMES,
+)
+from streams.web.readmodel import Source
 
 #: Route names (``name=`` of every route in ``streams.web.app``): the ``route`` label.
 ROUTES = (
@@ -25,12 +31,10 @@ ROUTES = (
     "static",
     "unknown",
 )
-LOGIN_OUTCOMES = ("success", "failure", "throttled")
-PUBLISH_OUTCOMES = ("published", "failed")
-
+#: Label values of the web's series: the shared vocabularies (streams.metrics) plus routes.
 ALLOWED_WEB_LABEL_VALUES: dict[str, frozenset[str]] = {
+    **ALLOWED_LABEL_VALUES,
     "topic": frozenset(s.value for s in Source),
-    "outcome": frozenset([*(o.value for o in ReadOutcome), *LOGIN_OUTCOMES, *PUBLISH_OUTCOMES]),
     "route": frozenset(ROUTES),
 }
 
@@ -87,3 +91,12 @@ class WebMetrics:
             ["outcome"],
             registry=r,
         )
+        # bounded label values exist from the start at 0: an increase() or a panel sees the
+        # first event, and a scrape shows every series a rule may select
+        for source in Source:
+            for outcome in READMODEL_OUTCOMES:
+                self.events.labels(source.value, outcome)
+        for outcome in LOGIN_OUTCOMES:
+            self.logins.labels(outcome)
+        for outcome in PUBLISH_OUTCOMES:
+            self.ack_publish.labels(outcome)

@@ -42,6 +42,7 @@ from streams.metrics import (
     ALLOWED_LABEL_VALUES,
     FHIR_GATEWAY,
     MLLP,
+    WEB,
     WEBHOOK,
     WORKER,
     DeliveryMetrics,
@@ -70,12 +71,14 @@ EXPECTED_ALERTS = {
     "CarwatchListenerBrokerFailing",
     "CarwatchAlertDeliveryFailing",
     "CarwatchDeliveryLagGrowing",
+    "CarwatchReadModelLagging",
+    "CarwatchAckOutboxStuck",
 }
 #: Alerts that say "this process cannot be scraped"; Alertmanager mutes the others behind them.
 DOWN_ALERTS = {"CarwatchWorkerDown", "CarwatchTargetDown"}
 JOB = "carwatch-worker"
 #: Every scraped process: its job and local default metrics port (CONTRACTS.md).
-PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK)
+PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB)
 RUNBOOK_TEMPLATE = "{{ $externalLabels.runbook_base }}#"
 TIMEOUT = 30.0  # seconds any live check may wait
 

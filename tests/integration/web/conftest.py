@@ -113,7 +113,7 @@ class WebServer:
             self._log = None
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, _, body = _get("127.0.0.1", self.metrics_port, "GET", "/metrics", {})
+        status, _, body = http_call("127.0.0.1", self.metrics_port, "GET", "/metrics", {})
         if status != 200:
             return {}
         found = {}
@@ -152,10 +152,10 @@ def request(
     server: WebServer, method: str, path: str, **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP request (no redirects followed, no cookies): what an outsider gets."""
-    return _get("127.0.0.1", server.port, method, path, headers)
+    return http_call("127.0.0.1", server.port, method, path, headers)
 
 
-def _get(
+def http_call(
     host: str, port: int, method: str, path: str, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection(host, port, timeout=5)

@@ -105,3 +105,11 @@ def test_attention_follows_raises_escalations_and_reopenings(db: Database, feed:
     assert statuses == ["open", "open", "open", "open", "resolved", "open"]
     assert apply_all(db, feed.alerts(lifecycle)) == ["duplicate"] * len(lifecycle)
     assert count(db, AlertEventRow) == len(lifecycle)
+
+
+def test_every_read_outcome_is_a_known_metric_label_value() -> None:
+    from streams.metrics import ALLOWED_LABEL_VALUES, READMODEL_OUTCOMES
+    from streams.web.readmodel import ReadOutcome
+
+    assert tuple(o.value for o in ReadOutcome) == READMODEL_OUTCOMES
+    assert set(READMODEL_OUTCOMES) <= ALLOWED_LABEL_VALUES["outcome"]
