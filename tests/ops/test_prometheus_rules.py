@@ -50,6 +50,7 @@ from streams.metrics import (
     PipelineMetrics,
     serve_metrics,
 )
+from streams.web.metrics import WebMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy/prometheus"
@@ -536,7 +537,17 @@ def healthy_endpoints() -> dict[str, str]:
     webhook = DeliveryMetrics()
     webhook.deliveries.labels("webhook", "delivered").inc()
     webhook.attempts.labels("webhook", "delivered").inc()
-    sets = {JOB: worker, MLLP.job: mllp, FHIR_GATEWAY.job: fhir, WEBHOOK.job: webhook}
+    web = WebMetrics()
+    web.lag.labels("carwatch.alerts").set(0)
+    web.outbox_pending.set(0)
+    web.broker_reachable.set(1)
+    sets = {
+        JOB: worker,
+        MLLP.job: mllp,
+        FHIR_GATEWAY.job: fhir,
+        WEBHOOK.job: webhook,
+        WEB.job: web,
+    }
     return {
         job: f"127.0.0.1:{serve_metrics(metrics.registry, '127.0.0.1', 0)}"
         for job, metrics in sets.items()
