@@ -1,4 +1,4 @@
-.PHONY: setup test test-unit lint lock schemas docs bench bench-pipeline demo broker-up broker-down broker-status
+.PHONY: setup test test-unit lint lock schemas docs bench bench-pipeline bench-fuzz demo broker-up broker-down broker-status
 
 PYTHON ?= python3
 VENV := .venv
@@ -79,3 +79,7 @@ demo:
 # Worker vs plain-Kafka throughput and latency on a local broker (bench/pipeline/__main__.py).
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m bench.pipeline
+
+# Fuzz the HL7, FHIR and NDJSON parse paths with 12,000 mutated inputs each (bench/fuzz).
+bench-fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz

@@ -11,7 +11,11 @@ class RejectDetail(WireModel):
 
 
 class DeadLetter(WireModel):
-    """``raw`` is the input as received (text; undecodable bytes replaced)."""
+    """``raw`` is the input as received (text; undecodable bytes replaced). ``inbound`` is the id
+    of the whole raw message in the listeners' message store (header ``carwatch-message-id`` of
+    its ``carwatch.inbound`` record, written at ``received_at``) when ``raw`` may be only a part
+    of it (one OBX, one entry), so that ``carwatch deadletter retry`` can re-submit the
+    message."""
 
     reason: RejectReason
     details: tuple[RejectDetail, ...]
@@ -19,3 +23,4 @@ class DeadLetter(WireModel):
     source: str
     location: str | None = None
     received_at: Timestamp | None = None
+    inbound: str | None = None

@@ -56,16 +56,19 @@ def decode_record(data: bytes | str | dict[str, Any]) -> WireRecord | Rejection:
     else:
         try:
             obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return Rejection.of(RejectReason.MALFORMED_JSON, f"not JSON: {exc}")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return Rejection.of(RejectReason.MALFORMED_JSON, f"not JSON: {exc}"[:300])
     if not isinstance(obj, dict):
         return Rejection.of(RejectReason.MALFORMED_JSON, "a record must be a JSON object")
-    patient_id = obj.get("patient_id") if isinstance(obj.get("patient_id"), str) else None
-    model = _MODELS.get(obj.get("type"))  # type: ignore[arg-type]
+    patient_id = obj.get("patient_id")
+    if not isinstance(patient_id, str) or not _encodable(patient_id):
+        patient_id = None  # a lone surrogate could not be written as a Kafka key
+    kind = obj.get("type")
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         return Rejection.of(
             RejectReason.UNKNOWN_TYPE,
-            f"unknown record type {obj.get('type')!r}",
+            f"unknown record type {repr(kind)[:60]}",
             "type",
             patient_id,
         )
@@ -73,6 +76,14 @@ def decode_record(data: bytes | str | dict[str, Any]) -> WireRecord | Rejection:
         return model.model_validate(obj)
     except ValidationError as exc:
         return Rejection(_details(exc), patient_id)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _details(exc: ValidationError) -> tuple[RejectDetail, ...]:

@@ -15,6 +15,12 @@
 #   CARWATCH_KAFKA_START_TIMEOUT    seconds `up` waits for the broker to answer, default 60
 #   CARWATCH_KAFKA_STOP_TIMEOUT     seconds `down` waits after SIGTERM before SIGKILL, default 30
 #   KAFKA_HEAP_OPTS                 broker heap, default "-Xms256m -Xmx512m"
+#   Opt-in secure listener (TLS + SASL/SCRAM-SHA-256) next to the plaintext one, all four needed:
+#   CARWATCH_KAFKA_SASL_SSL_PORT    its port on 127.0.0.1
+#   CARWATCH_KAFKA_SSL_KEYSTORE_PEM PEM file with the broker's private key (PKCS#8, unencrypted)
+#                                   and certificate chain
+#   CARWATCH_KAFKA_SCRAM_USER       a SCRAM-SHA-256 user created when the storage is formatted
+#   CARWATCH_KAFKA_SCRAM_PASSWORD   its password (give them before the first `up` of a state dir)
 #   JAVA_HOME                       Java 17+ to use (else `java` on PATH)
 #
 # The jars come from Maven Central through deploy/kafka/pom.xml into deploy/kafka/lib (git-ignored);
@@ -31,7 +37,13 @@ PARTITIONS="${CARWATCH_PARTITIONS:-8}"
 START_TIMEOUT="${CARWATCH_KAFKA_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${CARWATCH_KAFKA_STOP_TIMEOUT:-30}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
-TOPICS=(carwatch.labs carwatch.clinical carwatch.alerts carwatch.deadletter)
+TOPICS=(carwatch.labs carwatch.clinical carwatch.alerts carwatch.deadletter carwatch.inbound)
+# The message store keeps raw messages up to the largest FHIR body (16 MiB with headers).
+declare -A TOPIC_CONFIGS=([carwatch.inbound]="max.message.bytes=16777216")
+SASL_SSL_PORT="${CARWATCH_KAFKA_SASL_SSL_PORT:-}"
+KEYSTORE_PEM="${CARWATCH_KAFKA_SSL_KEYSTORE_PEM:-}"
+SCRAM_USER="${CARWATCH_KAFKA_SCRAM_USER:-}"
+SCRAM_PASSWORD="${CARWATCH_KAFKA_SCRAM_PASSWORD:-}"
 BOOTSTRAP="$HOST:$PORT"
 
 STATE_DIR="${CARWATCH_STATE_DIR:-$REPO_DIR/var/kafka}"
@@ -67,6 +79,24 @@ check_settings() {
     [[ $value =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '$value'"
   done
   ((PORT != CONTROLLER_PORT)) || die "CARWATCH_KAFKA_PORT and CARWATCH_KAFKA_CONTROLLER_PORT are both $PORT"
+  if [[ -n $SASL_SSL_PORT ]]; then
+    [[ $SASL_SSL_PORT =~ ^[1-9][0-9]*$ ]] || die "CARWATCH_KAFKA_SASL_SSL_PORT must be a port, got '$SASL_SSL_PORT'"
+    [[ -f $KEYSTORE_PEM ]] || die "CARWATCH_KAFKA_SSL_KEYSTORE_PEM must name the broker's PEM key and certificate"
+    [[ -n $SCRAM_USER && -n $SCRAM_PASSWORD ]] || die "the SASL_SSL listener needs CARWATCH_KAFKA_SCRAM_USER and _PASSWORD"
+  fi
+}
+
+# The secure listener's lines (none unless CARWATCH_KAFKA_SASL_SSL_PORT is set).
+secure_config() {
+  [[ -n $SASL_SSL_PORT ]] || return 0
+  printf '%s\n' \
+    "listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_SSL://$HOST:$SASL_SSL_PORT" \
+    "advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_SSL://$HOST:$SASL_SSL_PORT" \
+    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL" \
+    "sasl.enabled.mechanisms=SCRAM-SHA-256" \
+    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;" \
+    "listener.name.sasl_ssl.ssl.keystore.type=PEM" \
+    "listener.name.sasl_ssl.ssl.keystore.location=$KEYSTORE_PEM"
 }
 
 init_state() {
@@ -153,6 +183,7 @@ render_config() {
       "advertised.listeners=PLAINTEXT://$HOST:$PORT" \
       "controller.quorum.voters=1@$HOST:$CONTROLLER_PORT" \
       "log.dirs=$DATA_DIR"
+    secure_config
   } >"$CONFIG_FILE.tmp"
   mv "$CONFIG_FILE.tmp" "$CONFIG_FILE"
 }
@@ -166,8 +197,12 @@ format_storage() {
     printf '%s\n' "$cluster_id" >"$CLUSTER_ID_FILE"
   fi
   cluster_id="$(head -n 1 "$CLUSTER_ID_FILE")"
+  local scram=()
+  if [[ -n $SASL_SSL_PORT ]]; then
+    scram=(--add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]")
+  fi
   kafka_tool 60 kafka.tools.StorageTool format --config "$CONFIG_FILE" --cluster-id "$cluster_id" \
-    --ignore-formatted >"$log" 2>&1 || die "formatting storage in $DATA_DIR failed (see $log)"
+    --ignore-formatted "${scram[@]}" >"$log" 2>&1 || die "formatting storage in $DATA_DIR failed (see $log)"
   info "formatted storage in $DATA_DIR (cluster id $cluster_id)"
 }
 
@@ -279,9 +314,11 @@ ensure_topics() {
   : >"$log"
   for topic in "${TOPICS[@]}"; do
     for attempt in 1 2 3; do
+      local configs=()
+      [[ -z ${TOPIC_CONFIGS[$topic]:-} ]] || configs=(--config "${TOPIC_CONFIGS[$topic]}")
       if kafka_tool 60 org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
         --create --if-not-exists --topic "$topic" --partitions "$PARTITIONS" \
-        --replication-factor 1 >>"$log" 2>&1; then
+        --replication-factor 1 "${configs[@]}" >>"$log" 2>&1; then
         break
       fi
       ((attempt < 3)) || die "creating topic $topic failed (see $log)"

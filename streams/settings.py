@@ -3,9 +3,14 @@
 Every process of the pipeline reads the same names, so one environment configures a deployment:
 
 - Broker: ``CARWATCH_BROKER_URL`` (Faust style ``kafka://host:port``, several separated by ``,``
-  or ``;``). Security is derived from what is set: a CA file (or client certificate) means TLS;
-  a SASL mechanism means SASL (over TLS when a CA file is set). Secrets are ``SecretStr``: they
-  never appear in a ``repr`` or a log line.
+  or ``;``). ``CARWATCH_SECURITY_PROTOCOL`` chooses the protocol; unset, it is derived from what
+  is set: a CA file (or client certificate) means TLS (``SSL``), a SASL mechanism means
+  ``SASL_SSL`` — with the system's CA store when no CA file is given. SASL without TLS sends the
+  password in clear and is only used when ``CARWATCH_SECURITY_PROTOCOL=SASL_PLAINTEXT`` says so
+  (the first release silently fell back to it when the CA file was missing). Secrets are
+  ``SecretStr``: they never appear in a ``repr`` or a log line.
+- ``inbound_topic`` (``carwatch.inbound``): the listeners' message store, every raw HL7 message
+  and FHIR body before it is answered; not compacted, kept ``inbound_retention_hours``.
 - Store: ``memory://`` (default: development and tests; the table is rebuilt from its changelog on
   every start) or, for production, ``rocksdb://`` with the rocksdict driver
   (``pip install 'carwatch[rocksdict]'``; Faust picks rocksdict whenever it is installed, never
@@ -29,14 +34,15 @@ import importlib
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.core.policy import DEFAULT_POLICY, Policy
 
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
 class Settings(BaseSettings):
@@ -50,13 +56,17 @@ class Settings(BaseSettings):
     broker_url: str = "kafka://127.0.0.1:9092"
 
     # TLS / SASL (see module docstring for how the protocol is chosen)
+    #: Kafka security protocol; unset, derived: a SASL mechanism means SASL_SSL, a CA or client
+    #: certificate SSL, else PLAINTEXT. SASL_PLAINTEXT (the password in clear) only when named.
+    security_protocol: SecurityProtocol = "PLAINTEXT"
     #: CA bundle (PEM) that signed the brokers' certificates; setting it turns TLS on.
     ssl_cafile: Path | None = None
     #: Client certificate (PEM) for mutual TLS; turns TLS on.
     ssl_certfile: Path | None = None
     #: Private key (PEM) of the client certificate.
     ssl_keyfile: Path | None = None
-    #: SASL mechanism; setting it turns SASL on (over TLS when a CA file is set).
+    #: SASL mechanism; setting it turns SASL on, over TLS (SASL_SSL) unless
+    #: CARWATCH_SECURITY_PROTOCOL says SASL_PLAINTEXT.
     sasl_mechanism: SaslMechanism | None = None
     #: SASL user name (e.g. the KafkaUser of deploy/k8s/users.yaml).
     sasl_username: str | None = None
@@ -83,6 +93,10 @@ class Settings(BaseSettings):
     deadletter_topic: str = "carwatch.deadletter"
     #: clinicians' acknowledgements of alerts (``carwatch web``, ``carwatch alerts ack``)
     acks_topic: str = "carwatch.acks"
+    #: The listeners' message store: every raw HL7 message and FHIR body, before it is answered.
+    inbound_topic: str = "carwatch.inbound"
+    #: How long raw inbound messages are kept for ``carwatch reprocess`` (topic retention).
+    inbound_retention_hours: float = Field(default=24 * 30, gt=0)
 
     #: Address the Prometheus endpoint binds to (``0.0.0.0`` inside a container or pod).
     metrics_host: str = "127.0.0.1"
@@ -119,6 +133,25 @@ class Settings(BaseSettings):
     #: half its throughput. Only matters while the worker is saturated.
     gil_switch_interval_seconds: float = Field(default=0.05, gt=0, le=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_protocol(cls, data: Any) -> Any:
+        """The protocol from what is set, unless given: never SASL_PLAINTEXT by default."""
+        if isinstance(data, dict) and not data.get("security_protocol"):
+            tls = data.get("ssl_cafile") or data.get("ssl_certfile")
+            derived = "SASL_SSL" if data.get("sasl_mechanism") else "SSL" if tls else "PLAINTEXT"
+            data = {**data, "security_protocol": derived}
+        return data
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Self:
+        sasl = "SASL" in self.security_protocol
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"{self.security_protocol} needs CARWATCH_SASL_MECHANISM")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError("SASL needs CARWATCH_SASL_USERNAME and CARWATCH_SASL_PASSWORD")
+        return self
+
     @field_validator("broker_url")
     @classmethod
     def _has_host(cls, value: str) -> str:
@@ -131,13 +164,6 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> str:
         return bootstrap_servers(self.broker_url)
 
-    @property
-    def security_protocol(self) -> str:
-        tls = self.ssl_cafile is not None or self.ssl_certfile is not None
-        if self.sasl_mechanism is not None:
-            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
-        return "SSL" if tls else "PLAINTEXT"
-
     def metrics_address(self, default_port: int, port: int | None = None) -> tuple[str, int]:
         """Where a process serves ``/metrics``: ``port`` (its command-line option), else
         ``CARWATCH_METRICS_PORT`` when it is set, else the process's own ``default_port``."""
@@ -148,6 +174,18 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> tuple[str, str, str, str]:
         return (self.labs_topic, self.clinical_topic, self.alerts_topic, self.deadletter_topic)
+
+    @property
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Per-topic broker settings: the message store keeps raw messages up to the largest
+        accepted FHIR body, for ``inbound_retention_hours``, never compacted."""
+        return {
+            self.inbound_topic: {
+                "cleanup.policy": "delete",
+                "retention.ms": str(int(self.inbound_retention_hours * 3600 * 1000)),
+                "max.message.bytes": str(INBOUND_MAX_MESSAGE_BYTES),
+            }
+        }
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if "SSL" not in self.security_protocol:
@@ -221,6 +259,10 @@ class Settings(BaseSettings):
         return Policy.from_toml(self.policy_file)
 
 
+#: Largest raw message the message store takes (a FHIR body up to 8 MiB, plus headers).
+INBOUND_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
 def bootstrap_servers(url: str) -> str:
     """``kafka://h1:9092;kafka://h2:9092`` or ``h1:9092,h2`` → ``h1:9092,h2:9092``."""
     hosts = []
@@ -253,6 +295,14 @@ OTHER_VARIABLES: Final = {
     "CARWATCH_KAFKA_START_TIMEOUT": "scripts/broker.sh: seconds `up` waits for the broker (60).",
     "CARWATCH_KAFKA_STOP_TIMEOUT": "scripts/broker.sh: seconds `down` waits before SIGKILL (30).",
     "CARWATCH_STATE_DIR": "scripts/broker.sh: the local broker's state directory (var/kafka).",
+    "CARWATCH_KAFKA_SASL_SSL_PORT": (
+        "scripts/broker.sh: port of the opt-in TLS + SASL/SCRAM listener (off when unset)."
+    ),
+    "CARWATCH_KAFKA_SSL_KEYSTORE_PEM": (
+        "scripts/broker.sh: the secure listener's key and certificate chain (one PEM file)."
+    ),
+    "CARWATCH_KAFKA_SCRAM_USER": "scripts/broker.sh: the SCRAM-SHA-256 user it creates.",
+    "CARWATCH_KAFKA_SCRAM_PASSWORD": "scripts/broker.sh: that user's password.",
     "CARWATCH_TEST_KAFKA_PORT": "Tests: the port of the broker the test run starts (19092).",
 }
 

@@ -12,9 +12,11 @@ import click
 
 from streams.cli.alerts import alerts
 from streams.cli.common import DEPRECATED_OPTIONS, EXIT_USAGE, UsageFailure
+from streams.cli.deadletter import deadletter
 from streams.cli.feed import feed
 from streams.cli.listeners import fhir_gateway, mllp
 from streams.cli.replay import replay
+from streams.cli.reprocess import reprocess
 from streams.cli.web import web
 from streams.cli.worker import worker
 
@@ -31,7 +33,7 @@ def cli() -> None:
         raise UsageFailure(str(exc)) from exc
 
 
-for command in (replay, mllp, fhir_gateway, worker, feed, alerts, web):
+for command in (replay, mllp, fhir_gateway, worker, feed, alerts, reprocess, deadletter, web):
     cli.add_command(command)
 
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, exit 2 for unusable arguments."""
     args = _current_spellings(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=args, prog_name="carwatch", standalone_mode=False)
+        status = cli.main(args=args, prog_name="carwatch", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         click.echo(f"carwatch: error: {exc.format_message()}", err=True)
         return EXIT_USAGE
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return status if isinstance(status, int) else 0  # click.exceptions.Exit(n) → n
 
 
 def _current_spellings(args: list[str]) -> list[str]:

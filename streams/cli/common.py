@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from streams.core.policy import DEFAULT_POLICY, Policy, PolicyError
+from streams.ingest.config import feed_config_from, load_feed_toml
+from streams.ingest.fhir.observation import FhirConfig
+from streams.ingest.hl7.oru import Hl7Config
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -21,13 +24,13 @@ class UsageFailure(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def parse_aware_datetime(text: str) -> datetime:
+def parse_aware_datetime(text: str, option: str = "--now") -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise UsageFailure(f"--now {text!r} is not an ISO 8601 date-time") from exc
+        raise UsageFailure(f"{option} {text!r} is not an ISO 8601 date-time") from exc
     if moment.tzinfo is None:
-        raise UsageFailure(f"--now {text!r} has no time zone (naive_datetime); add Z or +hh:mm")
+        raise UsageFailure(f"{option} {text!r} has no time zone (naive_datetime); add Z or +hh:mm")
     return moment
 
 
@@ -76,6 +79,23 @@ def metrics_port_option(dest: str = "metrics_port") -> Callable[[F], F]:
     )
 
 
+def feed_config_option() -> Callable[[F], F]:
+    return click.option(
+        "--feed-config",
+        "feed_config_path",
+        help="The feed's TOML settings (Hl7Config / FhirConfig fields: local codes, zone, ...), "
+        "one file for the listener, replay and reprocessing (docs/feeds.md).",
+    )
+
+
+def since_option(required: bool = False) -> Callable[[F], F]:
+    return click.option(
+        "--since",
+        required=required,
+        help="Start at records that arrived at or after this time (ISO 8601 with zone).",
+    )
+
+
 def settings_from_env(**overrides: Any) -> "Settings":
     """``CARWATCH_*`` settings; command-line ``overrides`` that were given (not None) win."""
     from pydantic import ValidationError
@@ -88,3 +108,15 @@ def settings_from_env(**overrides: Any) -> "Settings":
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UsageFailure(f"CARWATCH_{where.upper()}: {first['msg']}") from exc
+
+
+def feed_configs(path: str | None, timezone: str | None) -> tuple[Hl7Config, FhirConfig]:
+    """Both formats' settings from one feed TOML (the listener's file), ``--feed-timezone`` on top."""
+    try:
+        data = load_feed_toml(path)
+        if timezone is not None:
+            data = {**data, "default_timezone": timezone}
+        where = path or "--feed-timezone"
+        return feed_config_from(data, Hl7Config, where), feed_config_from(data, FhirConfig, where)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from exc

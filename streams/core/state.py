@@ -151,6 +151,8 @@ class GapRecord:
     kind: str
     anchor: datetime
     overdue_at: datetime
+    #: the limit the gap exceeded (days), as judged when it was seen
+    limit_days: int
     #: the last result before the gap (None when the gap counts from day 0)
     last: StoredResult | None = None
     last_analyte: Analyte | None = None

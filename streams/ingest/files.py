@@ -25,10 +25,13 @@ from typing import BinaryIO, Final
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, WireRecord, decode_record
+from schemas.vocab import RejectReason
 from streams.core.policy import Policy
 from streams.ingest.fhir.observation import DEFAULT_FHIR_CONFIG, FhirConfig, parse_fhir
 from streams.ingest.hl7.oru import Hl7Config, parse_oru
-from streams.ingest.normalise import Unmapped, normalise_lab_result
+from streams.ingest.jsonsafe import clean_text, load_json
+from streams.ingest.loinc import analyte_for_loinc
+from streams.ingest.normalise import Unmapped, is_mismatch, normalise_lab_result
 
 FORMATS: Final = ("ndjson", "hl7", "fhir")
 _SUFFIXES: Final = {".ndjson": "ndjson", ".jsonl": "ndjson", ".hl7": "hl7", ".json": "fhir"}
@@ -46,6 +49,8 @@ class InputItem:
     location: str
     raw: str
     outcome: WireRecord | Rejection | Unmapped
+    #: accepted as another CD19 analyte than its code named (see ``streams.ingest.normalise``)
+    mismatch: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -66,7 +71,7 @@ class InputItem:
         return DeadLetter(
             reason=self.outcome.reason,
             details=self.outcome.details,
-            raw=self.raw,
+            raw=clean_text(self.raw),
             source=source,
             location=self.location,
             received_at=received_at,
@@ -116,10 +121,24 @@ def _ndjson(stream: BinaryIO, name: str, policy: Policy) -> Iterator[InputItem]:
         if number == 1:
             raw = raw.lstrip("\ufeff")
             line = line.removeprefix(b"\xef\xbb\xbf")
-        outcome: WireRecord | Rejection | Unmapped = decode_record(line)
-        if isinstance(outcome, LabResult):
-            outcome = normalise_lab_result(outcome, policy)
-        yield InputItem(f"{name}:{number}", raw, outcome)
+        yield InputItem(f"{name}:{number}", raw, *ndjson_outcome(line, policy))
+
+
+def ndjson_outcome(line: bytes, policy: Policy) -> tuple[WireRecord | Rejection | Unmapped, bool]:
+    """One NDJSON line decoded (``streams.ingest.jsonsafe`` first: no crash on hostile input)
+    and, for a lab result, normalised; with the ``mismatch`` flag."""
+    try:
+        obj = load_json(line)
+    except ValueError as exc:
+        return Rejection.of(RejectReason.MALFORMED_JSON, str(exc)[:300]), False
+    if not isinstance(obj, dict):
+        return Rejection.of(RejectReason.MALFORMED_JSON, "a record must be a JSON object"), False
+    outcome: WireRecord | Rejection | Unmapped = decode_record(obj)
+    if not isinstance(outcome, LabResult):
+        return outcome, False
+    claimed = outcome.analyte or analyte_for_loinc(outcome.loinc)
+    normalised = normalise_lab_result(outcome, policy)
+    return normalised, is_mismatch(claimed, normalised)
 
 
 # Segment separators, MLLP start/end bytes.
@@ -176,7 +195,7 @@ def _hl7(stream: BinaryIO, name: str, policy: Policy, config: Hl7Config) -> Iter
             yield InputItem(where, text, message.message_rejection)
             continue
         for item in message.items:
-            yield InputItem(f"{where}:{item.location}", item.raw, item.outcome)
+            yield InputItem(f"{where}:{item.location}", item.raw, item.outcome, item.mismatch)
 
 
 def _fhir(stream: BinaryIO, name: str, policy: Policy, config: FhirConfig) -> Iterator[InputItem]:
@@ -186,4 +205,4 @@ def _fhir(stream: BinaryIO, name: str, policy: Policy, config: FhirConfig) -> It
         yield InputItem(name, data.decode("utf-8", errors="replace"), parsed.document_rejection)
         return
     for item in parsed.items:
-        yield InputItem(f"{name}:{item.location}", item.raw, item.outcome)
+        yield InputItem(f"{name}:{item.location}", item.raw, item.outcome, item.mismatch)

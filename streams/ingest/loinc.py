@@ -1,6 +1,13 @@
 """LOINC code → ``Analyte`` (DESIGN.md "Wire contracts": ``loinc`` may stand in for ``analyte``).
 
-Source: LOINC (Regenstrief Institute, https://loinc.org), long common names quoted per code.
+Source: LOINC (Regenstrief Institute, https://loinc.org), long common names written next to each
+code in ``LOINC_TABLE``. They were checked against two published copies of LOINC's names: the
+Swiss eHealth Connector's LOINC enumerations (github.com/project-husky/husky, e.g.
+``CD19_CELLS_VOLUME_IN_BLOOD("8116-6", "CD19 cells [#/volume] in Blood")`` and
+``CD19_CELLS100_CELLS_IN_BLOOD("8117-4", "CD19 cells/100 cells in Blood")``) and the FHIR
+implementation guides' lab value sets (HL7 mCODE, CIBMTR reporting IG: 26464-8, 26474-7,
+26499-4, 26515-7, 718-7, 731-0 with the names below). That check found the CD19 pair swapped
+in the first release (8116-6 is the absolute count, 8117-4 the percentage).
 A wrong mapping is a clinical hazard — a percentage read as an absolute count, or a morphology
 finding read as a cell count — so the table holds only codes whose meaning is certain, and every
 code maps to exactly one analyte whose canonical unit has the same *kind of property* (a count
@@ -27,49 +34,55 @@ from typing import Final
 
 from schemas.vocab import Analyte
 
+#: code → (analyte, LOINC long common name). The names are LOINC's own; see the module docstring
+#: for the sources they were checked against.
+LOINC_TABLE: Final[dict[str, tuple[Analyte, str]]] = {
+    "751-8": (Analyte.ANC, "Neutrophils [#/volume] in Blood by Automated count"),
+    "26499-4": (Analyte.ANC, "Neutrophils [#/volume] in Blood"),
+    "731-0": (Analyte.ALC, "Lymphocytes [#/volume] in Blood by Automated count"),
+    "26474-7": (Analyte.ALC, "Lymphocytes [#/volume] in Blood"),
+    "6690-2": (Analyte.WBC, "Leukocytes [#/volume] in Blood by Automated count"),
+    "26464-8": (Analyte.WBC, "Leukocytes [#/volume] in Blood"),
+    "777-3": (Analyte.PLATELETS, "Platelets [#/volume] in Blood by Automated count"),
+    "26515-7": (Analyte.PLATELETS, "Platelets [#/volume] in Blood"),
+    "718-7": (Analyte.HEMOGLOBIN, "Hemoglobin [Mass/volume] in Blood"),
+    # The first release had these two swapped (8116-6 as the percentage): 8116-6 is the count,
+    # 8117-4 the percentage. Either way the unit decides (streams.ingest.normalise).
+    "8116-6": (Analyte.CD19_ABS, "CD19 cells [#/volume] in Blood"),
+    "8117-4": (Analyte.CD19_PCT, "CD19 cells/100 cells in Blood"),
+    "2465-3": (Analyte.IGG, "IgG [Mass/volume] in Serum or Plasma"),
+    "2276-4": (Analyte.FERRITIN, "Ferritin [Mass/volume] in Serum or Plasma"),
+    "3255-7": (
+        Analyte.FIBRINOGEN,
+        "Fibrinogen [Mass/volume] in Platelet poor plasma by Coagulation assay",
+    ),
+    "1742-6": (
+        Analyte.ALT,
+        "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
+    ),
+    "1920-8": (
+        Analyte.AST,
+        "Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
+    ),
+    "2532-0": (
+        Analyte.LDH,
+        "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma",
+    ),
+    "14804-9": (
+        Analyte.LDH,
+        "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma by Lactate to "
+        "pyruvate reaction",
+    ),
+    "1975-2": (Analyte.BILIRUBIN, "Bilirubin.total [Mass/volume] in Serum or Plasma"),
+    # Quoted from the FHIR R4 specification's own example (diagnosticreport-example-ghp, in
+    # tests/data/external); the unit whitelist converts µmol/L to mg/dL.
+    "14631-6": (Analyte.BILIRUBIN, "Bilirubin.total [Moles/volume] in Serum or Plasma"),
+    "2571-8": (Analyte.TRIGLYCERIDES, "Triglyceride [Mass/volume] in Serum or Plasma"),
+    "1988-5": (Analyte.CRP, "C reactive protein [Mass/volume] in Serum or Plasma"),
+}
+
 LOINC_TO_ANALYTE: Final[dict[str, Analyte]] = {
-    # Neutrophils [#/volume] in Blood by Automated count / in Blood
-    "751-8": Analyte.ANC,
-    "26499-4": Analyte.ANC,
-    # Lymphocytes [#/volume] in Blood by Automated count / in Blood
-    "731-0": Analyte.ALC,
-    "26474-7": Analyte.ALC,
-    # Leukocytes [#/volume] in Blood by Automated count / in Blood
-    "6690-2": Analyte.WBC,
-    "26464-8": Analyte.WBC,
-    # Platelets [#/volume] in Blood by Automated count / in Blood
-    "777-3": Analyte.PLATELETS,
-    "26515-7": Analyte.PLATELETS,
-    # Hemoglobin [Mass/volume] in Blood
-    "718-7": Analyte.HEMOGLOBIN,
-    # CD19 cells/100 cells in Blood (a percentage)
-    "8116-6": Analyte.CD19_PCT,
-    # CD19 cells [#/volume] in Blood (an absolute count)
-    "8117-4": Analyte.CD19_ABS,
-    # IgG [Mass/volume] in Serum or Plasma
-    "2465-3": Analyte.IGG,
-    # Ferritin [Mass/volume] in Serum or Plasma
-    "2276-4": Analyte.FERRITIN,
-    # Fibrinogen [Mass/volume] in Platelet poor plasma by Coagulation assay
-    "3255-7": Analyte.FIBRINOGEN,
-    # Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma
-    "1742-6": Analyte.ALT,
-    # Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma
-    "1920-8": Analyte.AST,
-    # Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma
-    # (and ... by Lactate to pyruvate reaction)
-    "2532-0": Analyte.LDH,
-    "14804-9": Analyte.LDH,
-    # Bilirubin.total [Mass/volume] in Serum or Plasma
-    "1975-2": Analyte.BILIRUBIN,
-    # Bilirubin.total [Moles/volume] in Serum or Plasma — added beyond the brief: the name is
-    # quoted from the HL7 FHIR R4 specification's own example (diagnosticreport-example-ghp,
-    # in tests/data/external); the unit whitelist converts µmol/L to mg/dL.
-    "14631-6": Analyte.BILIRUBIN,
-    # Triglyceride [Mass/volume] in Serum or Plasma
-    "2571-8": Analyte.TRIGLYCERIDES,
-    # C reactive protein [Mass/volume] in Serum or Plasma
-    "1988-5": Analyte.CRP,
+    code: analyte for code, (analyte, _) in LOINC_TABLE.items()
 }
 
 #: Spellings of the LOINC coding system: HL7 v2 table 0396 ``LN``, its OID and the FHIR URI.

@@ -7,10 +7,16 @@ in section 5). Every ingest path (NDJSON, HL7 v2, FHIR) ends here, so the same r
    A code that maps to none of our analytes is ``Unmapped`` — counted, not dead-lettered. Both
    given but disagreeing (``anc`` with 718-7) is rejected (``invalid_field``); an ``analyte``
    with a LOINC code we do not know is kept (the code may be newer than our table).
+   CD19 is resolved by the unit's dimension, whatever the code says (issue 11): a percentage or
+   fraction is ``cd19_pct``, a count per volume ``cd19_abs`` — the unit is what the laboratory
+   measured, and labs mix up the two CD19 codes. Such a result is accepted and flagged
+   (``ResultItem.mismatch``, counted as ``code_unit_mismatch``) so the interface engineer sees it.
 2. The value, converted to the canonical unit (``streams.ingest.units``; unknown or
    incompatible unit → ``unknown_unit``) and checked against ``Policy.plausibility``
    (→ ``implausible_value``). The result carries the canonical unit, also when it has no value.
-3. MRD: ``detected`` is derived from the value when not given (``value > 0``); "not detected"
+   A censored value keeps its ``comparator``; its limit is converted and checked like a value.
+3. MRD: ``detected`` is derived from the value when not given (``value > 0``; not for a value
+   censored below a limit, which may be either); "not detected"
    never becomes 0 — the value stays ``None`` when none was reported; a value that contradicts
    the ``detected`` flag is rejected (``invalid_field``).
 4. A value is required except for qualitative MRD and cancellations. A cancellation whose value
@@ -22,14 +28,25 @@ Rejections carry the patient id so that the dead-letter record can be traced.
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
-from schemas.vocab import CANONICAL_UNIT, Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import (
+    CANONICAL_UNIT,
+    Analyte,
+    Comparator,
+    MrdMethod,
+    RejectReason,
+    ResultStatus,
+)
 from streams.core.policy import Policy
 from streams.ingest.loinc import analyte_for_loinc
-from streams.ingest.units import to_canonical
+from streams.ingest.units import factor_for, to_canonical
+
+
+def _shown(unit: str | None) -> str:
+    return (unit or "")[:40]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +63,36 @@ class Unmapped:
 @dataclass(frozen=True, slots=True)
 class ResultItem:
     """One result of a parsed message: where it was (``OBX 4``, ``entry 3``), its raw text, and
-    what became of it."""
+    what became of it. ``mismatch``: accepted under another analyte than its code names (CD19
+    resolved by its unit)."""
 
     location: str
     raw: str
     outcome: LabResult | Rejection | Unmapped
+    mismatch: bool = False
+
+
+def is_mismatch(claimed: Analyte | None, outcome: object) -> bool:
+    """Whether an accepted result's analyte differs from the one its code (or field) named."""
+    return isinstance(outcome, LabResult) and claimed is not None and outcome.analyte is not claimed
+
+
+def result_item(
+    location: str, raw: str, outcome: LabResult | Rejection | Unmapped, claimed: Analyte | None
+) -> ResultItem:
+    """A ``ResultItem`` flagged when the unit overruled the code (see ``is_mismatch``)."""
+    return ResultItem(location, raw, outcome, is_mismatch(claimed, outcome))
+
+
+CD19: Final = frozenset({Analyte.CD19_PCT, Analyte.CD19_ABS})
+
+
+def cd19_by_unit(analyte: Analyte, unit: str | None) -> Analyte:
+    """For a CD19 analyte, the one whose unit dimension ``unit`` has (else ``analyte``)."""
+    if analyte not in CD19 or factor_for(analyte, unit) is not None:
+        return analyte
+    other = next(a for a in CD19 if a is not analyte)
+    return other if factor_for(other, unit) is not None else analyte
 
 
 def relocate(rejection: Rejection, fields: dict[str, str], patient_id: str | None) -> Rejection:
@@ -94,7 +136,7 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
         if mapped is None:
             return Unmapped(result.loinc, f"LOINC {result.loinc} is not one of our analytes")
         analyte = mapped
-    elif mapped is not None and mapped is not analyte:
+    elif mapped is not None and mapped is not analyte and {mapped, analyte} != CD19:
         return Rejection.of(
             RejectReason.INVALID_FIELD,
             f"analyte {analyte.value!r} disagrees with LOINC {result.loinc} ({mapped.value})",
@@ -105,11 +147,14 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
     value = result.value
     cancelled = result.status is ResultStatus.CANCELLED
     if value is not None:
+        analyte = cd19_by_unit(analyte, result.unit)
         converted = to_canonical(analyte, value, result.unit)
         if isinstance(converted, RejectReason):
             if not cancelled:
                 given = (
-                    f"unit {result.unit!r}" if result.unit and result.unit.strip() else "no unit"
+                    f"unit {_shown(result.unit)!r}"
+                    if result.unit and result.unit.strip()
+                    else "no unit"
                 )
                 return Rejection.of(
                     converted,
@@ -126,7 +171,7 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
                     return Rejection.of(
                         RejectReason.IMPLAUSIBLE_VALUE,
                         f"{analyte.value} {converted:g} {CANONICAL_UNIT[analyte]} "
-                        f"(sent as {value:g} {result.unit}) is outside the plausible range "
+                        f"(sent as {value:g} {_shown(result.unit)}) is outside the plausible range "
                         f"{low:g}..{high:g}",
                         "value",
                         patient_id,
@@ -137,7 +182,9 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
 
     detected = result.detected
     if analyte is Analyte.MRD:
-        if value is not None:
+        below_limit = result.comparator in (Comparator.LT, Comparator.LE)
+        # "< 0.01 %" may be detected below the limit or not detected: never guessed
+        if value is not None and not below_limit:
             if detected is None:
                 detected = value > 0
             elif detected != (value > 0):
@@ -166,6 +213,7 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
         update={
             "analyte": analyte,
             "value": value,
+            "comparator": result.comparator if value is not None else None,
             "unit": CANONICAL_UNIT[analyte],
             "detected": detected,
         }

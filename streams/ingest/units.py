@@ -125,6 +125,8 @@ def _build_factors() -> dict[Analyte, dict[str, Fraction]]:
 #: Analyte → normalised unit spelling → factor to the canonical unit.
 FACTORS: Final[dict[Analyte, dict[str, Fraction]]] = _build_factors()
 
+#: Longer spellings are no unit of ours (and never reach the regular expressions below).
+MAX_UNIT_CHARS: Final = 64
 _ANNOTATION = re.compile(r"\{[^{}]*\}")
 _MICRO = str.maketrans({"µ": "u", "μ": "u"})
 _MC_PREFIX = re.compile(r"mc(?=[gl])")
@@ -134,7 +136,7 @@ _LEADING_CELLS = re.compile(r"^(?:(10\*[-+]?\d+))?cells?(?=/)")
 
 def normalise_unit(unit: str | None) -> str | None:
     """The lenient matching key of a unit spelling, or ``None`` when nothing usable is left."""
-    if unit is None:
+    if unit is None or len(unit) > MAX_UNIT_CHARS:
         return None
     key = "".join(unit.split()).translate(_MICRO).lower()
     if not key:

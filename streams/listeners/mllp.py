@@ -40,37 +40,50 @@ address only.
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from schemas.lab_result import LabResult
 from schemas.records import Rejection
 from schemas.vocab import RejectReason
 from streams.core.policy import DEFAULT_POLICY, Policy
-from streams.ingest.hl7.oru import (
-    AckCode,
-    Hl7Config,
-    Hl7Message,
-    build_ack,
-    error_code_for,
-    parse_oru,
+from streams.ingest.hl7.oru import Hl7Config, Hl7Message, build_ack, parse_oru
+from streams.listeners.connections import (
+    ConnectionGuard,
+    ListenerLimits,
+    TlsFiles,
+    describe_peer,
+    serve_guarded,
+    warn_if_exposed,
 )
+from streams.listeners.hl7_ack import (
+    BROKER_DOWN_TEXT,
+    AckDecision,
+    broker_unavailable_ack,
+    decide_ack,
+    frame_too_large_ack,
+    parse_timeout_ack,
+)
+from streams.listeners.jobs import Hl7Outcome, declares_latin1, hl7_job, hl7_text
+from streams.listeners.plans import Plan, plan_rejection
+from streams.listeners.pool import ParsePool, ParseTimeout
 from streams.listeners.publisher import (
     BrokerUnavailable,
+    KafkaOptions,
     LabPublisher,
     ListenerSetupError,
     Publisher,
     count_plan,
     feed_config,
-    plan_items,
-    plan_rejection,
     prepare_listener,
     serve,
     wait_for_signal,
 )
 from streams.metrics import MLLP, ListenerMetrics
+
+__all__ = ["BROKER_DOWN_TEXT", "decide_ack"]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +97,8 @@ DEFAULT_PORT: Final = 2575
 DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 #: Bytes of an oversized block kept for its dead letter and for reading its MSH.
 HEAD_BYTES: Final = 4096
-#: Characters of MSA-3 / ERR-8 text (MSA-3 is 80 in v2.5.1, but receivers read longer).
-MAX_ACK_TEXT: Final = 200
-BROKER_DOWN_TEXT: Final = "broker unavailable, retry"
 ADAPTER: Final = "mllp"
 _WHITESPACE: Final = b" \t\r\n"
-_READ_SIZE: Final = 64 * 1024
 
 BrokerDown = Literal["ar", "close"]
 
@@ -159,6 +168,11 @@ class MllpDeframer:
             pass
         return events
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether a block has started and not ended (the listener's read timeout runs)."""
+        return self._in_frame
+
     def close(self) -> list[FrameEvent]:
         """The end of the stream: a block still open is reported as incomplete."""
         events: list[FrameEvent] = []
@@ -226,76 +240,12 @@ class MllpDeframer:
         return True
 
 
-# --- acknowledgment decisions (pure) ------------------------------------------------------------
-
-#: Whole-message rejections answered AR (protocol level); the others (missing_patient_id) AE.
-PROTOCOL_REJECTIONS: Final = frozenset(
-    {RejectReason.MALFORMED_HL7, RejectReason.UNSUPPORTED_MESSAGE}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class AckDecision:
-    """MSA-1 code, MSA-3/ERR-8 text, ERR-3 (HL7 table 0357) code; ``retry`` tells the sender
-    whether resending the same message can succeed (a broker outage) or not."""
-
-    code: AckCode
-    text: str
-    error_code: str | None = None
-    retry: bool = False
-
-
-def _clip(text: str, limit: int = MAX_ACK_TEXT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _reason(rejection: Rejection) -> str:
-    detail = rejection.details[0]
-    return f"{detail.reason.value} {detail.field}" if detail.field else detail.reason.value
-
-
-def decide_ack(message: Hl7Message) -> AckDecision:
-    """The ACK for a message whose records the broker has acknowledged."""
-    rejection = message.message_rejection
-    if rejection is not None:
-        detail = rejection.details[0]
-        code: AckCode = "AR" if rejection.reason in PROTOCOL_REJECTIONS else "AE"
-        return AckDecision(
-            code,
-            _clip(
-                f"message rejected: {_reason(rejection)}: {detail.message}; do not resend unchanged"
-            ),
-            error_code_for(rejection.reason),
-        )
-    rejected = [(i.location, i.outcome) for i in message.items if isinstance(i.outcome, Rejection)]
-    accepted = sum(1 for i in message.items if isinstance(i.outcome, LabResult))
-    unmapped = len(message.items) - len(rejected) - accepted
-    tally = f"{accepted} accepted, {unmapped} not monitored"
-    if not rejected:
-        return AckDecision("AA", f"{len(message.items)} results: {tally}")
-    reasons = "; ".join(f"{location} {_reason(outcome)}" for location, outcome in rejected)
-    return AckDecision(
-        "AE",
-        _clip(f"{len(rejected)} of {len(message.items)} results rejected ({tally}): {reasons}"),
-        error_code_for(rejected[0][1].reason),
-    )
-
-
-def broker_unavailable_ack() -> AckDecision:
-    """Kafka did not confirm: nothing is acknowledged, the sender must retry."""
-    return AckDecision("AR", BROKER_DOWN_TEXT, "207", retry=True)
-
-
-def frame_too_large_ack(size: int, limit: int) -> AckDecision:
-    return AckDecision(
-        "AR",
-        f"message rejected: {size} bytes exceed the limit of {limit} bytes; do not resend unchanged",
-        "207",
-    )
-
-
 # --- the service ----------------------------------------------------------------------------------
+
+#: MIME type of an ER7-encoded (pipe-delimited) HL7 v2 message in the message store.
+HL7_CONTENT_TYPE: Final = "x-application/hl7-v2+er7"
+DEFAULT_IDLE_TIMEOUT_S: Final = 600.0
+DEFAULT_READ_TIMEOUT_S: Final = 30.0
 
 
 def _utc_now() -> datetime:
@@ -310,19 +260,22 @@ class Reply:
     close: bool = False
 
 
-def _declares_latin1(payload: bytes) -> bool:
-    first = payload.lstrip(b"\x0b\r\n\t ").split(b"\r", 1)[0].split(b"\n", 1)[0]
-    if not first.startswith(b"MSH") or len(first) < 4:
-        return False
-    parts = first.split(first[3:4])
-    return len(parts) > 17 and parts[17].strip().upper() == b"8859/1"
+def _head_message(head: bytes, config: Hl7Config, policy: Policy) -> Hl7Message:
+    """The MSH of a message that is not parsed whole (too large, too slow), for its ACK."""
+    cut = head[:HEAD_BYTES]
+    return parse_oru(cut[: cut.rfind(b"\r")] if b"\r" in cut else cut, config, policy)
 
 
 @dataclass
 class MllpService:
-    """Handles MLLP events of one listener (all connections share it and its publisher)."""
+    """Handles MLLP events of one listener (all connections share it, its pool, its publisher).
+
+    Per message: the raw message goes to the message store while a pool worker parses it; the
+    results and dead letters are published; only then the ACK (see the module docstring).
+    """
 
     publisher: Publisher
+    pool: ParsePool
     config: Hl7Config = field(default_factory=Hl7Config)
     policy: Policy = DEFAULT_POLICY
     metrics: ListenerMetrics | None = None
@@ -343,44 +296,92 @@ class MllpService:
         return Reply(None)
 
     async def handle_message(self, payload: bytes) -> Reply:
-        """Parse, publish, and only then acknowledge one message."""
+        """Store, parse, publish, and only then acknowledge one message."""
         received_at = self.clock()
-        message = parse_oru(payload, self.config, self.policy)
-        where = f"message {message.control_id or '(no MSH-10)'}"
-        if message.message_rejection is not None:
-            plan = plan_rejection(
-                message.message_rejection,
-                self._text(payload),
-                source=self.source,
-                location=where,
-                received_at=received_at,
+        message_id = uuid.uuid4().hex
+        store = asyncio.ensure_future(
+            self.publisher.store_inbound(
+                payload, self.feed, HL7_CONTENT_TYPE, received_at, message_id
             )
-        else:
-            plan = plan_items(
-                message.items, source=self.source, prefix=where, received_at=received_at
-            )
+        )
         try:
-            await self.publisher.publish(plan.results, plan.dead_letters)
-        except BrokerUnavailable as exc:
-            log.warning("%s not acknowledged (%s)", where, exc)
-            return self._broker_down(message, payload)
-        count_plan(self.metrics, plan, ADAPTER)
-        decision = decide_ack(message)
+            outcome = await self.pool.run(
+                hl7_job, payload, self.config, self.policy, self.source, received_at, message_id
+            )
+        except ParseTimeout:
+            outcome = self._unparsed(payload, received_at, message_id)
+        except BaseException:
+            store.cancel()
+            raise
+        if self.metrics is not None:
+            self.metrics.parse_seconds.labels(ADAPTER).observe(outcome.seconds)
+        where = f"message {outcome.control_id or '(no MSH-10)'}"
+        if not await self._stored(store, where):
+            return self._broker_down(outcome, payload)
+        if not await self._published(outcome.plan, where):
+            return self._broker_down(outcome, payload)
+        count_plan(self.metrics, outcome.plan, ADAPTER)
+        decision = outcome.decision
         level = logging.DEBUG if decision.code == "AA" else logging.INFO
         log.log(
             level,
             "%s: %s (%d published, %d dead-lettered, %d not monitored)",
             where,
             decision.code,
-            len(plan.results),
-            plan.rejected,
-            plan.unmapped,
+            len(outcome.plan.results),
+            outcome.plan.rejected,
+            outcome.plan.unmapped,
         )
-        return Reply(self._ack(message, payload, decision))
+        return Reply(self._ack(outcome, payload, decision))
+
+    @property
+    def feed(self) -> str:
+        return self.config.source or ADAPTER
+
+    def _unparsed(self, payload: bytes, received_at: datetime, message_id: str) -> Hl7Outcome:
+        """A message the pool could not parse in time: rejected whole, ACK from its MSH."""
+        message = _head_message(payload, self.config, self.policy)
+        rejection = Rejection.of(
+            RejectReason.MALFORMED_HL7, f"not parsed within {self.pool.timeout_s:g} s"
+        )
+        plan = plan_rejection(
+            rejection,
+            hl7_text(payload),
+            source=self.source,
+            location=f"message {message.control_id or '(no MSH-10)'}",
+            received_at=received_at,
+            inbound=message_id,
+        )
+        decision = parse_timeout_ack(self.pool.timeout_s)
+        return Hl7Outcome(message.control_id, message.header, decision, plan, self.pool.timeout_s)
+
+    async def _stored(self, store: "asyncio.Future[str]", where: str) -> bool:
+        try:
+            reference = await store
+        except BrokerUnavailable as exc:
+            self._publish_failed("carwatch.inbound", where, exc)
+            return False
+        if self.metrics is not None:
+            self.metrics.inbound.labels(ADAPTER).inc()
+        log.debug("%s stored as %s", where, reference)
+        return True
+
+    async def _published(self, plan: Plan, where: str) -> bool:
+        try:
+            await self.publisher.publish(plan)
+        except BrokerUnavailable as exc:
+            self._publish_failed("carwatch.labs", where, exc)
+            return False
+        return True
+
+    def _publish_failed(self, topic: str, where: str, exc: Exception) -> None:
+        log.warning("%s not acknowledged (%s)", where, exc)
+        if self.metrics is not None:
+            self.metrics.publish_failures.labels(ADAPTER, topic).inc()
 
     async def _too_large(self, event: FrameTooLarge, peer: str) -> Reply:
-        head = event.head[: event.head.rfind(b"\r")] if b"\r" in event.head else event.head
-        message = parse_oru(head, self.config, self.policy)
+        received_at = self.clock()
+        message = _head_message(event.head, self.config, self.policy)
         where = f"message {message.control_id or '(no MSH-10)'}"
         rejection = Rejection.of(
             RejectReason.MALFORMED_HL7,
@@ -388,110 +389,181 @@ class MllpService:
         )
         plan = plan_rejection(
             rejection,
-            self._text(event.head) + f"…[{event.size - len(event.head)} bytes not kept]",
+            hl7_text(event.head) + f"…[{event.size - len(event.head)} bytes not kept]",
             source=self.source,
             location=where,
-            received_at=self.clock(),
+            received_at=received_at,
         )
-        log.warning("%s: %s from %s: %d bytes, over the limit", where, "AR", peer, event.size)
-        try:
-            await self.publisher.publish((), plan.dead_letters)
-        except BrokerUnavailable as exc:
-            log.warning("%s not acknowledged (%s)", where, exc)
-            return self._broker_down(message, event.head)
-        count_plan(self.metrics, plan, ADAPTER)
+        log.warning("%s: AR to %s: %d bytes, over the limit", where, peer, event.size)
         decision = frame_too_large_ack(event.size, self.max_frame_bytes)
-        return Reply(self._ack(message, event.head, decision))
+        outcome = Hl7Outcome(message.control_id, message.header, decision, plan, 0.0)
+        if not await self._published(plan, where):
+            return self._broker_down(outcome, event.head)
+        count_plan(self.metrics, plan, ADAPTER)
+        return Reply(self._ack(outcome, event.head, decision))
 
-    def _broker_down(self, message: Hl7Message, payload: bytes) -> Reply:
+    def _broker_down(self, outcome: Hl7Outcome, payload: bytes) -> Reply:
         if self.broker_down == "close":
             return Reply(None, close=True)
-        return Reply(self._ack(message, payload, broker_unavailable_ack()))
+        return Reply(self._ack(outcome, payload, broker_unavailable_ack()))
 
-    def _ack(self, message: Hl7Message, payload: bytes, decision: AckDecision) -> bytes:
+    def _ack(self, outcome: Hl7Outcome, payload: bytes, decision: AckDecision) -> bytes:
+        if self.metrics is not None:
+            self.metrics.messages.labels(ADAPTER, decision.code).inc()
         text = build_ack(
-            message.control_id,
+            outcome.control_id,
             decision.code,
             decision.text,
             now=self.clock(),
-            header=message.header,
+            header=outcome.header,
             error_code=decision.error_code,
         )
-        if _declares_latin1(payload):
+        if declares_latin1(payload):
             return text.encode("latin-1", errors="replace")
         return text.encode("utf-8")
-
-    @staticmethod
-    def _text(payload: bytes) -> str:
-        encoding = "latin-1" if _declares_latin1(payload) else "utf-8"
-        return payload.decode(encoding, errors="replace")
 
 
 # --- the listener ---------------------------------------------------------------------------------
 
+#: Unanswered messages a connection may have queued before its reads pause (pipelining senders).
+MAX_QUEUED_EVENTS: Final = 8
+
+
+class _MllpConnection(asyncio.Protocol):
+    """One MLLP connection: deframes the byte stream, answers its messages strictly in order,
+    and closes a message that started but does not finish within ``read_timeout_s``."""
+
+    def __init__(self, listener: "MllpListener") -> None:
+        self.listener = listener
+        self.deframer = MllpDeframer(listener.service.max_frame_bytes)
+        self.events: asyncio.Queue[FrameEvent | None] = asyncio.Queue()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.worker: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = describe_peer(transport)
+        log.info("%s: connected", self.peer)
+        self.worker = asyncio.ensure_future(self._answer())
+        self.listener.connections.add(self.worker)
+        self.worker.add_done_callback(self.listener.connections.discard)
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.deframer.feed(data):
+            self.events.put_nowait(event)
+        self._watch_read()
+        if self.events.qsize() >= MAX_QUEUED_EVENTS and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def eof_received(self) -> bool | None:
+        for event in self.deframer.close():
+            self.events.put_nowait(event)
+        self.events.put_nowait(None)
+        return True  # keep the write side open for the last ACKs
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_read_timer()
+        self.events.put_nowait(None)
+        log.info("%s: disconnected", self.peer)
+
+    def _watch_read(self) -> None:
+        """A block that started must finish within the read timeout (slow or stuck senders)."""
+        if self.deframer.in_frame and self.read_timer is None:
+            loop = asyncio.get_running_loop()
+            timeout = self.listener.read_timeout_s
+            self.read_timer = loop.call_later(timeout, self._read_timed_out)
+        elif not self.deframer.in_frame:
+            self._stop_read_timer()
+
+    def _stop_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self.read_timer = None
+        guard = self.listener.guard
+        guard.count("timeout")
+        log.warning(
+            "%s: message not finished within %.0f s; closing",
+            self.peer,
+            self.listener.read_timeout_s,
+        )
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _answer(self) -> None:
+        service = self.listener.service
+        try:
+            while (event := await self.events.get()) is not None:
+                reply = await service.respond(event, self.peer)
+                if self.transport is None or self.transport.is_closing():
+                    return
+                if reply.ack is not None:
+                    self.transport.write(frame(reply.ack))
+                if reply.close:
+                    log.warning("%s: closing without ACK (broker unavailable)", self.peer)
+                    self.transport.close()
+                    return
+                if self.paused and self.events.qsize() < MAX_QUEUED_EVENTS // 2:
+                    self.paused = False
+                    self.transport.resume_reading()
+        except Exception:  # a bug: hang up without an ACK, so the sender resends
+            log.exception("%s: internal error; closing without ACK", self.peer)
+        finally:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
 
 class MllpListener:
-    """An asyncio TCP server speaking MLLP; one task per connection, messages in order."""
+    """An asyncio TCP (or TLS) server speaking MLLP, behind a ``ConnectionGuard``."""
 
     def __init__(
-        self, service: MllpService, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+        self,
+        service: MllpService,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        guard: ConnectionGuard | None = None,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         self.service = service
         self.host = host
         self.port = port
+        self.guard = guard or ConnectionGuard(ADAPTER, service.metrics)
+        self.read_timeout_s = read_timeout_s
+        self.connections: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self._server = await serve_guarded(
+            self.guard, lambda: _MllpConnection(self), self.host, self.port
+        )
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-        log.info("MLLP listener on %s:%d", self.host, self.port)
+        tls = self.guard.tls is not None
+        warn_if_exposed("MLLP listener", self.host, tls)
+        log.info("MLLP%s listener on %s:%d", "/TLS" if tls else "", self.host, self.port)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop accepting; let connections finish the message in hand for ``grace_s``."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        if self._connections:
-            _, pending = await asyncio.wait(self._connections, timeout=grace_s)
+        if self.connections:
+            _, pending = await asyncio.wait(self.connections, timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        log.info("%s: connected", peer)
-        deframer = MllpDeframer(self.service.max_frame_bytes)
-        try:
-            while True:
-                data = await reader.read(_READ_SIZE)
-                for event in deframer.feed(data) if data else deframer.close():
-                    reply = await self.service.respond(event, peer)
-                    if reply.ack is not None:
-                        writer.write(frame(reply.ack))
-                        await writer.drain()
-                    if reply.close:
-                        log.warning("%s: closing without ACK (broker unavailable)", peer)
-                        return
-                if not data:
-                    break
-        except (ConnectionError, OSError) as exc:
-            log.info("%s: connection lost (%s)", peer, type(exc).__name__)
-        except Exception:  # a bug: hang up without an ACK, so the sender resends
-            log.exception("%s: internal error; closing without ACK", peer)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
-            log.info("%s: disconnected", peer)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
 async def run(
@@ -504,56 +576,66 @@ async def run(
     metrics: ListenerMetrics | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     broker_down: BrokerDown = "ar",
+    limits: ListenerLimits | None = None,
+    tls: TlsFiles | None = None,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """``carwatch mllp``: listen until SIGINT/SIGTERM (or ``stop``), then close gracefully."""
-    async with publisher:
-        service = MllpService(publisher, config, policy, metrics, max_frame_bytes, broker_down)
-        listener = MllpListener(service, host, port)
-        await listener.start()
-        try:
-            if ready is not None:
-                ready(
-                    f"listening on {host}:{listener.port} (MLLP); Kafka {publisher.bootstrap} "
-                    f"({publisher.labs_topic}, {publisher.deadletter_topic})"
-                )
-            await (stop.wait() if stop is not None else wait_for_signal())
-        finally:
-            await listener.close(grace_s=publisher.timeout_s + 1)
-            log.info("MLLP listener on %s:%d stopped", host, listener.port)
+    limits = limits or ListenerLimits(idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S)
+    log.info(
+        "HL7 timestamps without an offset are read in MSH-7's offset, else in %s",
+        config.zone_name(policy),
+    )
+    pool = limits.pool()
+    await pool.start()
+    try:
+        async with publisher:
+            service = MllpService(
+                publisher, pool, config, policy, metrics, max_frame_bytes, broker_down
+            )
+            guard = limits.guard(ADAPTER, metrics, tls)
+            listener = MllpListener(
+                service, host, port, guard=guard, read_timeout_s=limits.read_timeout_s
+            )
+            await listener.start()
+            try:
+                if ready is not None:
+                    scheme = "MLLP/TLS" if tls else "MLLP"
+                    ready(
+                        f"listening on {host}:{listener.port} ({scheme}); Kafka "
+                        f"{publisher.bootstrap} ({publisher.labs_topic}, "
+                        f"{publisher.deadletter_topic}, {publisher.inbound_topic}); local times in "
+                        f"{config.zone_name(policy)} unless MSH-7 has an offset"
+                    )
+                await (stop.wait() if stop is not None else wait_for_signal())
+            finally:
+                await listener.close(grace_s=publisher.timeout_s + 1)
+                log.info("MLLP listener on %s:%d stopped", host, listener.port)
+    finally:
+        await pool.close()
 
 
 def main(
     *,
     host: str,
     port: int,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
+    kafka: KafkaOptions,
     feed_config_path: str | None,
     policy: Policy,
     max_frame_bytes: int,
     broker_down: str,
     metrics_port: int | None,
     log_level: str,
+    limits: ListenerLimits,
+    tls: TlsFiles | None,
     ready: Callable[[str], None] | None = None,
 ) -> None:
     """The ``carwatch mllp`` command; ``ListenerSetupError`` when it cannot start."""
     if broker_down not in ("ar", "close"):
         raise ListenerSetupError(f"--broker-down must be ar or close, not {broker_down!r}")
     config = feed_config(feed_config_path, Hl7Config)
-    publisher, metrics = prepare_listener(
-        MLLP,
-        broker_url,
-        labs_topic,
-        deadletter_topic,
-        publish_timeout,
-        metrics_port,
-        log_level,
-        ready,
-    )
+    publisher, metrics = prepare_listener(MLLP, kafka, metrics_port, log_level, ready)
     serve(
         run(
             host=host,
@@ -564,6 +646,8 @@ def main(
             metrics=metrics,
             max_frame_bytes=max_frame_bytes,
             broker_down="ar" if broker_down == "ar" else "close",
+            limits=limits,
+            tls=tls,
             ready=ready,
         ),
         host,

@@ -18,10 +18,15 @@
   is still down, and a producer that timed out (batches expired, sequence numbers in doubt) is
   discarded rather than reused. ``request_timeout_ms`` is the same bound as ``timeout_s``.
 - Broker address (with TLS/SASL) and topic names come from ``streams.settings.Settings``
-  (``CARWATCH_BROKER_URL``, ``CARWATCH_LABS_TOPIC``, ``CARWATCH_DEADLETTER_TOPIC``, …) unless
-  given explicitly.
-- A dead letter's ``raw`` is cut to ``MAX_DEAD_LETTER_RAW`` characters (with a marker) so that one
-  oversized input cannot exceed the broker's message size limit and block its sender forever.
+  (``CARWATCH_BROKER_URL``, ``CARWATCH_LABS_TOPIC``, ``CARWATCH_DEADLETTER_TOPIC``,
+  ``CARWATCH_INBOUND_TOPIC``, …) unless given explicitly. ``make_producer`` is the one factory
+  of the listeners' Kafka producers.
+- The message store: ``store_inbound`` writes one raw message to ``carwatch.inbound`` (keyed by
+  the feed, so one feed's messages stay in arrival order) and returns its
+  ``topic:partition:offset`` once the broker has it — before the sender is answered.
+- Records arrive encoded (``streams.listeners.plans``, built in the parse pool); sending
+  yields to the event loop every ``SEND_SLICE`` records, so a message of 10,000 results does not
+  hold other connections' answers.
 
 No patient identifier is ever logged here: log lines name topics, counts and the broker address.
 """
@@ -29,40 +34,39 @@ No patient identifier is ever logged here: log lines name topics, counts and the
 import asyncio
 import logging
 import signal
-import tomllib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Protocol, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ValidationError
+from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
-from schemas.records import Rejection
-from schemas.vocab import Outcome
-from streams.ingest.files import InputItem
-from streams.ingest.normalise import ResultItem
+from schemas.base import utc_isoformat
+from schemas.vocab import Analyte, Outcome
+from streams.ingest.config import Config, load_feed_config
+from streams.listeners.plans import Plan
 from streams.logs import configure_logging
 from streams.metrics import (
+    MLLP,
     UNKNOWN_ANALYTE,
     ListenerMetrics,
     MetricsServerError,
     Process,
     serve_metrics,
 )
-from streams.settings import Settings, bootstrap_servers
+from streams.settings import INBOUND_MAX_MESSAGE_BYTES, Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
 
 #: Seconds a publish call waits for the broker's acknowledgement of all its records.
 DEFAULT_TIMEOUT_S: Final = 10.0
-#: Characters of ``DeadLetter.raw`` kept (the broker's default message limit is about 1 MB).
-MAX_DEAD_LETTER_RAW: Final = 256 * 1024
+#: Records sent between two yields to the event loop.
+SEND_SLICE: Final = 64
+#: Producer batch size per partition (aiokafka's default is 16 KB).
+MAX_BATCH_BYTES: Final = 1024 * 1024
 
 
 class BrokerUnavailable(Exception):
@@ -82,9 +86,11 @@ def describe(exc: BaseException) -> str:
 class Publisher(Protocol):
     """What a listener needs from a publisher (a fake in unit tests)."""
 
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None: ...
+    async def store_inbound(
+        self, raw: bytes, feed: str, content_type: str, received_at: datetime, message_id: str
+    ) -> str: ...
+
+    async def publish(self, plan: Plan) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +98,97 @@ class _Record:
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 ProducerFactory = Callable[..., Any]
 
 
-def _fit(dead_letter: DeadLetter) -> DeadLetter:
-    raw = dead_letter.raw
-    if len(raw) <= MAX_DEAD_LETTER_RAW:
-        return dead_letter
-    cut = len(raw) - MAX_DEAD_LETTER_RAW
-    return dead_letter.model_copy(
-        update={"raw": f"{raw[:MAX_DEAD_LETTER_RAW]}…[{cut} characters cut by carwatch]"}
+def make_producer(
+    connection: dict[str, Any],
+    *,
+    client_id: str,
+    timeout_s: float,
+    factory: ProducerFactory = AIOKafkaProducer,
+) -> Any:
+    """The listeners' producer: every record acknowledged by all in-sync replicas, idempotent
+    retries, no lingering, requests large enough for the message store's biggest message,
+    batches large enough that one big message does not hold a partition for long."""
+    return factory(
+        **connection,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=int(timeout_s * 1000),
+        linger_ms=0,
+        max_request_size=INBOUND_MAX_MESSAGE_BYTES,
+        # One message's results go out in a few large batches, not hundreds of 16 KB ones that
+        # a small message keyed to the same partition would queue behind.
+        max_batch_size=MAX_BATCH_BYTES,
     )
+
+
+#: Headers of a message-store record (its value is the raw message, byte for byte).
+MESSAGE_ID_HEADER: Final = "carwatch-message-id"
+FEED_HEADER: Final = "carwatch-feed"
+CONTENT_TYPE_HEADER: Final = "content-type"
+RECEIVED_AT_HEADER: Final = "carwatch-received-at"
+
+
+def inbound_headers(
+    message_id: str, feed: str, content_type: str, received_at: datetime
+) -> list[tuple[str, bytes]]:
+    return [
+        (MESSAGE_ID_HEADER, message_id.encode()),
+        (FEED_HEADER, feed.encode()),
+        (CONTENT_TYPE_HEADER, content_type.encode()),
+        (RECEIVED_AT_HEADER, utc_isoformat(received_at).encode()),
+    ]
+
+
+async def _enqueue(producer: Any, records: list[_Record]) -> list["asyncio.Future[Any]"]:
+    """Hand ``records`` to the producer in order, one future per batch (not per record).
+
+    A message of 10,000 results is a few 1 MB batches: the acknowledgement resolves a few
+    futures instead of 10,000 (which took the event loop 50–90 ms in one go). Partitions are
+    chosen by aiokafka's default partitioner (murmur2 of the key, as every Kafka client does),
+    so one patient's records stay on one partition, in order. The loop gets a turn after every
+    ``SEND_SLICE`` records, but only where the key changes: one patient's records of one message
+    are appended without a break, so no other message's records come between them — the worker
+    applies a specimen's results together only when they are consecutive (clinical-rules.md 0).
+    """
+    if len(records) == 1:
+        (record,) = records
+        headers = list(record.headers) or None
+        return [await producer.send(record.topic, record.value, key=record.key, headers=headers)]
+    partitioner = DefaultPartitioner()
+    partitions: dict[str, list[int]] = {}
+    open_batches: dict[tuple[str, int], Any] = {}
+    futures: list[asyncio.Future[Any]] = []
+    since_yield = 0
+    previous: bytes | None = None
+    for record in records:
+        if since_yield >= SEND_SLICE and record.key != previous:
+            since_yield = 0
+            await asyncio.sleep(0)  # let other connections' answers through
+        since_yield += 1
+        previous = record.key
+        if record.topic not in partitions:
+            partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+        every = partitions[record.topic]
+        where = (record.topic, partitioner(record.key, every, every))
+        batch = open_batches.get(where)
+        if (
+            batch is None
+            or batch.append(key=record.key, value=record.value, timestamp=None) is None
+        ):
+            if batch is not None:
+                futures.append(await producer.send_batch(batch, where[0], partition=where[1]))
+            batch = open_batches[where] = producer.create_batch()
+            batch.append(key=record.key, value=record.value, timestamp=None)
+    for (topic, partition), batch in open_batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 class LabPublisher:
@@ -121,6 +205,7 @@ class LabPublisher:
         *,
         labs_topic: str | None = None,
         deadletter_topic: str | None = None,
+        inbound_topic: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         settings: Settings | None = None,
         client_id: str = "carwatch-ingest",
@@ -135,6 +220,7 @@ class LabPublisher:
         self._connection["bootstrap_servers"] = self.bootstrap
         self.labs_topic = labs_topic or settings.labs_topic
         self.deadletter_topic = deadletter_topic or settings.deadletter_topic
+        self.inbound_topic = inbound_topic or settings.inbound_topic
         self.timeout_s = timeout_s
         self._client_id = client_id
         self._factory = producer_factory
@@ -181,37 +267,34 @@ class LabPublisher:
     def connected(self) -> bool:
         return self._producer is not None
 
-    async def publish_results(self, results: Sequence[LabResult]) -> None:
-        """Write ``results`` to the labs topic keyed by patient id; return once all are acked."""
-        await self.publish(results, ())
+    async def store_inbound(
+        self, raw: bytes, feed: str, content_type: str, received_at: datetime, message_id: str
+    ) -> str:
+        """Write one raw inbound message to the message store; its ``topic:partition:offset``.
 
-    async def publish_dead_letter(self, dead_letter: DeadLetter, key: str | None) -> None:
-        """Write one dead letter (keyed by the patient id when known); return once acked."""
-        await self.publish((), ((dead_letter, key),))
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        """Write results and dead letters together; return once the broker acked every one.
-
-        Raises ``BrokerUnavailable`` when it does not within ``timeout_s``.
+        Raises ``BrokerUnavailable`` when the broker does not acknowledge it in time.
         """
-        records = [
-            _Record(self.labs_topic, r.patient_id.encode(), r.model_dump_json().encode())
-            for r in results
-        ]
-        records += [
-            _Record(
-                self.deadletter_topic,
-                key.encode() if key else None,
-                _fit(dl).model_dump_json().encode(),
-            )
-            for dl, key in dead_letters
-        ]
+        headers = inbound_headers(message_id, feed, content_type, received_at)
+        record = _Record(self.inbound_topic, feed.encode(), raw, tuple(headers))
+        (metadata,) = await self._send_all([record])
+        return f"{metadata.topic}:{metadata.partition}:{metadata.offset}"
+
+    async def publish(self, plan: Plan) -> None:
+        """Write a plan's results and dead letters together; return once the broker acked
+        every one. Raises ``BrokerUnavailable`` when it does not within ``timeout_s``."""
+        records = [_Record(self.labs_topic, key, value) for key, value in plan.results]
+        records += [_Record(self.deadletter_topic, key, value) for key, value in plan.dead_letters]
         if records:
             await self._send_all(records)
 
-    async def _send_all(self, records: list[_Record]) -> None:
+    async def publish_records(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> None:
+        """Write already-encoded records to ``topic`` (``carwatch deadletter retry``)."""
+        if records:
+            await self._send_all([_Record(topic, key, value) for key, value in records])
+
+    async def _send_all(self, records: list[_Record]) -> list[Any]:
         if self._closed:
             raise BrokerUnavailable("the publisher is shut down")
         loop = asyncio.get_running_loop()
@@ -220,9 +303,7 @@ class LabPublisher:
         try:
             async with asyncio.timeout_at(deadline):
                 producer = await self._ensure_producer()
-                futures: list[asyncio.Future[Any]] = []
-                for record in records:
-                    futures.append(await producer.send(record.topic, record.value, key=record.key))
+                futures = await _enqueue(producer, records)
             # asyncio.wait, not gather: a timeout must not cancel aiokafka's own futures.
             done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
             failures = [f.exception() for f in done if f.exception() is not None]
@@ -231,8 +312,10 @@ class LabPublisher:
                 why = describe(first) if first else f"{len(pending)} not acknowledged in time"
                 raise BrokerUnavailable(
                     f"Kafka at {self.bootstrap} did not acknowledge {len(pending) + len(failures)}"
-                    f" of {len(records)} record(s) within {self.timeout_s:g} s ({why})"
+                    f" of {len(futures)} batch(es) of {len(records)} record(s) within "
+                    f"{self.timeout_s:g} s ({why})"
                 )
+            return [future.result() for future in futures]
         except BrokerUnavailable:
             await self._discard(producer)
             raise
@@ -249,13 +332,11 @@ class LabPublisher:
                 return self._producer
             if self._closed:
                 raise BrokerUnavailable("the publisher is shut down")
-            producer = self._factory(
-                **self._connection,
+            producer = make_producer(
+                self._connection,
                 client_id=self._client_id,
-                acks="all",
-                enable_idempotence=True,
-                request_timeout_ms=int(self.timeout_s * 1000),
-                linger_ms=0,
+                timeout_s=self.timeout_s,
+                factory=self._factory,
             )
             try:
                 await producer.start()
@@ -304,95 +385,30 @@ class LabPublisher:
             pass
 
 
-# --- what a listener publishes and counts for one parsed message/document ---------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The records one input turns into: results for the labs topic, dead letters (with their
-    Kafka key, the patient id when known) for the dead-letter topic, and the tallies."""
-
-    results: list[LabResult]
-    dead_letters: list[tuple[DeadLetter, str | None]]
-    unmapped: int
-
-    @property
-    def rejected(self) -> int:
-        return len(self.dead_letters)
-
-
-def plan_items(
-    items: Sequence[ResultItem], *, source: str, prefix: str, received_at: datetime
-) -> Plan:
-    """Accepted items → results; rejected → dead letters located ``{prefix}:{item location}``;
-    unmapped → only counted."""
-    results: list[LabResult] = []
-    dead: list[tuple[DeadLetter, str | None]] = []
-    unmapped = 0
-    for item in items:
-        outcome = item.outcome
-        if isinstance(outcome, LabResult):
-            results.append(outcome)
-        elif isinstance(outcome, Rejection):
-            entry = InputItem(f"{prefix}:{item.location}", item.raw, outcome)
-            dead_letter = entry.dead_letter(source, received_at)
-            assert dead_letter is not None
-            dead.append((dead_letter, outcome.patient_id))
-        else:
-            unmapped += 1
-    return Plan(results, dead, unmapped)
-
-
-def plan_rejection(
-    rejection: Rejection, raw: str, *, source: str, location: str, received_at: datetime
-) -> Plan:
-    """A whole input rejected (not HL7, not ORU^R01, not JSON, …): one dead letter."""
-    dead_letter = InputItem(location, raw, rejection).dead_letter(source, received_at)
-    assert dead_letter is not None
-    return Plan([], [(dead_letter, rejection.patient_id)], 0)
+# --- counting one answered input -----------------------------------------------------------------
 
 
 def count_plan(metrics: ListenerMetrics | None, plan: Plan, adapter: str) -> None:
     """Count a published input: results by analyte and outcome, rejections by reason, dead
-    letters by adapter (``mllp``/``fhir``). Call only once the records are acknowledged, so a
-    resend after a broker outage is not counted twice."""
+    letters by adapter (``mllp``/``fhir``), code/unit mismatches. Call only once the records
+    are acknowledged, so a resend after a broker outage is not counted twice."""
     if metrics is None:
         return
-    for result in plan.results:
-        analyte = result.analyte.value if result.analyte else UNKNOWN_ANALYTE
-        metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc()
-    if plan.results:
+    for analyte, count in plan.accepted.items():
+        metrics.results.labels(analyte, Outcome.ACCEPTED.value).inc(count)
+    if plan.accepted:
         metrics.last_result_timestamp.set_to_current_time()
     if plan.unmapped:
         metrics.results.labels(UNKNOWN_ANALYTE, Outcome.UNMAPPED.value).inc(plan.unmapped)
-    for dead_letter, _ in plan.dead_letters:
-        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.REJECTED.value).inc()
-        metrics.rejected.labels(dead_letter.reason.value).inc()
-        metrics.deadletters.labels(adapter).inc()
+    for reason, count in plan.reasons.items():
+        metrics.results.labels(UNKNOWN_ANALYTE, Outcome.REJECTED.value).inc(count)
+        metrics.rejected.labels(reason).inc(count)
+        metrics.deadletters.labels(adapter).inc(count)
+    for analyte, count in plan.mismatched.items():
+        metrics.code_unit_mismatch.labels(analyte).inc(count)
 
 
 # --- plumbing shared by the listener commands -----------------------------------------------------
-
-ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
-
-
-def load_feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
-    """A feed configuration (``Hl7Config``/``FhirConfig`` fields) from a TOML file; defaults
-    without one. Raises ``ValueError`` with a one-line explanation."""
-    if path is None:
-        return model()
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read feed config {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"feed config {path} is not TOML: {exc}") from exc
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        raise ValueError(f"feed config {path}: {where}: {error['msg']}") from exc
 
 
 async def wait_for_signal() -> None:
@@ -413,12 +429,27 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
+#: Topics a listener writes, as ``topic`` label values (the roles, not the configured names).
+LISTENER_TOPICS: Final = ("carwatch.inbound", "carwatch.labs")
+
+
+def export_listener_series(metrics: ListenerMetrics, listener: str) -> None:
+    """Export the labelled series a dashboard or alert rule selects from the start, at 0: a
+    counter that was never incremented is not scraped at all, and "no failures yet" must read
+    as 0, not as a missing series."""
+    for topic in LISTENER_TOPICS:
+        metrics.publish_failures.labels(listener, topic)
+    for analyte in (Analyte.CD19_PCT, Analyte.CD19_ABS):
+        metrics.code_unit_mismatch.labels(analyte.value)
+
+
 def listener_metrics(
     process: Process, port: int | None, ready: Callable[[str], None] | None = None
 ) -> ListenerMetrics:
     """A listener's metrics in their own registry, served where ``Settings.metrics_address``
     says (``port`` from the command line, else ``CARWATCH_METRICS_*``, else its own port)."""
     metrics = ListenerMetrics()
+    export_listener_series(metrics, "mllp" if process is MLLP else "fhir")
     try:
         host, port = Settings().metrics_address(process.metrics_port, port)
         bound = serve_metrics(metrics.registry, host, port)
@@ -429,15 +460,25 @@ def listener_metrics(
     return metrics
 
 
-def make_publisher(
-    broker_url: str | None, labs_topic: str | None, deadletter_topic: str | None, timeout_s: float
-) -> LabPublisher:
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """The Kafka options of a listener command (``None``: from ``CARWATCH_*``)."""
+
+    broker_url: str | None
+    labs_topic: str | None
+    deadletter_topic: str | None
+    inbound_topic: str | None
+    publish_timeout: float
+
+
+def make_publisher(kafka: KafkaOptions) -> LabPublisher:
     try:
         return LabPublisher(
-            broker_url,
-            labs_topic=labs_topic,
-            deadletter_topic=deadletter_topic,
-            timeout_s=timeout_s,
+            kafka.broker_url,
+            labs_topic=kafka.labs_topic,
+            deadletter_topic=kafka.deadletter_topic,
+            inbound_topic=kafka.inbound_topic,
+            timeout_s=kafka.publish_timeout,
         )
     except ValueError as exc:
         raise ListenerSetupError(str(exc)) from exc
@@ -445,16 +486,13 @@ def make_publisher(
 
 def prepare_listener(
     process: Process,
-    broker_url: str | None,
-    labs_topic: str | None,
-    deadletter_topic: str | None,
-    publish_timeout: float,
+    kafka: KafkaOptions,
     metrics_port: int | None,
     log_level: str,
     ready: Callable[[str], None] | None = None,
 ) -> tuple[LabPublisher, ListenerMetrics]:
     """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
-    publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
+    publisher = make_publisher(kafka)
     configure_logging(log_level)
     return publisher, listener_metrics(process, metrics_port, ready)
 
@@ -467,7 +505,7 @@ def serve(listener: Coroutine[Any, Any, None], host: str, port: int) -> None:
         raise ListenerSetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def feed_config(path: str | None, model: type[ConfigModel]) -> ConfigModel:
+def feed_config(path: str | None, model: type[Config]) -> Config:
     try:
         return load_feed_config(path, model)
     except ValueError as exc:

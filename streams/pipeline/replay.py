@@ -28,6 +28,8 @@ class ReplayCounts:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     rejected: Counter[RejectReason] = field(default_factory=Counter)
     alert_events: int = 0
+    #: accepted CD19 results whose code named the other CD19 analyte (resolved by the unit)
+    code_unit_mismatch: int = 0
 
     def summary(self) -> str:
         reasons = ", ".join(f"{r.value}={n}" for r, n in sorted(self.rejected.items()))
@@ -39,7 +41,7 @@ class ReplayCounts:
             f"duplicates {o[Outcome.DUPLICATE]}, superseded {o[Outcome.SUPERSEDED]}, "
             f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, "
             f"not monitored {o[Outcome.NOT_MONITORED]}, outside window {o[Outcome.OUTSIDE_WINDOW]}, "
-            f"alert events {self.alert_events}"
+            f"code/unit mismatches {self.code_unit_mismatch}, alert events {self.alert_events}"
         )
 
 
@@ -54,6 +56,8 @@ class Replay:
     on_ignored: Callable[[InputItem, Outcome], None] = lambda item, outcome: None
     states: dict[str, PatientState] = field(default_factory=dict)
     counts: ReplayCounts = field(default_factory=ReplayCounts)
+    #: called for results accepted under the other CD19 analyte than their code named
+    on_mismatch: Callable[[InputItem], None] = lambda item: None
 
     def feed(self, items: Iterable[InputItem]) -> None:
         """Apply items in order. Consecutive records of one patient are applied together
@@ -71,6 +75,9 @@ class Replay:
             if isinstance(outcome, Unmapped):
                 self.counts.outcomes[Outcome.UNMAPPED] += 1
                 continue
+            if item.mismatch:
+                self.counts.code_unit_mismatch += 1
+                self.on_mismatch(item)
             if run and run[0][1].patient_id != outcome.patient_id:
                 self._apply(run)
                 run = []

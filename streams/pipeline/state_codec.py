@@ -106,6 +106,7 @@ def encode_state(state: PatientState) -> bytes:
                     g.kind,
                     timestamp(g.anchor),
                     timestamp(g.overdue_at),
+                    g.limit_days,
                     None if g.last_analyte is None else g.last_analyte.value,
                     None if g.last is None else result_row(g.last),
                 ]
@@ -162,12 +163,13 @@ def _decode(document: dict[str, Any]) -> PatientState:
     state.cut = None if document["k"] is None else instant(document["k"])
     state.carries = {RuleName(rule): carry for rule, carry in document["y"].items()}
     for row in document["g"]:
-        kind, anchor, overdue, analyte, last = _pad(row, 5)
+        kind, anchor, overdue, limit, analyte, last = _pad(row, 6)
         state.gaps.append(
             GapRecord(
                 kind=kind,
                 anchor=instant(anchor),
                 overdue_at=instant(overdue),
+                limit_days=limit,
                 last=None if last is None else result_from_row(last),
                 last_analyte=None if analyte is None else Analyte(analyte),
             )

@@ -58,10 +58,12 @@ def _ensure(settings: Settings, names: list[str], partitions: int) -> dict[str, 
         existing = _partition_counts(admin, names)
         missing = [name for name in names if name not in existing]
         if missing:
+            configs = settings.topic_configs
             spec = {
                 name: {
                     "num_partitions": partitions,
                     "replication_factor": settings.replication_factor,
+                    **({"configs": configs[name]} if name in configs else {}),
                 }
                 for name in missing
             }

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class UiSettings(BaseSettings):
+    """Clinician web (``carwatch web``, and the database ``carwatch alerts ack`` writes to)."""
+
     model_config = SettingsConfigDict(env_prefix="CARWATCH_UI_", extra="ignore", frozen=True)
 
     #: address of the clinician pages (they show PHI: loopback unless a proxy needs more)

@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -42,20 +43,25 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def require_java() -> None:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         message = "java is missing: the integration tests run a real Kafka broker (Java 17+)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
+
+
+@contextmanager
+def running_broker(port: int, controller: int, state: Path, **extra: str) -> Iterator[Broker]:
+    """scripts/broker.sh up on these ports and state dir (``extra``: its other settings), and
+    down afterwards."""
     env = {
         **os.environ,
         "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(port + 1),
-        "CARWATCH_STATE_DIR": str(tmp_path_factory.mktemp("kafka")),
+        "CARWATCH_KAFKA_CONTROLLER_PORT": str(controller),
+        "CARWATCH_STATE_DIR": str(state),
         "CARWATCH_PARTITIONS": str(PARTITIONS),
+        **extra,
     }
     script = str(REPO / "scripts" / "broker.sh")
     up = subprocess.run(
@@ -69,10 +75,29 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=90)
 
 
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    require_java()
+    port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
+    with running_broker(port, port + 1, tmp_path_factory.mktemp("kafka")) as started:
+        yield started
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the metrics a process serves on 127.0.0.1:port (``None``: not there)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -163,6 +188,10 @@ class Pipeline:
     @property
     def deadletter(self) -> str:
         return f"{self.name}.deadletter"
+
+    @property
+    def inbound(self) -> str:
+        return f"{self.name}.inbound"
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -295,8 +324,8 @@ def pipeline(broker: Broker, tmp_path: Path) -> Iterator[Pipeline]:
 
     p = Pipeline(broker, tmp_path)
     ensure_topics(
-        Settings(broker_url=broker.url),
-        (p.labs, p.clinical, p.alerts, p.deadletter),
+        Settings(broker_url=broker.url, inbound_topic=p.inbound),
+        (p.labs, p.clinical, p.alerts, p.deadletter, p.inbound),
         partitions=PARTITIONS,
     )
     try:

@@ -190,9 +190,9 @@ def _finding(
         severity=severity,
         raised_at=raised_at,
         resolved_at=None if ended is None else ended.at,
-        signature=("special" if special else severity.value)
-        + "|"
-        + "|".join(name for name, _ in bases),
+        # the level of advice, not its bases: a second basis joining a warning is announced by
+        # its own alert (bca_loss, mrd_positive), and repeating it here would only add noise
+        signature="special" if special else severity.value,
         texts=texts,
         evidence=tuple(evidence),
         references=REFERENCES,

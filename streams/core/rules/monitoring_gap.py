@@ -6,17 +6,17 @@ gaps: the wall clock is not history, so each gap a tick sees is recorded in the 
 
 Three kinds of gap, each info:
 - ``cd19``: no CD19 result (% or absolute) for more than 35 days -- a difference of day numbers --
-  counted from the later of day 0 and the last CD19 result, while that anchor is in the first
-  year (day ≤ 365), 90 days after;
+  counted from the later of day 0 and the last CD19 result, in the first year (the tick's day ≤
+  365), 90 days after (decision: the schedule of the time the silence is judged at);
 - ``igg``: likewise for IgG, 60 days in the first year, 90 after;
 - ``anc``: an open neutropenia episode (``prolonged_neutropenia``'s accumulator) with no ANC for
   more than 7 days.
 
 A gap resolves only when the missing analyte arrives: a result of that kind collected after the
 anchor, late or not. A result of another analyte never touches it. The gap is raised at the start
-of the first day past its limit (its ``event_time``). Decisions: ``end_of_follow_up`` resolves
-every gap and stops the rule; ``hct_performed`` and ``relapse`` do so for CD19 gaps only (B-cell
-monitoring of the CAR T-cells is over; IgG and ANC monitoring go on).
+of the first day past its limit (its ``event_time``). ``end_of_follow_up`` resolves every gap and
+stops the rule; after ``hct_performed`` or ``relapse`` the patient is still in follow-up and
+gaps go on, as the rules name the end of follow-up alone as stopping them.
 """
 
 from datetime import datetime
@@ -25,8 +25,6 @@ from typing import Any
 from schemas.vocab import Analyte, RuleName, Severity
 from streams.core.rules.base import (
     END_OF_FOLLOW_UP,
-    HCT_PERFORMED,
-    RELAPSE,
     Cite,
     Evaluation,
     Finding,
@@ -51,8 +49,10 @@ KIND_ANALYTES = {
     "anc": (Analyte.ANC,),
 }
 WHAT = {"cd19": "CD19 (B-cell) result", "igg": "IgG result", "anc": "ANC during open neutropenia"}
+#: only the end of follow-up stops gap monitoring (docs/clinical-spec.md section 0 names it for
+#: end_of_follow_up alone; after HCT or relapse the patient is still in follow-up)
 STOPS = {
-    "cd19": frozenset({HCT_PERFORMED, RELAPSE, END_OF_FOLLOW_UP}),
+    "cd19": frozenset({END_OF_FOLLOW_UP}),
     "igg": frozenset({END_OF_FOLLOW_UP}),
     "anc": frozenset({END_OF_FOLLOW_UP}),
 }
@@ -62,7 +62,7 @@ class MonitoringGapRule:
     name = RuleName.MONITORING_GAP
     reads = Reads(
         analytes=frozenset({Analyte.CD19_PCT, Analyte.CD19_ABS, Analyte.IGG, Analyte.ANC}),
-        events=frozenset({HCT_PERFORMED, RELAPSE, END_OF_FOLLOW_UP}),
+        events=frozenset({END_OF_FOLLOW_UP}),
         tick=True,
         settings=(
             "first_year_last_day",
@@ -93,13 +93,13 @@ class MonitoringGapRule:
             if anchor is None:
                 continue
             at, last, analyte = anchor
-            limit = _limit_days(ctx, kind, at)
+            limit = _limit_days(ctx, kind, now)
             if ctx.day(now) - ctx.day(at) <= limit:
                 continue
             if any(g.kind == kind and g.anchor == at for g in ctx.state.gaps):
                 continue
             overdue = ctx.start_of_day(ctx.day(at) + limit + 1)
-            ctx.state.gaps.append(GapRecord(kind, at, overdue, last, analyte))
+            ctx.state.gaps.append(GapRecord(kind, at, overdue, limit, last, analyte))
             added = True
         return added
 
@@ -153,11 +153,11 @@ def _anchor(
     return ctx.day0, None, None
 
 
-def _limit_days(ctx: RuleInput, kind: str, anchor: datetime) -> int:
+def _limit_days(ctx: RuleInput, kind: str, now: datetime) -> int:
     p = ctx.policy
     if kind == "anc":
         return p.anc_gap_days_open_neutropenia
-    first_year = ctx.day(anchor) <= p.first_year_last_day
+    first_year = ctx.day(now) <= p.first_year_last_day
     if kind == "cd19":
         return p.cd19_gap_days_first_year if first_year else p.cd19_gap_days_after
     return p.igg_gap_days_first_year if first_year else p.igg_gap_days_after
@@ -171,7 +171,7 @@ def _finding(
     arrived_analyte: Analyte | None,
     stopped: ClinicalEventRecord | None,
 ) -> Finding:
-    limit = _limit_days(ctx, gap.kind, gap.anchor)
+    limit = gap.limit_days
     evidence: list[Cite] = []
     if gap.last is not None and gap.last_analyte is not None:
         evidence.append(Cite(gap.last_analyte, gap.last, "last result before the gap"))

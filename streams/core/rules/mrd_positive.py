@@ -6,8 +6,9 @@ consolidative HCT with MRD positivity at any level after CAR T-cell infusion) an
 
 - Any detected MRD collected after day 0 (day ≥ 1), by flow cytometry, qPCR or NGS, at any level
   -- including "detected, below the limit of quantification" → critical. "Not detected" is never
-  read as 0: the ``detected`` flag decides, the value is only the level. A rising quantified
-  level is new evidence (``updated``), not a new alert.
+  read as 0: the ``detected`` flag decides, the value is only the level. A level above the
+  previous detected one (a level below the limit of quantification counts as none) is new
+  evidence (``updated``), not a new alert.
 - Resolved by a later MRD result reported not detected by an assay at least as sensitive as the
   most sensitive assay that detected the disease in this episode (rev. 2). An unknown
   sensitivity counts as 10⁻⁴ for flow and qPCR and 10⁻⁶ for NGS (policy
@@ -66,6 +67,8 @@ class MrdEpisode:
     required_method: MrdMethod | None
     #: the latest negative too insensitive to resolve (shown as context)
     insufficient: StoredResult | None = None
+    #: how often the level rose above the previous detected one (each rise is new evidence)
+    rises: int = 0
 
 
 @dataclass
@@ -160,6 +163,8 @@ def _result(ctx: RuleInput, acc: MrdAcc, result: StoredResult, out: list[Finding
                     [(Analyte.MRD, result, "first detected MRD after day 0")],
                 )
             return
+        if (result.value or 0.0) > (episode.latest.value or 0.0):
+            episode.rises += 1
         episode.latest = result
         if sens < episode.required:
             episode.required, episode.required_method = sens, result.method
@@ -240,7 +245,7 @@ def _finding(
             ),
         )
 
-    level = "detected" if peak is None else f"peak={peak.value!r}"
+    level = f"rises={episode.rises}"
     # the signature names the insufficient negative even once cleared: a resolution is not an
     # update of the evidence
     weak = episode.insufficient

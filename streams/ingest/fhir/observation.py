@@ -24,8 +24,10 @@ What is read, per Observation:
   when there is no coded unit (the HL7 spec's own examples send only ``unit``); either goes
   through the same unit whitelist (``streams.ingest.units``). A unit coded in another system
   (SNOMED CT ``258814008``) is ``unknown_unit``: we cannot read that code and will not trust
-  its display text instead. A ``comparator`` is a censored value → ``invalid_field`` (as in
-  HL7 v2). ``valueString`` and
+  its display text instead. A ``comparator`` (``<``, ``<=``, ``>=``, ``>``) is a censored value,
+  accepted with the limit as value and the comparator kept (clinical-rules.md 0); R4's ``ad``
+  ("sufficient to achieve") is no limit → ``invalid_field``. A value that is not a JSON number
+  (``"250"``) → ``invalid_value``, never coerced. ``valueString`` and
   ``valueCodeableConcept`` (SNOMED CT detected/not detected/positive/negative, else text) and
   ``valueBoolean`` carry qualitative MRD; ``valueInteger`` is a number without a unit (so
   ``unknown_unit``); other value types → ``invalid_field``. MRD ``method`` from
@@ -40,10 +42,14 @@ What is read, per Observation:
   status its sender does not know cannot be acted on, and must not vanish silently).
 - ``accession`` = ``identifier[0].value``, else the resource id; ``source`` =
   ``FhirConfig.source``, else ``meta.source``, else the first performer's display or reference.
-- Timestamps: FHIR requires an offset on every time; a date-time without one is invalid FHIR
-  and rejected ``naive_datetime``. A date alone (``2005-07-05``) is read as local midnight in
-  ``FhirConfig.default_timezone`` when the feed opts in, else ``naive_datetime``. Less than a
-  day (``2005-07``) or impossible values → ``invalid_timestamp``.
+- Timestamps (clinical-rules.md 0 "Feed time zones", rev. 2): FHIR requires an offset on every
+  time; a date-time with a time but without one is invalid FHIR and rejected
+  ``naive_datetime``. A date alone (``2005-07-05``, US Core's examples) is the start of that day
+  in the policy's ``timezone``. Less than a day (``2005-07``) or impossible values →
+  ``invalid_timestamp``.
+- Hostile input: the body is read by ``streams.ingest.jsonsafe`` (bounded nesting, no lone
+  surrogates, strict UTF-8); references are split, not matched with a regular expression (the
+  first release's pattern backtracked for minutes on a 1 MB ``subject.reference``).
 
 Documents: an Observation, or a Bundle of type ``collection``, ``batch``, ``transaction`` or
 ``searchset`` (entries are processed one by one, also in a transaction: each result is checked
@@ -65,9 +71,10 @@ from pydantic import ValidationError
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
-from schemas.vocab import Analyte, RejectReason, ResultStatus
+from schemas.vocab import Analyte, Comparator, RejectReason, ResultStatus
 from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.ingest.config import FeedConfig
+from streams.ingest.jsonsafe import load_json
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
 from streams.ingest.normalise import (
     SNOMED_FINDINGS,
@@ -76,6 +83,7 @@ from streams.ingest.normalise import (
     lab_result_from_fields,
     mrd_from_text,
     mrd_method_from_text,
+    result_item,
 )
 
 FhirItem = ResultItem
@@ -94,6 +102,7 @@ _STATUS: Final[dict[str, ResultStatus]] = {
     "cancelled": ResultStatus.CANCELLED,
     "entered-in-error": ResultStatus.CANCELLED,
 }
+_CENSORED: Final[dict[str, Comparator]] = {c.value: c for c in Comparator}
 _TIME_FIELDS: Final = frozenset(
     {"effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued"}
 )
@@ -150,18 +159,13 @@ def parse_fhir(
         )
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _load(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw.lstrip("\ufeff")
-        document = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise _DocumentError(RejectReason.MALFORMED_FHIR, f"not JSON: {exc}") from None
+        document = load_json(raw)
+    except ValueError as exc:
+        raise _DocumentError(RejectReason.MALFORMED_FHIR, str(exc)[:300]) from None
     if not isinstance(document, dict):
         raise _DocumentError(RejectReason.MALFORMED_FHIR, "a FHIR resource is a JSON object")
     return document
@@ -231,14 +235,35 @@ def _first(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"[:300]
 
 
-_REFERENCE_TAIL = re.compile(r"([A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_RESOURCE_TYPE = re.compile(r"^[A-Za-z]{1,64}$")
+#: Longest reference read; FHIR ids are at most 64 characters, URLs before them rarely 1 KB.
+MAX_REFERENCE_CHARS: Final = 2048
+
+
+def reference_tail(reference: str) -> str | None:
+    """``Type/id`` of a relative or absolute reference (``_history`` ignored), else ``None``.
+
+    Split on ``/`` from the right — linear — where the first release's regular expression
+    ``[A-Za-z]+/…$`` searched every start position (quadratic: minutes for 1 MB).
+    """
+    if len(reference) > MAX_REFERENCE_CHARS:
+        return None
+    parts = reference.rstrip("/").rsplit("/", 4)
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) < 2:
+        return None
+    kind, ident = parts[-2], parts[-1]
+    if _RESOURCE_TYPE.match(kind) is None or _RESOURCE_ID.match(ident) is None:
+        return None
+    return f"{kind}/{ident}"
 
 
 def _reference_key(reference: str) -> str:
     if reference.startswith("urn:"):
         return reference
-    match = _REFERENCE_TAIL.search(reference)
-    return match.group(1) if match else reference
+    return reference_tail(reference) or reference
 
 
 class _BundleIndex:
@@ -301,11 +326,11 @@ _FHIR_DATETIME = re.compile(
 )
 
 
-def parse_fhir_datetime(text: Any, default_tz: tzinfo | None) -> datetime:
+def parse_fhir_datetime(text: Any, day_zone: tzinfo) -> datetime:
     """FHIR ``dateTime``/``instant`` → aware datetime; raises ``_Reject`` (see module docs)."""
     if not isinstance(text, str):
         raise _Reject(RejectReason.INVALID_TIMESTAMP, f"{text!r} is not a FHIR dateTime", None)
-    match = _FHIR_DATETIME.match(text.strip())
+    match = _FHIR_DATETIME.match(text.strip()) if len(text) <= 64 else None
     if match is None:
         raise _Reject(RejectReason.INVALID_TIMESTAMP, f"{text!r} is not a FHIR dateTime", None)
     year, month, day, hour, minute, second, fraction, offset = match.groups()
@@ -337,15 +362,7 @@ def parse_fhir_datetime(text: Any, default_tz: tzinfo | None) -> datetime:
         ) from None
     if zone is None and hour is not None:
         raise _Reject(RejectReason.NAIVE_DATETIME, f"{text!r} has a time but no UTC offset", None)
-    if zone is None:
-        zone = default_tz
-    if zone is None:
-        raise _Reject(
-            RejectReason.NAIVE_DATETIME,
-            f"{text!r} is a date without a time zone and the feed has no default_timezone",
-            None,
-        )
-    return moment.replace(tzinfo=zone)
+    return moment.replace(tzinfo=zone or day_zone)
 
 
 # --- one Observation ----------------------------------------------------------------------------
@@ -412,23 +429,19 @@ def _observation(
                         mapped_components.append((index, component, comp_code))
         if top.analyte is None and not mapped_components:
             return [ResultItem(entry.location, raw, _unmapped(top, resource.get("code")))]
-        _validate(resource, config)
+        _validate(resource, policy.tz)
     except _Reject as exc:
         rejection = Rejection.of(exc.reason, exc.message, exc.field_name, patient_id)
         return [ResultItem(entry.location, raw, rejection)]
     if not mapped_components:
-        return [
-            ResultItem(
-                entry.location,
-                raw,
-                _guarded(entry, resource, top, bundle, config, policy, patient_id),
-            )
-        ]
+        outcome = _guarded(entry, resource, top, bundle, config, policy, patient_id)
+        return [result_item(entry.location, raw, outcome, top.analyte)]
     return [
-        ResultItem(
+        result_item(
             f"{entry.location} component {index}",
             raw,
             _guarded(entry, component, code, bundle, config, policy, patient_id),
+            code.analyte,
         )
         for index, component, code in mapped_components
     ]
@@ -449,7 +462,7 @@ def _guarded(
         return Rejection.of(exc.reason, exc.message, exc.field_name, patient_id)
 
 
-def _validate(resource: dict[str, Any], config: FhirConfig) -> None:
+def _validate(resource: dict[str, Any], day_zone: tzinfo) -> None:
     try:
         Observation.model_validate(resource)
     except ValidationError as exc:
@@ -464,7 +477,7 @@ def _validate(resource: dict[str, Any], config: FhirConfig) -> None:
                 if isinstance(value, dict):
                     value = value.get(str(error["loc"][1])) if len(error["loc"]) > 1 else None
                 try:
-                    parse_fhir_datetime(value, config.tz)
+                    parse_fhir_datetime(value, day_zone)
                 except _Reject as time_error:
                     reason, message = time_error.reason, time_error.message
             details.append((reason, where, message))
@@ -517,9 +530,9 @@ def _patient_id(resource: dict[str, Any], bundle: _BundleIndex, config: FhirConf
                     "subject",
                 )
             return reference.split(":", 2)[2]
-        match = _REFERENCE_TAIL.search(reference)
-        if match and match.group(1).startswith("Patient/"):
-            return match.group(1).removeprefix("Patient/")
+        tail = reference_tail(reference)
+        if tail is not None and tail.startswith("Patient/"):
+            return tail.removeprefix("Patient/")
         raise _Reject(
             RejectReason.MISSING_PATIENT_ID,
             f"subject {reference[:80]!r} is not a Patient reference",
@@ -558,6 +571,7 @@ class _Value:
     unit: str | None = None
     detected: bool | None = None
     sensitivity: float | None = None
+    comparator: Comparator | None = None
 
 
 def _result(
@@ -595,9 +609,9 @@ def _result(
             "no collection time (effectiveDateTime / effectivePeriod.start)",
             "effective",
         )
-    collected_at = _time(effective, config, "effective")
+    collected_at = _time(effective, policy.tz, "effective")
     issued = resource.get("issued")
-    resulted_at = _time(issued, config, "issued") if issued is not None else None
+    resulted_at = _time(issued, policy.tz, "issued") if issued is not None else None
 
     cancelled = status is ResultStatus.CANCELLED
     try:
@@ -621,6 +635,7 @@ def _result(
         "patient_id": patient_id,
         "analyte": code.analyte,
         "value": value.value,
+        "comparator": value.comparator,
         "unit": value.unit,
         "collected_at": collected_at,
         "resulted_at": resulted_at,
@@ -637,6 +652,7 @@ def _result(
 
 _FIELDS: Final = {
     "value": "value[x]",
+    "comparator": "valueQuantity.comparator",
     "unit": "valueQuantity.code",
     "collected_at": "effective[x]",
     "resulted_at": "issued",
@@ -648,9 +664,9 @@ _FIELDS: Final = {
 }
 
 
-def _time(value: Any, config: FhirConfig, field_name: str) -> datetime:
+def _time(value: Any, day_zone: tzinfo, field_name: str) -> datetime:
     try:
-        return parse_fhir_datetime(value, config.tz)
+        return parse_fhir_datetime(value, day_zone)
     except _Reject as exc:
         raise _Reject(exc.reason, exc.message, field_name) from None
 
@@ -727,16 +743,21 @@ def _value(holder: dict[str, Any], analyte: Analyte) -> _Value:
 def _quantity(quantity: dict[str, Any]) -> _Value:
     comparator = quantity.get("comparator")
     number = quantity.get("value")
-    if comparator not in (None, "", "="):
+    censored = _CENSORED.get(comparator) if isinstance(comparator, str) else None
+    if comparator not in (None, "", "=") and censored is None:
         raise _Reject(
             RejectReason.INVALID_FIELD,
-            f"censored value {comparator}{number}: only exact values are accepted",
+            f"comparator {str(comparator)[:20]!r} is not a limit (<, <=, >=, >)",
             "valueQuantity.comparator",
         )
     if number is None:
         return _Value()
     if isinstance(number, bool) or not isinstance(number, int | float):
-        raise _Reject(RejectReason.INVALID_FIELD, "valueQuantity.value is not a number", "value")
+        raise _Reject(
+            RejectReason.INVALID_VALUE,
+            f"valueQuantity.value {str(number)[:40]!r} is not a JSON number",
+            "valueQuantity.value",
+        )
     system, code, text = quantity.get("system"), quantity.get("code"), quantity.get("unit")
     coded = isinstance(code, str) and bool(code.strip())
     if system not in (None, UCUM) and coded:
@@ -750,7 +771,7 @@ def _quantity(quantity: dict[str, Any]) -> _Value:
         unit = code
     elif isinstance(text, str) and text.strip():
         unit = text
-    return _Value(value=float(number), unit=unit)
+    return _Value(value=float(number), unit=unit, comparator=censored)
 
 
 def _mrd_text(text: str, field_name: str) -> _Value:

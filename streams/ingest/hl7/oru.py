@@ -5,10 +5,16 @@ data type, acknowledgments) and chapter 7 (observation reporting: OBR, OBX, tabl
 status). Later 2.x versions read the same way; 2.3/2.4 messages (``TS`` timestamps) work too.
 docs/feeds.md is the interface engineer's view of the same rules.
 
-The tokeniser is ours rather than python-hl7's parser: that one splits segments on ``\\r`` only,
-raises on malformed input and leaves escape sequences to the caller; here every input —
-arbitrary bytes included — yields a value (``Hl7Message``) and every failure is a ``Rejection``
-with a ``RejectReason``. python-hl7 remains the MLLP transport (``hl7.mllp``).
+The tokeniser, escapes and DTM parsing are ours rather than python-hl7's (``hl7.parse``,
+``Message.unescape``, ``hl7.parse_datetime``), which do not meet the requirements here:
+``hl7.parse`` splits segments on ``\\r`` only (real feeds send LF and CRLF) and raises on
+malformed input, where every input — arbitrary bytes included — must yield a value
+(``Hl7Message``) and every failure a ``Rejection`` with a ``RejectReason``; ``unescape`` expands
+``\\.sp<n>\\`` to *n* characters with no bound (``\\.sp999999999\\`` is a gigabyte) and logs
+the whole field on an unknown sequence (patient data in the log); ``parse_datetime`` has no
+notion of a feed's zone. Every step here is linear in the message size (a field of 40,000
+components, a value of 1 MB) and uses no regular expression with nested quantifiers.
+python-hl7 is the reference the tests compare this tokeniser with, and the MLLP client in them.
 
 What is read:
 
@@ -32,11 +38,12 @@ Decisions (safety first — a wrong value must never become an alert):
   (which may also name LOINC codes our table does not map, e.g. a site's MRD code). Both CWE
   triplets are read; codes that map to different analytes → ``invalid_field``
   (``streams.ingest.loinc.resolve_codes``, shared with FHIR).
-- Values: NM and SN ``=``/no comparator are exact. A comparator (``<15`` inside NM, SN
-  ``<^0.01``, ``>^4``, ``<=``, ``>=``, ``<>``) is a censored value, not a number: rejected as
-  ``invalid_field`` ("censored value") — the wire contract has no comparator, and reading "<100"
-  ANC as 100 or ">100000" ferritin as 100000 would change a grade. SN ranges and ratios are
-  rejected the same way. For MRD, send ST/CWE text ("not detected", "detected, not
+- Values: NM is text by nature and is parsed strictly: an optional comparator, then a decimal
+  number and nothing else (``12a``, ``1e3``, ``1,5`` → ``invalid_value``). SN ``=``/no comparator
+  is exact. A censored value (clinical-rules.md 0 "Censored values": ``<0.1`` inside NM, SN
+  ``<^0.1``, ``>^4``, ``<=``, ``>=``) is accepted with the limit as ``value`` and the comparator
+  kept (unit conversion applies to the limit). SN ``<>`` (not equal), ranges and ratios are not
+  one value: ``invalid_field``. For MRD, send ST/CWE text ("not detected", "detected, not
   quantifiable", "detected below LOQ", "positive", optionally "sensitivity 10^-4") or a number.
   ST/TX/FT text that is a plain number is accepted as NM; CWE/CE carry MRD only (SNOMED CT
   detected/not detected/positive/negative codes, else their text).
@@ -46,10 +53,11 @@ Decisions (safety first — a wrong value must never become an alert):
   stored preliminary on its own; the sender must resend the result as F). I (pending), O (order detail), N (not asked) and R (entered, not verified)
   are not results: ``Unmapped`` with the status in the reason, never an error. Missing →
   ``missing_field``; anything else → ``unknown_vocabulary``.
-- Timestamps (DTM ``YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]``): at least a date is required;
-  without an offset the time is read in ``Hl7Config.default_timezone`` when the feed opts in
-  (a date alone is then local midnight), else rejected ``naive_datetime`` (DESIGN.md: naive
-  timestamps are rejected). Impossible values (hour 26) → ``invalid_timestamp``. An unusable
+- Timestamps (DTM ``YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]``): at least a date is required.
+  Without an offset a time is the sending facility's local time, as HL7 v2 defines it
+  (clinical-rules.md 0 "Feed time zones", rev. 2): the offset of the message's MSH-7 when it has
+  one, else the feed's ``Hl7Config.default_timezone``, else the policy's ``timezone``; a date
+  alone is local midnight. Impossible values (hour 26) → ``invalid_timestamp``. An unusable
   *optional* report time rejects the result too: a feed that sends one wrong time field is
   configured wrongly and should hear about it.
 - Order of checks per OBX: the code first — an OBX that is not ours is ``Unmapped`` whatever
@@ -67,10 +75,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import field_validator
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
-from schemas.vocab import Analyte, RejectReason, ResultStatus
+from schemas.vocab import Analyte, Comparator, RejectReason, ResultStatus
 from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.ingest.config import FeedConfig
 from streams.ingest.loinc import SentCode, is_loinc_system, resolve_codes
@@ -81,6 +92,7 @@ from streams.ingest.normalise import (
     lab_result_from_fields,
     mrd_from_text,
     mrd_method_from_text,
+    result_item,
 )
 
 Hl7Item = ResultItem
@@ -91,9 +103,30 @@ PARSER_BUG: Final = "unexpected parser failure (a bug in carwatch, please report
 
 class Hl7Config(FeedConfig):
     """Settings of an HL7 v2 feed: ``assigning_authority`` picks the PID-3 identifier whose CX-4
-    matches it (else the first); the rest as ``FeedConfig``."""
+    matches it (else the first); ``default_timezone`` (IANA name) is the sending facility's zone
+    for timestamps without an offset when MSH-7 has none (default: the policy's ``timezone``);
+    the rest as ``FeedConfig``."""
 
     assigning_authority: str | None = None
+    default_timezone: str | None = None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    def zone(self, policy: Policy) -> tzinfo:
+        """The zone of local timestamps when MSH-7 carries no offset."""
+        return ZoneInfo(self.default_timezone) if self.default_timezone else policy.tz
+
+    def zone_name(self, policy: Policy) -> str:
+        """The zone ``zone`` returns, by name (the listener logs it at start)."""
+        return self.default_timezone or policy.timezone
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +271,10 @@ class _Fields:
         return self.text(comps[number - 1].split(self.enc.subcomponent)[0])
 
     def all_components(self, raw: str) -> tuple[str, ...]:
-        comps = tuple(self.text(c) for c in self.components(raw))
+        comps = [self.text(c) for c in self.components(raw)]
         while comps and not comps[-1]:
-            comps = comps[:-1]
-        return comps
+            comps.pop()  # linear: slicing off one at a time was quadratic in the components
+        return tuple(comps)
 
 
 class _MessageError(Exception):
@@ -342,7 +375,19 @@ class _TimeError:
     message: str
 
 
-def parse_dtm(text: str, default_tz: tzinfo | None) -> datetime | _TimeError:
+def dtm_offset(text: str) -> tzinfo | None:
+    """The UTC offset a DTM carries (MSH-7: the zone of the message's local times), if any."""
+    match = _DTM.match(text.strip())
+    if match is None or match.group(8) is None:
+        return None
+    offset = match.group(8)
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if hours > 23 or minutes >= 60:
+        return None
+    return timezone((-1 if offset[0] == "-" else 1) * timedelta(hours=hours, minutes=minutes))
+
+
+def parse_dtm(text: str, local_tz: tzinfo) -> datetime | _TimeError:
     """HL7 DTM/TS → aware datetime (see the module docstring for the rules)."""
     match = _DTM.match(text.strip())
     if match is None:
@@ -361,7 +406,7 @@ def parse_dtm(text: str, default_tz: tzinfo | None) -> datetime | _TimeError:
             int((fraction or "0").ljust(6, "0")),
             tzinfo=UTC,  # placeholder: validates the fields; the zone is decided below
         )
-        zone: tzinfo | None = default_tz
+        zone = local_tz
         if offset is not None:
             sign = -1 if offset[0] == "-" else 1
             hours, minutes = int(offset[1:3]), int(offset[3:5])
@@ -370,18 +415,14 @@ def parse_dtm(text: str, default_tz: tzinfo | None) -> datetime | _TimeError:
             zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
     except ValueError:
         return _TimeError(RejectReason.INVALID_TIMESTAMP, f"{text!r} is not a valid date/time")
-    if zone is None:
-        return _TimeError(
-            RejectReason.NAIVE_DATETIME,
-            f"{text!r} has no UTC offset and the feed has no default_timezone",
-        )
     return moment.replace(tzinfo=zone)
 
 
 # --- values -------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
-_COMPARATORS: Final = frozenset({"", "="})
+_NUMBER = re.compile(r"^(<=|>=|<>|<|>|=)? ?([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
+#: Comparators of a censored value (clinical-rules.md 0); "" and "=" mean exact.
+_CENSORED: Final[dict[str, Comparator]] = {c.value: c for c in Comparator}
 _STATUS: Final[dict[str, ResultStatus]] = {
     "F": ResultStatus.FINAL,
     "B": ResultStatus.FINAL,
@@ -413,6 +454,7 @@ class _Value:
     value: float | None = None
     detected: bool | None = None
     sensitivity: float | None = None
+    comparator: Comparator | None = None
 
 
 class _ValueError(Exception):
@@ -422,22 +464,20 @@ class _ValueError(Exception):
         self.message = message
 
 
-def _censored(text: str) -> _ValueError:
-    return _ValueError(
-        RejectReason.INVALID_FIELD,
-        f"censored value {text!r}: only exact values are accepted "
-        "(send the number; for MRD send a qualitative result)",
-    )
+def _number(text: str, comparator: str = "") -> _Value | None:
+    """A number, optionally censored (``<0.1``), from NM-like text; ``None`` if it is not one.
 
-
-def _number(text: str) -> float | None:
-    """Exact number from NM-like text; raises for a comparator; ``None`` if not a number."""
+    ``comparator`` is SN's first component (then ``text`` must not carry its own).
+    """
     match = _NUMBER.match(text.strip())
-    if match is None:
+    if match is None or (comparator and match.group(1)):
         return None
-    if (match.group(1) or "") not in _COMPARATORS:
-        raise _censored(text)
-    return float(match.group(2))
+    sign = comparator or match.group(1) or ""
+    if sign == "<>":
+        raise _ValueError(
+            RejectReason.INVALID_FIELD, f"value {sign}{match.group(2)} (not equal) is not one value"
+        )
+    return _Value(value=float(match.group(2)), comparator=_CENSORED.get(sign))
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -448,6 +488,8 @@ class _Context:
     patient_id: str
     source: str | None
     control_id: str | None
+    #: zone of timestamps without an offset: MSH-7's offset, else the feed's, else the policy's
+    zone: tzinfo
     obr: _Segment | None = None
 
 
@@ -514,6 +556,7 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
         or fields.component(msh.field(3), 2)
         or None
     )
+    zone = dtm_offset(fields.component(msh.field(7), 1)) or config.zone(policy)
     items: list[ResultItem] = []
     context: _Context | None = None
     obx_number = 0
@@ -521,7 +564,7 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
         if segment.name == "PID":
             patient_id = _patient_id(segment, fields, config.assigning_authority)
             assert patient_id is not None  # checked above
-            context = _Context(patient_id, source, control_id)
+            context = _Context(patient_id, source, control_id, zone)
         elif segment.name == "OBR" and context is not None:
             context.obr = segment
         elif segment.name == "OBX":
@@ -531,9 +574,10 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
                 outcome: LabResult | Rejection | Unmapped = Rejection.of(
                     RejectReason.MALFORMED_HL7, "OBX before any PID segment", "PID"
                 )
+                claimed = None
             else:
-                outcome = _observation(segment, context, fields, config, policy)
-            items.append(ResultItem(location, segment.raw, outcome))
+                outcome, claimed = _observation(segment, context, fields, config, policy)
+            items.append(result_item(location, segment.raw, outcome, claimed))
     return Hl7Message(control_id, None, items, header)
 
 
@@ -589,13 +633,25 @@ def _identify(obx: _Segment, fields: _Fields, config: Hl7Config) -> _Code | Reje
 
 def _observation(
     obx: _Segment, context: _Context, fields: _Fields, config: Hl7Config, policy: Policy
+) -> tuple[LabResult | Rejection | Unmapped, Analyte | None]:
+    """The OBX's outcome and the analyte its code names (which a CD19 unit may overrule)."""
+    code = _identify(obx, fields, config)
+    if isinstance(code, Rejection):
+        return Rejection(code.details, context.patient_id), None
+    if isinstance(code, Unmapped):
+        return code, None
+    return _coded_observation(obx, code, context, fields, config, policy), code.analyte
+
+
+def _coded_observation(
+    obx: _Segment,
+    code: _Code,
+    context: _Context,
+    fields: _Fields,
+    config: Hl7Config,
+    policy: Policy,
 ) -> LabResult | Rejection | Unmapped:
     patient_id = context.patient_id
-    code = _identify(obx, fields, config)
-    if not isinstance(code, _Code):
-        if isinstance(code, Rejection):
-            return Rejection(code.details, patient_id)
-        return code
 
     def reject(reason: RejectReason, message: str, field_name: str) -> Rejection:
         return Rejection.of(reason, message, field_name, patient_id)
@@ -640,7 +696,7 @@ def _observation(
                 )
             times[key] = None
             continue
-        moment = parse_dtm(text, config.tz)
+        moment = parse_dtm(text, context.zone)
         if isinstance(moment, _TimeError):
             return reject(moment.reason, moment.message, field_name)
         times[key] = moment
@@ -673,6 +729,7 @@ def _observation(
         "patient_id": patient_id,
         "analyte": code.analyte,
         "value": value.value,
+        "comparator": value.comparator,
         "unit": unit,
         "collected_at": times["collected_at"],
         "resulted_at": times["resulted_at"],
@@ -689,6 +746,7 @@ def _observation(
 
 _WIRE_TO_HL7: Final = {
     "value": "OBX-5",
+    "comparator": "OBX-5",
     "unit": "OBX-6",
     "status": "OBX-11",
     "collected_at": "OBX-14",
@@ -714,15 +772,15 @@ def _value(obx: _Segment, fields: _Fields, analyte: Analyte) -> _Value:
         text = fields.text(raw)
         number = _number(text)
         if number is None:
-            raise _ValueError(RejectReason.INVALID_FIELD, f"NM value {text!r} is not a number")
-        return _Value(value=number)
+            raise _ValueError(RejectReason.INVALID_VALUE, f"NM value {text[:60]!r} is not a number")
+        return number
     if value_type == "SN":
         return _structured_numeric(raw, fields, analyte)
     if value_type in _TEXT_TYPES:
         text = fields.text(raw)
         number = _number(text)
         if number is not None:
-            return _Value(value=number)
+            return number
         return _qualitative(text, analyte)
     if value_type in _CODED_TYPES and analyte is Analyte.MRD:
         comps = [fields.text(c) for c in raw.split(fields.enc.component)]
@@ -749,13 +807,13 @@ def _structured_numeric(raw: str, fields: _Fields, analyte: Analyte) -> _Value:
             f"SN value {fields.text(raw)!r} is a range or ratio, not one number",
         )
     if comparator not in {"", "=", "<", ">", "<=", ">=", "<>"}:
-        raise _ValueError(RejectReason.INVALID_FIELD, f"SN comparator {comparator!r} is not valid")
-    if comparator not in _COMPARATORS:
-        raise _censored(f"{comparator}{first}")
-    number = _number(first)
+        raise _ValueError(
+            RejectReason.INVALID_FIELD, f"SN comparator {comparator[:20]!r} is not valid"
+        )
+    number = _number(first, comparator)
     if number is None:
-        raise _ValueError(RejectReason.INVALID_FIELD, f"SN value {first!r} is not a number")
-    return _Value(value=number)
+        raise _ValueError(RejectReason.INVALID_VALUE, f"SN value {first[:60]!r} is not a number")
+    return number
 
 
 def _qualitative(text: str, analyte: Analyte) -> _Value:

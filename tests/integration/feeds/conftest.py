@@ -4,7 +4,7 @@ tests/integration/conftest.py): this test's topics, a bounded consumer, feed con
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaConsumer
 from schemas.vocab import Analyte, MrdMethod
 from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.hl7.oru import Hl7Config
+from streams.listeners.pool import ParsePool
+from streams.listeners.publisher import LabPublisher
 
 LOCAL_CODES = {"MRD-FLOW": Analyte.MRD, "MRD-NGS": Analyte.MRD, "MRD-PCR": Analyte.MRD}
 MRD_METHODS = {"MRD-NGS": MrdMethod.NGS}
@@ -27,6 +29,16 @@ class Topics:
     bootstrap: str
     labs: str
     deadletter: str
+    inbound: str
+
+    def publisher(self, timeout_s: float = 10) -> LabPublisher:
+        return LabPublisher(
+            self.bootstrap,
+            labs_topic=self.labs,
+            deadletter_topic=self.deadletter,
+            inbound_topic=self.inbound,
+            timeout_s=timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -35,13 +47,14 @@ class Record:
     value: bytes
     partition: int
     offset: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @pytest.fixture
 def topics(pipeline: Any) -> Topics:
     """This test's own labs and dead-letter topics (created by the ``pipeline`` fixture of
     tests/integration/conftest.py on the session broker)."""
-    return Topics(pipeline.broker.bootstrap, pipeline.labs, pipeline.deadletter)
+    return Topics(pipeline.broker.bootstrap, pipeline.labs, pipeline.deadletter, pipeline.inbound)
 
 
 async def consume_records(
@@ -67,7 +80,9 @@ async def consume_records(
         async def fetch() -> None:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for batch in batches.values():
-                records.extend(Record(m.key, m.value, m.partition, m.offset) for m in batch)
+                records.extend(
+                    Record(m.key, m.value, m.partition, m.offset, tuple(m.headers)) for m in batch
+                )
 
         while not consumer.assignment() and loop.time() < deadline:
             await fetch()
@@ -112,3 +127,13 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def thread_pool() -> AsyncIterator[ParsePool]:
+    """A parse pool of threads (starts at once); the commands and the latency tests use
+    processes, as production does."""
+    pool = ParsePool(2, mode="thread")
+    await pool.start()
+    yield pool
+    await pool.close()

@@ -21,7 +21,9 @@ from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.hl7.oru import Hl7Config
 from streams.listeners.fhir_gateway import FhirGateway
 from streams.listeners.mllp import MllpListener, MllpService
+from streams.listeners.pool import ParsePool
 from streams.listeners.publisher import LabPublisher
+from tests.integration.conftest import free_port, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +43,11 @@ async def serve(gateway: FhirGateway) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def gateway_url(topics: Any, fhir_config: FhirConfig) -> AsyncIterator[str]:
-    publisher = LabPublisher(
-        topics.bootstrap, labs_topic=topics.labs, deadletter_topic=topics.deadletter, timeout_s=10
-    )
-    async with publisher:
-        runner, url = await serve(FhirGateway(publisher, fhir_config))
+async def gateway_url(
+    topics: Any, fhir_config: FhirConfig, thread_pool: ParsePool
+) -> AsyncIterator[str]:
+    async with topics.publisher() as publisher:
+        runner, url = await serve(FhirGateway(publisher, thread_pool, fhir_config))
         try:
             yield url
         finally:
@@ -62,14 +63,11 @@ async def post(url: str, document: Any) -> tuple[int, dict[str, Any]]:
 
 
 async def test_a_bundle_yields_the_same_lab_results_as_the_hl7_message(
-    topics: Any, consume: Any, gateway_url: str, hl7_config: Hl7Config
+    topics: Any, consume: Any, gateway_url: str, hl7_config: Hl7Config, thread_pool: ParsePool
 ) -> None:
     """tests/data/fhir/full_panel.json and tests/data/hl7/full_panel.hl7 are one panel."""
-    publisher = LabPublisher(
-        topics.bootstrap, labs_topic=topics.labs, deadletter_topic=topics.deadletter
-    )
-    async with publisher:
-        listener = MllpListener(MllpService(publisher, hl7_config), port=0)
+    async with topics.publisher() as publisher:
+        listener = MllpListener(MllpService(publisher, thread_pool, hl7_config), port=0)
         await listener.start()
         try:
 
@@ -145,11 +143,11 @@ async def test_not_json_is_400_and_dead_lettered(
 
 
 async def test_broker_unreachable_is_503_never_2xx(
-    closed_port: int, fhir_config: FhirConfig
+    closed_port: int, fhir_config: FhirConfig, thread_pool: ParsePool
 ) -> None:
     publisher = LabPublisher(f"kafka://127.0.0.1:{closed_port}", timeout_s=2)
     async with publisher:
-        runner, url = await serve(FhirGateway(publisher, fhir_config))
+        runner, url = await serve(FhirGateway(publisher, thread_pool, fhir_config))
         try:
             answers = [
                 await post(f"{url}/fhir", json.loads((DATA / "fhir/full_panel.json").read_text())),
@@ -168,6 +166,7 @@ async def test_broker_unreachable_is_503_never_2xx(
 async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_path: Path) -> None:
     """The real command in a subprocess: 201 once Kafka has the result; stops on SIGTERM."""
     log = tmp_path / "gateway.log"
+    metrics_port = free_port()
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [
@@ -185,6 +184,10 @@ async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_
                 topics.labs,
                 "--deadletter-topic",
                 topics.deadletter,
+                "--inbound-topic",
+                topics.inbound,
+                "--metrics-port",
+                str(metrics_port),
             ],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -198,6 +201,9 @@ async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_
         )
         assert status == 201
         assert len(await consume(topics.labs, 1)) == 1
+        labels = {"listener": "fhir", "code": "201"}
+        assert scrape(metrics_port, "carwatch_listener_messages_total", labels) == 1
+        assert scrape(metrics_port, "carwatch_inbound_messages_total", {"listener": "fhir"}) == 1
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(process.wait), 30) == 0
     finally:

@@ -24,7 +24,9 @@ from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason, ResultStatus
 from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.listeners.mllp import BROKER_DOWN_TEXT, MllpListener, MllpService
+from streams.listeners.pool import ParsePool
 from streams.listeners.publisher import LabPublisher
+from tests.integration.conftest import free_port, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +71,11 @@ async def send_async(port: int, *messages: bytes) -> list[bytes]:
 
 
 @pytest.fixture
-async def listener(topics: Any, hl7_config: Hl7Config) -> AsyncIterator[MllpListener]:
-    publisher = LabPublisher(
-        topics.bootstrap, labs_topic=topics.labs, deadletter_topic=topics.deadletter, timeout_s=10
-    )
-    async with publisher:
-        server = MllpListener(MllpService(publisher, hl7_config), port=0)
+async def listener(
+    topics: Any, hl7_config: Hl7Config, thread_pool: ParsePool
+) -> AsyncIterator[MllpListener]:
+    async with topics.publisher() as publisher:
+        server = MllpListener(MllpService(publisher, thread_pool, hl7_config), port=0)
         await server.start()
         yield server
         await server.close(grace_s=5)
@@ -102,15 +103,20 @@ async def test_rejected_results_are_ae_and_dead_lettered_with_reasons(
     code, control, text = msa(ack)
     assert (code, control) == ("AE", "MSG-REJ-0001")
     assert text.startswith(
-        "16 of 18 results rejected (2 accepted, 0 not monitored): OBX 1 unknown_unit"
+        "13 of 18 results rejected (5 accepted, 0 not monitored): OBX 1 unknown_unit"
     )
-    dead = [DeadLetter.model_validate_json(r.value) for r in await consume(topics.deadletter, 16)]
-    assert len(dead) == 16
-    rejected = [n for n in range(1, 19) if n not in (11, 12)]  # OBX 11 and 12 are fine
+    dead = [DeadLetter.model_validate_json(r.value) for r in await consume(topics.deadletter, 13)]
+    assert len(dead) == 13
+    # OBX 4 and 5 are censored (kept), 10 is local time, 11 and 12 are fine
+    rejected = [n for n in range(1, 19) if n not in (4, 5, 10, 11, 12)]
     assert {d.location for d in dead} == {f"message MSG-REJ-0001:OBX {n}" for n in rejected}
     assert {d.reason for d in dead} >= {RejectReason.UNKNOWN_UNIT, RejectReason.INVALID_FIELD}
     assert all(d.source == "mllp" and d.raw.startswith("OBX|") and d.details for d in dead)
-    assert len(await consume(topics.labs, 2)) == 2  # the good results are stored
+    assert len(await consume(topics.labs, 5)) == 5  # the good results are stored
+    # the whole message is in the message store, under the id the dead letters name
+    (stored,) = await consume(topics.inbound, 1)
+    assert stored.value == (DATA / "hl7/rejections.hl7").read_bytes()
+    assert {d.inbound for d in dead} == {dict(stored.headers)["carwatch-message-id"].decode()}
 
 
 async def test_unusable_messages_are_ar_and_dead_lettered(
@@ -169,10 +175,12 @@ async def test_ten_thousand_messages_on_one_connection_exactly_once(
     assert all(r.key == json.loads(r.value)["patient_id"].encode() for r in records)
 
 
-async def test_broker_unreachable_is_never_aa(closed_port: int, hl7_config: Hl7Config) -> None:
+async def test_broker_unreachable_is_never_aa(
+    closed_port: int, hl7_config: Hl7Config, thread_pool: ParsePool
+) -> None:
     publisher = LabPublisher(f"kafka://127.0.0.1:{closed_port}", timeout_s=2)
     async with publisher:
-        server = MllpListener(MllpService(publisher, hl7_config), port=0)
+        server = MllpListener(MllpService(publisher, thread_pool, hl7_config), port=0)
         await server.start()
         try:
             messages = [
@@ -192,11 +200,11 @@ async def test_broker_unreachable_is_never_aa(closed_port: int, hl7_config: Hl7C
 
 
 async def test_broker_unreachable_close_mode_hangs_up(
-    closed_port: int, hl7_config: Hl7Config
+    closed_port: int, hl7_config: Hl7Config, thread_pool: ParsePool
 ) -> None:
     publisher = LabPublisher(f"kafka://127.0.0.1:{closed_port}", timeout_s=2)
     async with publisher:
-        service = MllpService(publisher, hl7_config, broker_down="close")
+        service = MllpService(publisher, thread_pool, hl7_config, broker_down="close")
         server = MllpListener(service, port=0)
         await server.start()
         try:
@@ -278,6 +286,7 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
     feed = tmp_path / "feed.toml"
     feed.write_text('assigning_authority = "KIDS"\n')
     log = tmp_path / "mllp.log"
+    metrics_port = free_port()
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [
@@ -295,6 +304,10 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
                 topics.labs,
                 "--deadletter-topic",
                 topics.deadletter,
+                "--inbound-topic",
+                topics.inbound,
+                "--metrics-port",
+                str(metrics_port),
                 "--feed-config",
                 str(feed),
             ],
@@ -308,6 +321,9 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
         (ack,) = await send_async(port, oru("CLI-1", anc("0.42"), alc("300")))
         assert msa(ack)[:2] == ("AA", "CLI-1")
         assert len(await consume(topics.labs, 2)) == 2
+        labels = {"listener": "mllp", "code": "AA"}
+        assert scrape(metrics_port, "carwatch_listener_messages_total", labels) == 1
+        assert scrape(metrics_port, "carwatch_inbound_messages_total", {"listener": "mllp"}) == 1
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(process.wait), 30) == 0
     finally:

@@ -1,6 +1,7 @@
 """``carwatch replay``: scenario files give their expected alerts; bad input is reported, not fatal."""
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -180,15 +181,97 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
     assert "carwatch replay: records read 40000" in text
 
 
-def test_hl7_file_replays_and_feed_timezone_opts_in_to_offsetless_times(
+EXTERNAL = Path(__file__).parents[2] / "data" / "external"
+
+
+def test_hl7_local_times_need_no_option_and_feed_timezone_is_validated(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    hepatitis = Path(__file__).parents[2] / "data" / "external" / "hl7v2"
-    message = str(hepatitis / "cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7")
+    message = str(EXTERNAL / "hl7v2" / "cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7")
     assert main(["replay", message]) == 0
-    assert "naive_datetime" in capsys.readouterr().err
-    assert main(["replay", message, "--feed-timezone", "America/New_York"]) == 0
     err = capsys.readouterr().err
     assert "naive_datetime" not in err and "not enrolled 2" in err.splitlines()[-1]
+    assert main(["replay", message, "--feed-timezone", "America/New_York"]) == 0
+    assert "not enrolled 2" in capsys.readouterr().err.splitlines()[-1]
     assert main(["replay", message, "--feed-timezone", "Mars/Olympus"]) == 2
-    assert "not a known IANA time zone" in capsys.readouterr().err
+    assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in EXTERNAL.rglob("*") if p.suffix in (".hl7", ".json"))
+
+
+def test_the_corpus_patients_enrolled_get_their_mapped_results_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from schemas.lab_result import LabResult
+    from streams.core.policy import Policy
+    from streams.ingest.fhir.observation import FhirConfig
+    from streams.ingest.files import read_path
+    from streams.ingest.hl7.oru import Hl7Config
+
+    first: dict[str, datetime] = {}
+    mapped = 0
+    for path in corpus_files():
+        for item in read_path(path, Policy(), Hl7Config(), FhirConfig()):
+            if isinstance(item.outcome, LabResult):
+                mapped += 1
+                seen = first.get(item.outcome.patient_id, item.outcome.collected_at)
+                first[item.outcome.patient_id] = min(seen, item.outcome.collected_at)
+    assert len(first) >= 6 and mapped >= 30
+    infusions = tmp_path / "infusions.ndjson"
+    infusions.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "type": "infusion",
+                    "patient_id": patient,
+                    "infused_at": (at - timedelta(days=1)).isoformat(),
+                }
+            )
+            + "\n"
+            for patient, at in sorted(first.items())
+        )
+    )
+    files = [str(infusions), *map(str, corpus_files())]
+    assert main(["replay", *files]) == 0
+    err = capsys.readouterr().err
+    assert "naive_datetime" not in err
+    summary = err.splitlines()[-1]
+    assert f"accepted {len(first) + mapped}," in summary
+    assert "not enrolled 0," in summary
+    # the only rejection of the corpus: a hemoglobin sent in g/mL (implausible)
+    assert "rejected 1 (implausible_value=1)" in summary
+
+
+def test_feed_config_gives_the_listener_mapping_and_strict_gates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = (
+        "MSH|^~\\&|LIS|LAB|CW|H|20260105120000+0100||ORU^R01|C1|P|2.5.1\r"
+        "PID|1||P1^^^KIDS^MR\r"
+        "OBR|1||A1|X^X^L|||20260105080000\r"
+        "OBX|1|NM|CD19PCT^CD19 %^L||0.4|%|||||F\r"
+        "OBX|2|NM|8116-6^CD19 abs^LN||0.4|%|||||F\r"
+        "OBX|3|NM|751-8^ANC^LN||12a|/uL|||||F\r"
+    )
+    feed = tmp_path / "feed.hl7"
+    feed.write_text(message)
+    config = tmp_path / "kids.toml"
+    config.write_text('assigning_authority = "KIDS"\n[local_codes]\nCD19PCT = "cd19_pct"\n')
+    assert main(["replay", str(feed)]) == 0
+    assert "unmapped 1" in capsys.readouterr().err.splitlines()[-1]
+    assert main(["replay", str(feed), "--feed-config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "feed.hl7:message 1:OBX 2: note: code_unit_mismatch" in err
+    assert "OBX 3: rejected: invalid_value (OBX-5)" in err
+    assert "unmapped 0" in err.splitlines()[-1] and "code/unit mismatches 1" in err
+    assert main(["replay", str(feed), "--feed-config", str(config), "--strict"]) == 1
+    config.write_text("no_such_setting = 1\n")
+    assert main(["replay", str(feed), "--feed-config", str(config)]) == 2
+    assert "unknown setting 'no_such_setting'" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_strict_passes_clean_input(capsys: pytest.CaptureFixture[str]) -> None:
+    clean = SCENARIOS / "bca_early_loss.ndjson"
+    assert main(["replay", str(clean), "--strict"]) == 0

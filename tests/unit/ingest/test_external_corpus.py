@@ -8,6 +8,7 @@ reason; nothing crashes. The counts per file are concrete so that a change in be
 import hashlib
 import io
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
-from schemas.vocab import Analyte, RejectReason
+from schemas.vocab import Analyte, Comparator, RejectReason
 from streams.core.policy import Policy
 from streams.ingest.fhir.observation import FhirConfig, parse_fhir
 from streams.ingest.files import read_items
@@ -55,12 +56,14 @@ MANIFEST = {
 }
 
 ACCEPTED, UNMAPPED = "accepted", "unmapped"
-NAIVE, IMPLAUSIBLE = "rejected:naive_datetime", "rejected:implausible_value"
+IMPLAUSIBLE = "rejected:implausible_value"
 
-#: Outcomes per file without a default time zone (the safe default).
+#: Outcomes per file (clinical-rules.md 0 rev. 2: HL7 local times in MSH-7's offset, else the
+#: feed's zone, else the policy's; a FHIR date is a day of the policy's zone). No file has a
+#: naive_datetime reject.
 EXPECTED: dict[str, dict[str, int]] = {
-    # ALT 1742-6 and AST 1920-8 (SN ^200 / ^100 U/L) map, but OBR-7 has no UTC offset.
-    "hl7v2/cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7": {UNMAPPED: 101, NAIVE: 2},
+    # ALT 1742-6 and AST 1920-8 (SN ^200 / ^100 U/L); OBR-7 without an offset is local time.
+    "hl7v2/cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7": {UNMAPPED: 101, ACCEPTED: 2},
     # 5-character MSH-2, duplicate set ids, hour 26 in OBR-22: all MIC codes are not ours.
     "hl7v2/cdc-dex_arln_gc_exampleHL7Message.hl7": {UNMAPPED: 23},
     "hl7v2/cdc-reportstream_sample_oru_CDPH_NBS_20241021-001.hl7": {UNMAPPED: 18},
@@ -89,19 +92,11 @@ EXPECTED: dict[str, dict[str, int]] = {
         ACCEPTED: 15,
         UNMAPPED: 110,
     },
-    # effectiveDateTime "2005-07-05": a date without a zone.
-    "fhir/us-core_observation-cbc-hemoglobin.json": {NAIVE: 1},
-    "fhir/us-core_observation-cbc-leukocytes.json": {NAIVE: 1},
-    "fhir/us-core_observation-cbc-platelets.json": {NAIVE: 1},
-    "fhir/us-core_observation-serum-bun.json": {UNMAPPED: 1},  # UCUM system without code
-}
-
-#: What changes when the feed opts in to a default time zone.
-WITH_TIMEZONE = {
-    "hl7v2/cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7": {UNMAPPED: 101, ACCEPTED: 2},
+    # effectiveDateTime "2005-07-05": the start of that day in the policy's zone.
     "fhir/us-core_observation-cbc-hemoglobin.json": {ACCEPTED: 1},
     "fhir/us-core_observation-cbc-leukocytes.json": {ACCEPTED: 1},
     "fhir/us-core_observation-cbc-platelets.json": {ACCEPTED: 1},
+    "fhir/us-core_observation-serum-bun.json": {UNMAPPED: 1},  # UCUM system without code
 }
 
 
@@ -111,13 +106,14 @@ def kind(outcome: Any) -> str:
     return UNMAPPED if isinstance(outcome, Unmapped) else ACCEPTED
 
 
-def outcomes(name: str, zone: str | None = None) -> list[Any]:
+def outcomes(name: str, zone: str | None = None, policy_zone: str = "UTC") -> list[Any]:
     raw = (CORPUS / name).read_bytes()
+    policy = Policy(timezone=policy_zone)
     if name.startswith("hl7v2/"):
-        message = parse_oru(raw, Hl7Config(default_timezone=zone), Policy())
+        message = parse_oru(raw, Hl7Config(default_timezone=zone), policy)
         assert message.message_rejection is None, message.message_rejection
         return [item.outcome for item in message.items]
-    document = parse_fhir(raw, FhirConfig(default_timezone=zone), Policy())
+    document = parse_fhir(raw, FhirConfig(), policy)
     assert document.document_rejection is None, document.document_rejection
     return [item.outcome for item in document.items]
 
@@ -144,10 +140,37 @@ def test_outcomes_per_file(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_outcomes_per_file_with_a_default_timezone(name: str) -> None:
-    results = outcomes(name, "America/New_York")
-    expected = WITH_TIMEZONE.get(name, EXPECTED[name])
-    assert Counter(kind(r) for r in results) == Counter(expected)
+def test_outcomes_per_file_do_not_depend_on_the_zone(name: str) -> None:
+    results = outcomes(name, "America/New_York", policy_zone="Europe/Zurich")
+    assert Counter(kind(r) for r in results) == Counter(EXPECTED[name])
+
+
+def test_local_times_follow_msh7_then_the_feed_then_the_policy() -> None:
+    # MSH-7 20141225120030.1234-0500: OBR-7 without an offset is read at -05:00, whatever the
+    # feed's or the policy's zone.
+    name = "hl7v2/cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7"
+    for zone, policy_zone in ((None, "UTC"), ("Asia/Tokyo", "Europe/Zurich")):
+        found = [r for r in outcomes(name, zone, policy_zone) if isinstance(r, LabResult)]
+        assert {r.collected_at.utcoffset() for r in found} == {timedelta(hours=-5)}
+    # Simulated Hospital's MSH-7 has no offset: the feed's zone, else the policy's.
+    raw = (CORPUS / "hl7v2/google-hdh_simhosp_oru_r01_ex6.hl7").read_bytes()
+    raw = raw.replace(b"5.10|MMOLL", b"5.10|mg/L")  # potassium posing as CRP, for its times
+    codes = {"tt-0003-02": Analyte.CRP}
+    cases = ((None, "UTC", "UTC"), ("Europe/London", "UTC", "Europe/London"))
+    for zone, policy_zone, expected in (*cases, (None, "Europe/Zurich", "Europe/Zurich")):
+        config = Hl7Config(local_codes=codes, default_timezone=zone)
+        message = parse_oru(raw, config, Policy(timezone=policy_zone))
+        times = {i.outcome.collected_at for i in message.items if isinstance(i.outcome, LabResult)}
+        assert {str(t.tzinfo) for t in times} == {expected}
+        assert {t.replace(tzinfo=None).isoformat() for t in times} == {"2020-05-08T13:06:44"}
+
+
+def test_fhir_dates_are_the_start_of_the_day_in_the_policy_zone() -> None:
+    (result,) = outcomes(
+        "fhir/us-core_observation-cbc-hemoglobin.json", policy_zone="Europe/Zurich"
+    )
+    assert isinstance(result, LabResult)
+    assert result.collected_at.isoformat() == "2005-07-05T00:00:00+02:00"
 
 
 def test_every_file_is_covered() -> None:
@@ -192,7 +215,7 @@ def test_rmgead_loinc_name_in_the_system_field() -> None:
     assert "not LOINC-coded" in result.reason
 
 
-def test_hepatitis_liver_enzymes_with_a_default_timezone() -> None:
+def test_hepatitis_liver_enzymes() -> None:
     results = outcomes("hl7v2/cdc-dex_Hepatitis_V1_0_1_TM_TC02_HEP_B_ACUTE.hl7", "America/New_York")
     assert values(results) == {Analyte.ALT: [200], Analyte.AST: [100]}
 
@@ -229,8 +252,9 @@ def test_synthea_transaction_bundle() -> None:
 
 def test_site_mapped_corpus_codes_show_value_handling() -> None:
     # An artificial mapping (a site would never map eGFR or creatinine to CRP) that drives the
-    # Simulated Hospital values through the value rules: "<15" inside NM is censored, and
-    # "UMOLL" is no unit we know.
+    # Simulated Hospital values through the value rules: "<15" inside NM is censored (accepted
+    # with its comparator: eGFR is sent in mL/min, which CRP does not take), and "UMOLL" is no
+    # unit we know.
     config = Hl7Config(
         local_codes={"tt-0003-05": Analyte.CRP, "tt-0003-01": Analyte.CRP},
         default_timezone="Europe/London",
@@ -241,12 +265,14 @@ def test_site_mapped_corpus_codes_show_value_handling() -> None:
         UNMAPPED,
         UNMAPPED,
         UNMAPPED,
-        "rejected:invalid_field",
+        "rejected:unknown_unit",
         "rejected:unknown_unit",
     ]
-    censored = results[3]
-    assert isinstance(censored, Rejection)
-    assert "censored value '<15'" in censored.details[0].message
+    config = Hl7Config(local_codes={"tt-0003-05": Analyte.CRP}, default_timezone="Europe/London")
+    raw = raw.replace(b"MLMIN", b"mg/L")
+    censored = [item.outcome for item in parse_oru(raw, config).items][3]
+    assert isinstance(censored, LabResult)
+    assert (censored.comparator, censored.value) == (Comparator.LT, 15)
 
 
 def test_the_whole_corpus_through_read_items() -> None:

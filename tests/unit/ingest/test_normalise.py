@@ -1,5 +1,6 @@
 """normalise_lab_result (streams/ingest/normalise.py) and the MRD text forms."""
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -7,8 +8,9 @@ import pytest
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
-from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import Analyte, Comparator, MrdMethod, RejectReason, ResultStatus
 from streams.core.policy import Policy
+from streams.ingest.files import ndjson_outcome
 from streams.ingest.normalise import (
     Unmapped,
     mrd_from_text,
@@ -221,3 +223,65 @@ def test_sensitivity_needs_its_keyword() -> None:
 )
 def test_mrd_methods(text: str | None, method: MrdMethod | None) -> None:
     assert mrd_method_from_text(text) is method
+
+
+# --- CD19 by unit, censored values (issue 11) ------------------------------------------------
+
+
+def _cd19(**fields: object) -> dict[str, object]:
+    return {
+        "type": "lab_result",
+        "patient_id": "P1",
+        "collected_at": "2026-01-05T08:00:00Z",
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "analyte", "value", "mismatch"),
+    [
+        ({"loinc": "8117-4", "value": 4.2, "unit": "%"}, "cd19_pct", 4.2, False),
+        ({"loinc": "8116-6", "value": 4.2, "unit": "%"}, "cd19_pct", 4.2, True),
+        ({"loinc": "8117-4", "value": 12, "unit": "/uL"}, "cd19_abs", 12, True),
+        ({"loinc": "8116-6", "value": 0.012, "unit": "10*9/L"}, "cd19_abs", 12, False),
+        ({"analyte": "cd19_abs", "value": 0.5, "unit": "%"}, "cd19_pct", 0.5, True),
+        ({"analyte": "cd19_pct", "loinc": "8116-6", "value": 1, "unit": "%"}, "cd19_pct", 1, False),
+    ],
+)
+def test_cd19_is_resolved_by_the_unit_dimension(
+    fields: dict[str, object], analyte: str, value: float, mismatch: bool
+) -> None:
+    line = json.dumps(_cd19(**fields)).encode()
+    outcome, flagged = ndjson_outcome(line, Policy())
+    assert isinstance(outcome, LabResult)
+    assert (outcome.analyte, outcome.value, flagged) == (Analyte(analyte), value, mismatch)
+
+
+def test_cd19_with_a_unit_of_neither_kind_is_still_unknown_unit() -> None:
+    line = json.dumps(_cd19(loinc="8116-6", value=4, unit="g/L")).encode()
+    outcome, _ = ndjson_outcome(line, Policy())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is RejectReason.UNKNOWN_UNIT
+
+
+def test_censored_limit_is_converted_and_kept() -> None:
+    line = json.dumps(_cd19(analyte="igg", value=1.4, unit="g/L", comparator="<")).encode()
+    outcome, _ = ndjson_outcome(line, Policy())
+    assert isinstance(outcome, LabResult)
+    assert (outcome.comparator, outcome.value, outcome.unit) == (Comparator.LT, 140, "mg/dL")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type":["lab_result"]}',
+        b'{"type":"lab_result","patient_id":"\\ud800","analyte":"anc","value":1}',
+        b"[" * 50_000,
+        b'{"type":"lab_result","patient_id":"P1","analyte":"anc","value":"250","unit":"/uL",'
+        b'"collected_at":"2026-01-05T08:00:00Z"}',
+    ],
+)
+def test_hostile_ndjson_lines_are_rejections(line: bytes) -> None:
+    outcome, _ = ndjson_outcome(line, Policy())
+    assert isinstance(outcome, Rejection)
+    assert outcome.patient_id is None or outcome.patient_id.encode()

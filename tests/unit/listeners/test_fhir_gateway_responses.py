@@ -1,8 +1,10 @@
 """FHIR gateway (streams/listeners/fhir_gateway.py) over aiohttp's test server, fake publisher."""
 
+import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,34 +13,20 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from prometheus_client import CollectorRegistry
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
 from streams.ingest.fhir.observation import FhirConfig
-from streams.listeners.fhir_gateway import FhirGateway, expression_for
-from streams.listeners.publisher import BrokerUnavailable
+from streams.listeners.fhir_answers import expression_for
+from streams.listeners.fhir_gateway import FhirGateway
+from streams.listeners.pool import ParsePool
 from streams.metrics import ListenerMetrics
+from tests.unit.listeners.fakes import FakePublisher, thread_pool
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.fail = False
-        self.results: list[LabResult] = []
-        self.dead_letters: list[tuple[DeadLetter, str | None]] = []
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        if self.fail:
-            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is unavailable")
-        self.results += results
-        self.dead_letters += dead_letters
 
 
 def observation(**fields: Any) -> dict[str, Any]:
@@ -67,7 +55,12 @@ async def client(
     publisher = FakePublisher()
     metrics = ListenerMetrics(CollectorRegistry())
     gateway = FhirGateway(
-        publisher, fhir_config, metrics=metrics, clock=lambda: NOW, max_body_bytes=64 * 1024
+        publisher,
+        thread_pool(),
+        fhir_config,
+        metrics=metrics,
+        clock=lambda: NOW,
+        max_body_bytes=64 * 1024,
     )
     async with TestClient(TestServer(gateway.app())) as test_client:
         yield test_client, publisher, metrics
@@ -268,3 +261,152 @@ async def test_components_are_published_separately(client: Client) -> None:
     status, _ = await post(client, "/fhir/Observation", copy.deepcopy(panel))
     assert status == 201
     assert [r.analyte.value for r in client[1].results if r.analyte] == ["anc", "alc"]
+
+
+# --- issue 11: XML, negotiation, token, limits, hostile bodies, metrics ---------------------------
+
+
+def xml_of(resource: dict[str, Any]) -> bytes:
+    model = Bundle if resource["resourceType"] == "Bundle" else Observation
+    xml: bytes = model.model_validate(resource).model_dump_xml()
+    return xml
+
+
+async def test_fhir_xml_in_and_out(client: Client, data_dir: Path) -> None:
+    document = json.loads((data_dir / "fhir/full_panel.json").read_text())
+    response = await client[0].post(
+        "/fhir",
+        data=xml_of(document),
+        headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"},
+    )
+    assert response.status == 200 and response.content_type == "application/fhir+xml"
+    answer = OperationOutcome.model_validate_xml(await response.read())
+    assert answer.issue[0].diagnostics.startswith("18 result(s) stored")
+    assert len(client[1].results) == 18
+    from_json = client[1].results[:]
+    client[1].results.clear()
+    await post(client, "/fhir", document)
+    assert [r.model_dump() for r in client[1].results] == [r.model_dump() for r in from_json]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<Observation xmlns='http://hl7.org/fhir'><status value='final'/>",  # not well-formed
+        b"<!DOCTYPE x [<!ENTITY a 'aaaaaaaa'>]><Observation xmlns='http://hl7.org/fhir'/>",
+        b"<Patient xmlns='http://hl7.org/fhir'><id value='p'/></Patient>",
+        b"<Observation xmlns='http://hl7.org/fhir'><status value='nonsense'/></Observation>",
+    ],
+)
+async def test_bad_xml_is_400_and_dead_lettered(client: Client, body: bytes) -> None:
+    response = await client[0].post(
+        "/fhir/Observation", data=body, headers={"Content-Type": "application/fhir+xml"}
+    )
+    assert response.status == 400
+    ((dead, _),) = client[1].dead_letters
+    assert dead.reason is RejectReason.MALFORMED_FHIR
+
+
+async def test_format_follows_format_parameter_and_accept(client: Client) -> None:
+    for query, accept, expected in (
+        ("?_format=xml", "application/fhir+json", "application/fhir+xml"),
+        ("", "text/xml", "application/fhir+xml"),
+        ("", "*/*", "application/fhir+json"),
+    ):
+        response = await client[0].get(f"/fhir/metadata{query}", headers={"Accept": accept})
+        assert response.content_type == expected
+    response = await client[0].post(
+        "/fhir/Observation",
+        data=json.dumps(observation()),
+        headers={**FHIR, "Accept": "text/html"},
+    )
+    assert response.status == 406
+    assert client[1].results == []
+
+
+async def test_bearer_token(fhir_config: FhirConfig) -> None:
+    publisher = FakePublisher()
+    metrics = ListenerMetrics(CollectorRegistry())
+    gateway = FhirGateway(publisher, thread_pool(), fhir_config, metrics=metrics, token="s3cret")
+    async with TestClient(TestServer(gateway.app())) as test_client:
+        data = json.dumps(observation())
+        missing = await test_client.post("/fhir/Observation", data=data, headers=FHIR)
+        assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = {**FHIR, "Authorization": "Bearer guess"}
+        assert (await test_client.post("/fhir/Observation", data=data, headers=wrong)).status == 403
+        right = {**FHIR, "Authorization": "Bearer s3cret"}
+        assert (await test_client.post("/fhir/Observation", data=data, headers=right)).status == 201
+        assert (await test_client.get("/fhir/metadata")).status == 200  # public
+    assert len(publisher.results) == 1 and len(publisher.inbound) == 1
+    codes = {
+        code: metrics.registry.get_sample_value(
+            "carwatch_listener_messages_total", {"listener": "fhir", "code": code}
+        )
+        for code in ("401", "403", "201")
+    }
+    assert codes == {"401": 1, "403": 1, "201": 1}
+
+
+async def test_a_full_parse_pool_is_429(fhir_config: FhirConfig) -> None:
+    pool = ParsePool(1, mode="thread", queue=1)
+    publisher = FakePublisher()
+    gateway = FhirGateway(publisher, pool, fhir_config)
+    async with TestClient(TestServer(gateway.app())) as test_client:
+        busy = asyncio.ensure_future(pool.run(time.sleep, 1.0))  # holds the only slot
+        await asyncio.sleep(0.2)
+        response = await test_client.post(
+            "/fhir/Observation", data=json.dumps(observation()), headers=FHIR
+        )
+        assert response.status == 429 and response.headers["Retry-After"] == "5"
+        assert (await response.json(content_type=None))["issue"][0]["code"] == "throttled"
+        await busy
+        again = await test_client.post(
+            "/fhir/Observation", data=json.dumps(observation()), headers=FHIR
+        )
+        assert again.status == 201
+    await pool.close()
+    assert publisher.inbound and len(publisher.results) == 1  # the 429 stored nothing
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType": "Observation", "status": "final", "note": [{"text": "\\ud800"}]}',
+        b"[" * 60_000,
+        json.dumps(observation(subject={"reference": "Patient/" * 7_000})).encode(),
+        b"\xff\xfe\x00",
+    ],
+)
+async def test_hostile_bodies_are_4xx_every_time_never_5xx(client: Client, body: bytes) -> None:
+    for _ in range(2):  # an engine resends: the answer must not change
+        response = await client[0].post("/fhir/Observation", data=body, headers=FHIR)
+        assert 400 <= response.status < 500 and response.status != 413, response.status
+    assert len(client[1].dead_letters) == 2
+    assert len(client[1].inbound) == 2  # stored raw before the answer
+
+
+async def test_listener_series_are_counted(client: Client) -> None:
+    await post(client, "/fhir/Observation", observation())
+    await client[0].post("/fhir/Observation", data=b"x", headers={"Content-Type": "text/plain"})
+    sample = client[2].registry.get_sample_value
+    assert sample("carwatch_listener_messages_total", {"listener": "fhir", "code": "201"}) == 1
+    assert sample("carwatch_listener_messages_total", {"listener": "fhir", "code": "415"}) == 1
+    assert sample("carwatch_inbound_messages_total", {"listener": "fhir"}) == 1
+    assert sample("carwatch_listener_parse_seconds_count", {"listener": "fhir"}) == 1
+
+
+async def test_a_body_over_the_limit_is_413_and_dead_lettered(client: Client) -> None:
+    response = await client[0].post("/fhir", data=b"{" + b" " * 70_000 + b"}", headers=FHIR)
+    assert response.status == 413
+    ((dead, key),) = client[1].dead_letters
+    assert key is None and dead.reason is RejectReason.MALFORMED_FHIR
+    assert "over the limit of 65536 bytes" in dead.details[0].message
+
+
+async def test_a_message_store_failure_is_counted(client: Client) -> None:
+    client[1].fail = True
+    await client[0].post("/fhir/Observation", data=json.dumps(observation()), headers=FHIR)
+    labels = {"listener": "fhir", "topic": "carwatch.inbound"}
+    assert (
+        client[2].registry.get_sample_value("carwatch_listener_publish_failures_total", labels) == 1
+    )

@@ -1,7 +1,6 @@
 """MLLP acknowledgment decisions and the listener with a fake publisher (no broker)."""
 
 import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 from hl7.client import MLLPClient
 from prometheus_client import CollectorRegistry
 
-from schemas.deadletter import DeadLetter
-from schemas.lab_result import LabResult
 from schemas.vocab import RejectReason
 from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.listeners.mllp import (
@@ -24,8 +21,9 @@ from streams.listeners.mllp import (
     frame,
     frame_too_large_ack,
 )
-from streams.listeners.publisher import BrokerUnavailable
+from streams.listeners.plans import Plan
 from streams.metrics import ListenerMetrics
+from tests.unit.listeners.fakes import FakePublisher, thread_pool
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 MSH = "MSH|^~\\&|LIS|LAB|CARWATCH|HOSP|20260105120000+0100||ORU^R01^ORU_R01|CTRL-1|P|2.5.1"
@@ -40,31 +38,10 @@ def msg(*segments: str, msh: str = MSH) -> bytes:
     return "\r".join([msh, *segments]).encode() + b"\r"
 
 
-class FakePublisher:
-    """Records what would be published; ``fail`` makes it behave like an unreachable broker."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.results: list[LabResult] = []
-        self.dead_letters: list[tuple[DeadLetter, str | None]] = []
-        self.gate: asyncio.Event | None = None
-        self.calls = 0
-
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
-        self.calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail:
-            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is unavailable")
-        self.results += results
-        self.dead_letters += dead_letters
-
-
 def service(publisher: FakePublisher, **kwargs: object) -> MllpService:
     return MllpService(
         publisher,
+        thread_pool(),
         Hl7Config(assigning_authority="KIDS"),
         clock=lambda: NOW,
         **kwargs,  # type: ignore[arg-type]
@@ -287,9 +264,7 @@ async def test_pipelined_frames_answered_in_order_with_junk_and_oversize(
 
 
 class BrokenPublisher(FakePublisher):
-    async def publish(
-        self, results: Sequence[LabResult], dead_letters: Sequence[tuple[DeadLetter, str | None]]
-    ) -> None:
+    async def publish(self, plan: Plan) -> None:
         raise RuntimeError("a bug")
 
 
@@ -306,3 +281,59 @@ async def test_a_bug_hangs_up_without_ack(caplog: pytest.LogCaptureFixture) -> N
     finally:
         await server.close(grace_s=1)
     assert "internal error; closing without ACK" in caplog.text
+
+
+# --- issue 11: message store, metrics, read timeout, CD19 by unit ---------------------------------
+
+CD19_ABS_AS_PCT = "OBX|4|NM|8116-6^CD19 cells [#/volume] in Blood^LN||4.2|%|||||F"
+
+
+async def test_the_message_is_stored_before_the_ack_and_counted() -> None:
+    publisher = FakePublisher()
+    metrics = ListenerMetrics(CollectorRegistry())
+    message = msg(PID, OBR, ANC, CD19_ABS_AS_PCT)
+    reply = await service(publisher, metrics=metrics).handle_message(message)
+    ack = ack_of(reply.ack)
+    assert str(ack.segment("MSA")[1]) == "AA"
+    assert "1 code_unit_mismatch" in str(ack.segment("MSA")[3])
+    ((raw, feed, content_type, _),) = publisher.inbound
+    assert raw == message and feed == "mllp" and content_type == "x-application/hl7-v2+er7"
+    assert [r.analyte.value for r in publisher.results if r.analyte] == ["anc", "cd19_pct"]
+    sample = metrics.registry.get_sample_value
+    assert sample("carwatch_listener_messages_total", {"listener": "mllp", "code": "AA"}) == 1
+    assert sample("carwatch_inbound_messages_total", {"listener": "mllp"}) == 1
+    assert sample("carwatch_code_unit_mismatch_total", {"analyte": "cd19_pct"}) == 1
+    assert sample("carwatch_listener_parse_seconds_count", {"listener": "mllp"}) == 1
+
+
+async def test_dead_letters_name_the_stored_message() -> None:
+    publisher = FakePublisher()
+    await service(publisher).handle_message(msg(PID, OBR, ANC_BAD_UNIT))
+    ((dead, _),) = publisher.dead_letters
+    assert dead.inbound == publisher.inbound[0][3]
+
+
+async def test_broker_down_counts_a_publish_failure_and_answers_ar() -> None:
+    metrics = ListenerMetrics(CollectorRegistry())
+    reply = await service(FakePublisher(fail=True), metrics=metrics).handle_message(msg(PID, ANC))
+    assert str(ack_of(reply.ack).segment("MSA")[1]) == "AR"
+    sample = metrics.registry.get_sample_value
+    labels = {"listener": "mllp", "topic": "carwatch.inbound"}
+    assert sample("carwatch_listener_publish_failures_total", labels) == 1
+    assert sample("carwatch_listener_messages_total", {"listener": "mllp", "code": "AR"}) == 1
+
+
+async def test_a_message_that_does_not_finish_is_closed_after_the_read_timeout() -> None:
+    metrics = ListenerMetrics(CollectorRegistry())
+    server = MllpListener(service(FakePublisher(), metrics=metrics), port=0, read_timeout_s=0.3)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x0bMSH|^~\\&|slow sender")  # started, never finished
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await server.close(grace_s=1)
+    labels = {"listener": "mllp", "outcome": "timeout"}
+    assert metrics.registry.get_sample_value("carwatch_listener_connections_total", labels) == 1

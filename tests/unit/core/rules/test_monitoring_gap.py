@@ -253,3 +253,13 @@ def test_a_result_of_another_analyte_does_not_move_the_clock():
 def test_unenrolled_patient_has_no_gaps():
     state = PatientState.new("P9")
     assert tick(state, at_day(400), DEFAULT_POLICY)[1] == []
+
+
+def test_the_first_year_schedule_is_judged_on_the_ticks_day():
+    # last IgG on day 355: on day 420 the after-first-year limit (90 days) applies, not 60
+    t = Timeline("P1").infusion(day=0)
+    for day in range(30, 360, 30):
+        t.cd19_pct(day=day, pct=0.1)
+    t.cd19_pct(day=400, pct=0.1).igg(day=355, mg_dl=700)
+    assert gaps(run(t.events, now=at_day(420)), "IgG") == []
+    assert gap_actions(run(t.events, now=at_day(446)), "IgG") == [("raised", "info")]

@@ -204,3 +204,16 @@ def test_two_assays_of_one_specimen_positive_and_negative_read_as_detected():
     t = patient().mrd(day=60, fraction=None, detected=False, method="flow", sensitivity=1e-4)
     t.mrd(day=60, fraction=5e-6, detected=True, method="ngs", sensitivity=1e-6)
     assert mrd(run(t.events)) == [("raised", "critical")]
+
+
+def test_a_level_rising_again_after_a_fall_is_new_evidence():
+    # 10⁻⁴ → 5 × 10⁻⁵ (falling: nothing) → 8 × 10⁻⁵ (rising again: updated), below the peak
+    t = (
+        patient()
+        .mrd(day=30, fraction=1e-4, detected=True)
+        .mrd(day=60, fraction=5e-5, detected=True)
+    )
+    t.mrd(day=90, fraction=8e-5, detected=True)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("updated", "critical")]
+    assert alerts[1].event_time == at_day(90)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
-from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import Analyte, Comparator, MrdMethod, RejectReason, ResultStatus
+from streams.core.policy import Policy
 from streams.ingest.fhir.observation import PARSER_BUG, FhirConfig, FhirParse, parse_fhir
 from streams.ingest.hl7.oru import Hl7Config, parse_oru
 from streams.ingest.normalise import Unmapped
@@ -106,7 +107,7 @@ def test_mrd_forms(data_dir: Path, fhir_config: FhirConfig, kinds: Kinds) -> Non
     results = outcomes(parsed)
     assert kinds(results) == [
         *["accepted"] * 7,
-        "rejected:invalid_field",  # comparator
+        "accepted",  # comparator: censored, kept
         "rejected:invalid_field",  # "see comment"
         "accepted",  # CD19 % component
         "accepted",  # CD19 abs component (the CD3 component is not ours)
@@ -131,6 +132,10 @@ def test_mrd_forms(data_dir: Path, fhir_config: FhirConfig, kinds: Kinds) -> Non
         "entry 10 component 1",
     ]
     assert cd19_pct.accession == "LAB-0021"
+    assert not any(item.mismatch for item in parsed.items)
+    censored = results[7]
+    assert isinstance(censored, LabResult)
+    assert (censored.comparator, censored.value) == (Comparator.LT, pytest.approx(1e-4))
 
 
 def test_patient_identifier_system(data_dir: Path, fhir_config: FhirConfig) -> None:
@@ -148,14 +153,14 @@ def test_patient_identifier_system(data_dir: Path, fhir_config: FhirConfig) -> N
 def test_rejections_fixture(data_dir: Path, kinds: Kinds) -> None:
     results = outcomes(parse_fhir(load(data_dir, "rejections.json")))
     assert kinds(results) == [
-        "rejected:invalid_field",  # 0 comparator
+        "accepted",  # 0 comparator: censored, kept
         "rejected:unknown_unit",  # 1 SNOMED-coded unit
         "rejected:unknown_unit",  # 2 SNOMED-coded unit, even with a readable display
         "rejected:missing_patient_id",  # 3 no subject
         "rejected:missing_patient_id",  # 4 Group
         "rejected:missing_field",  # 5 no effective
         "rejected:naive_datetime",  # 6 time without offset
-        "rejected:naive_datetime",  # 7 date only, no default timezone
+        "accepted",  # 7 date only: the start of the day in the policy's zone
         "rejected:invalid_timestamp",  # 8 February 30
         "rejected:invalid_field",  # 9 valueString for ANC
         "rejected:malformed_fhir",  # 10 no status
@@ -172,11 +177,12 @@ def test_rejections_fixture(data_dir: Path, kinds: Kinds) -> None:
     assert results[3].patient_id is None
 
 
-def test_date_only_with_a_default_timezone() -> None:
-    config = FhirConfig(default_timezone="America/New_York")
-    result = only(parse_fhir(observation(effectiveDateTime="2005-07-05"), config))
+def test_date_only_is_the_start_of_the_day_in_the_policy_zone() -> None:
+    policy = Policy(timezone="America/New_York")
+    result = only(parse_fhir(observation(effectiveDateTime="2005-07-05"), FhirConfig(), policy))
     assert isinstance(result, LabResult)
     assert result.collected_at == datetime(2005, 7, 5, tzinfo=ZoneInfo("America/New_York"))
+    config = FhirConfig()
     naive = only(parse_fhir(observation(effectiveDateTime="2005-07-05T10:00:00"), config))
     assert isinstance(naive, Rejection)
     assert naive.reason is RejectReason.NAIVE_DATETIME  # invalid FHIR: no default applies

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from schemas.lab_result import LabResult
 from schemas.records import Rejection
-from schemas.vocab import Analyte, MrdMethod, RejectReason, ResultStatus
+from schemas.vocab import Analyte, Comparator, MrdMethod, RejectReason, ResultStatus
 from streams.core.policy import Policy
 from streams.ingest.hl7.oru import (
     PARSER_BUG,
     Hl7Config,
     Hl7Message,
     build_ack,
+    dtm_offset,
     error_code_for,
     parse_dtm,
     parse_oru,
@@ -138,7 +139,7 @@ def test_mrd_forms(data_dir: Path, hl7_config: Hl7Config, kinds: Kinds) -> None:
     results = outcomes(parse_oru((data_dir / "hl7/mrd_forms.hl7").read_bytes(), hl7_config))
     assert kinds(results) == [
         *["accepted"] * 8,
-        "rejected:invalid_field",  # SN <^0.01: censored
+        "accepted",  # SN <^0.01 %: censored, the limit kept with its comparator
         "rejected:invalid_field",  # "see comment"
         "rejected:implausible_value",  # 150 %
     ]
@@ -155,6 +156,10 @@ def test_mrd_forms(data_dir: Path, hl7_config: Hl7Config, kinds: Kinds) -> None:
         (0.0, False, None, P),  # NM 0 %
     ]
     assert all(r.unit == "1" for r in results[:8])
+    censored = results[8]
+    assert isinstance(censored, LabResult)
+    assert (censored.comparator, censored.value) == (Comparator.LT, pytest.approx(1e-4))
+    assert censored.detected is None  # below the limit: detected or not, never guessed
 
 
 def test_rejections_fixture(data_dir: Path, hl7_config: Hl7Config, kinds: Kinds) -> None:
@@ -164,16 +169,16 @@ def test_rejections_fixture(data_dir: Path, hl7_config: Hl7Config, kinds: Kinds)
         "rejected:unknown_unit",  # g/L for ANC
         "rejected:unknown_unit",  # no unit
         "rejected:implausible_value",  # hemoglobin g/mL
-        "rejected:invalid_field",  # NM <0.1
-        "rejected:invalid_field",  # SN >^100
+        "accepted",  # NM <0.1: censored
+        "accepted",  # SN >^100: censored
         "rejected:invalid_field",  # SN range
         "rejected:invalid_field",  # text for a number
         "rejected:negative_value",
         "rejected:invalid_timestamp",  # hour 26
-        "rejected:naive_datetime",
+        "accepted",  # no offset: MSH-7's +0100
         "accepted",  # LN + an unconfigured local code
         "accepted",  # LN + a local code not in local_codes
-        "rejected:invalid_field",  # "1,2"
+        "rejected:invalid_value",  # "1,2"
         "rejected:invalid_field",  # DT
         "rejected:invalid_field",  # repeated value
         "rejected:missing_field",  # no code
@@ -183,15 +188,19 @@ def test_rejections_fixture(data_dir: Path, hl7_config: Hl7Config, kinds: Kinds)
     fields = [r.details[0].field for r in results if isinstance(r, Rejection)]
     assert fields[:4] == ["OBX-6", "OBX-6", "OBX-5", "OBX-5"]
     assert all(r.patient_id == "CART-0001" for r in results if isinstance(r, Rejection))
-    censored = results[3]
-    assert isinstance(censored, Rejection)
-    assert "censored value '<0.1'" in censored.details[0].message
+    below, above, local = results[3], results[4], results[9]
+    assert isinstance(below, LabResult) and isinstance(above, LabResult)
+    assert (below.comparator, below.value) == (Comparator.LT, 100)  # < 0.1 × 10⁹/L
+    assert (above.comparator, above.value) == (Comparator.GT, 100000)
+    assert isinstance(local, LabResult)
+    assert local.collected_at.isoformat() == "2026-01-07T08:00:00+01:00"
 
 
-def test_options_fixture_needs_a_default_timezone(data_dir: Path, kinds: Kinds) -> None:
+def test_options_fixture_times_are_local(data_dir: Path, kinds: Kinds) -> None:
     raw = (data_dir / "hl7/options.hl7").read_bytes()
-    strict = outcomes(parse(raw, Hl7Config(assigning_authority="KIDS")))
-    assert kinds(strict) == ["rejected:naive_datetime"] * 3
+    default = outcomes(parse(raw, Hl7Config(assigning_authority="KIDS")))
+    assert kinds(default) == ["accepted"] * 3  # the policy's zone (UTC)
+    assert {r.collected_at.utcoffset() for r in default} == {timedelta(0)}
     zurich = Hl7Config(assigning_authority="KIDS", default_timezone="Europe/Zurich")
     results = outcomes(parse(raw, zurich))
     assert kinds(results) == ["accepted"] * 3
@@ -409,16 +418,23 @@ def test_dtm(text: str, expected: datetime) -> None:
         ("20260105+0190", RejectReason.INVALID_TIMESTAMP),
         ("2026-01-05", RejectReason.INVALID_TIMESTAMP),
         ("", RejectReason.INVALID_TIMESTAMP),
-        ("20260105083015", RejectReason.NAIVE_DATETIME),
     ],
 )
 def test_dtm_errors(text: str, reason: RejectReason) -> None:
-    result = parse_dtm(text, None)
+    result = parse_dtm(text, UTC)
     assert not isinstance(result, datetime)
     assert result.reason is reason
 
 
-def test_default_timezone_is_opt_in_and_validated() -> None:
+def test_local_times_without_an_offset_are_in_the_given_zone() -> None:
+    zurich = ZoneInfo("Europe/Zurich")
+    result = parse_dtm("20260105083015", zurich)
+    assert result == datetime(2026, 1, 5, 8, 30, 15, tzinfo=zurich)
+    assert dtm_offset("20260105083015") is None
+    assert dtm_offset("20260105083015-0500") == timezone(timedelta(hours=-5))
+
+
+def test_default_timezone_is_validated() -> None:
     assert Hl7Config().default_timezone is None
     with pytest.raises(ValueError, match="unknown time zone"):
         Hl7Config(default_timezone="Mars/Olympus")
@@ -449,24 +465,43 @@ def test_exact_numbers(value_type: str, value: str, expected: float) -> None:
 @pytest.mark.parametrize(
     ("value_type", "value"),
     [
-        ("NM", "<0.1"),
-        ("NM", ">= 5"),
-        ("SN", "<^0.1"),
-        ("SN", ">^5"),
-        ("SN", "<=^0.1"),
         ("SN", "<>^0.1"),
         ("SN", "^1^:^2"),
         ("SN", "^1^-"),
         ("SN", "?^1"),
-        ("NM", "1e3"),
-        ("NM", "."),
         ("CWE", "N^Normal^HL70078"),
     ],
 )
-def test_values_that_are_not_exact_numbers(value_type: str, value: str) -> None:
+def test_values_that_are_not_one_value(value_type: str, value: str) -> None:
     result = only(parse(message(f"OBX|1|{value_type}|751-8^ANC^LN||{value}|10*9/L|||||F")))
     assert isinstance(result, Rejection)
     assert (result.reason, result.details[0].field) == (RejectReason.INVALID_FIELD, "OBX-5")
+
+
+@pytest.mark.parametrize("value", ["12a", "<<1", "1e3", ".", "1,5", "0x10", "12 13", "+-1", "NaN"])
+def test_nm_is_parsed_strictly(value: str) -> None:
+    result = only(parse(message(f"OBX|1|NM|751-8^ANC^LN||{value}|10*9/L|||||F")))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.details[0].field) == (RejectReason.INVALID_VALUE, "OBX-5")
+
+
+@pytest.mark.parametrize(
+    ("value_type", "value", "comparator", "expected"),
+    [
+        ("NM", "<0.1", Comparator.LT, 100),
+        ("NM", ">= 5", Comparator.GE, 5000),
+        ("SN", "<^0.1", Comparator.LT, 100),
+        ("SN", ">^5", Comparator.GT, 5000),
+        ("SN", "<=^0.1", Comparator.LE, 100),
+        ("SN", "=^0.1", None, 100),
+    ],
+)
+def test_censored_values_keep_their_comparator(
+    value_type: str, value: str, comparator: Comparator | None, expected: float
+) -> None:
+    result = only(parse(message(f"OBX|1|{value_type}|751-8^ANC^LN||{value}|10*9/L|||||F")))
+    assert isinstance(result, LabResult)
+    assert (result.comparator, result.value) == (comparator, expected)  # the limit, converted
 
 
 def test_cancelled_with_unreadable_value_still_cancels() -> None:
