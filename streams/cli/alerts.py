@@ -1,4 +1,4 @@
-"""``carwatch alerts tail|webhook``: follow and deliver the alert topic."""
+"""``carwatch alerts tail|webhook|ack``: follow and deliver the alert topic, acknowledge alerts."""
 
 import time
 from datetime import UTC
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from schemas.ack import AckAction, OverrideReason
 from streams.cli.common import (
     UsageFailure,
     log_level_option,
@@ -156,15 +157,14 @@ def webhook(
 @click.argument("alert_id")
 @click.option(
     "--action",
-    type=click.Choice(["acknowledged", "acted_on", "overridden"]),
-    help="Default: overridden when --reason is given, else acknowledged.",
+    type=click.Choice([a.value for a in AckAction]),
+    help="Default: overridden when --override is given, else acknowledged.",
 )
 @click.option(
-    "--reason",
-    type=click.Choice(
-        ["already_managed", "expected_in_course", "result_in_error", "goals_of_care", "other"]
-    ),
-    help="Why it is overridden.",
+    "--override",
+    "reason",
+    type=click.Choice([r.value for r in OverrideReason]),
+    help="Override the alert, for this reason (not --reason: deadletter list has that name).",
 )
 @click.option("--note", help="What was done (acted_on), or detail of an override.")
 @click.option("--by", help="Who acknowledges (default: your login name).")
