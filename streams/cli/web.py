@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.common import LOG_LEVELS, UsageFailure, settings_from_env
+from streams.cli.common import LOG_LEVELS, UsageFailure, settings_from_env, settings_of
 
 if TYPE_CHECKING:
     from streams.web.config import UiSettings
@@ -50,16 +50,9 @@ def hash_password() -> None:
 
 
 def ui_settings(**overrides: Any) -> "UiSettings":
-    from pydantic import ValidationError
-
     from streams.web.config import UiSettings
 
-    try:
-        return UiSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageFailure(f"CARWATCH_UI_{where.upper()}: {first['msg']}") from exc
+    return settings_of(UiSettings, **overrides)
 
 
 def open_database(ui: "UiSettings", *, create: bool) -> "Database":
