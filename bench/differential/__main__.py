@@ -21,6 +21,9 @@ Where the two differ by a documented choice, the difference is named and counted
   prolonged_neutropenia and monitoring_gap events are counted under it.
 - ``iec-hs join at resolution``: the reference lets a category join through the ferritin that
   resolves an episode (updated, then resolved); the product does not.
+- ``late episode replayed``: when a late result reveals an episode, the reference raises it as it
+  first stood and then updates it to how it stands now; the product raises it as it stands now
+  (docs/clinical-spec.md "Resolved vs retracted": raised, then resolved if over).
 Everything else that differs is printed in full: each is a bug in one of the two.
 """
 
@@ -148,10 +151,15 @@ def patient(rng: random.Random, pid: str) -> list[dict]:
             revision = dict(record)
         else:
             continue
-        spot = next(i for i, r in enumerate(stream) if r is record) + 1
-        spot = rng.randint(spot, len(stream))
-        while spot < len(stream) and stream[spot - 1].get("collected_at") == record["collected_at"]:
+        spot = rng.randint(next(i for i, r in enumerate(stream) if r is record) + 1, len(stream))
+        while (
+            spot <= len(stream) and stream[spot - 1].get("collected_at") == record["collected_at"]
+        ):
             spot += 1
+        if spot > len(stream):  # nothing of another instant after it: keep it apart with one
+            pid = record["patient_id"]
+            stream.append({"type": "clinical_event", "patient_id": pid, "kind": "crs_resolved",
+                           "at": iso(DAY0)})  # fmt: skip
         stream.insert(spot, revision)
     return [infusion, *stream]
 
@@ -191,6 +199,8 @@ def classify(ours: list[Event], ref: list[Event]) -> str | None:
     joined = [e for e in ref if not (e[0] == "iec_hs" and e[1] == "updated")]
     if [e for e in ours if not (e[0] == "iec_hs" and e[1] == "updated")] == joined:
         return "iec-hs join at resolution"
+    if [e for e in ref if e[1] != "updated"] == [e for e in ours if e[1] != "updated"]:
+        return "late episode replayed"
     return "unexplained"
 
 

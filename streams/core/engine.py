@@ -14,8 +14,9 @@ No Kafka, clock, network or global state here. ``tick`` is the only entry for wa
 - Pruning (``prune``) folds what each rule needs from the results before a cut into the rule's
   carry first, and forgets only alerts whose episodes closed before the cut: pruning alone never
   raises, updates, resolves or retracts anything.
-- After ``end_of_follow_up`` lab results collected at or after it are ``not_monitored``, and
-  ``tick`` raises nothing.
+- Once ``end_of_follow_up`` is recorded, every record that arrives later is ``not_monitored``
+  (decision: a result collected before the end but reported after it raises nothing about a
+  patient no longer followed), and ``tick`` raises nothing.
 """
 
 from collections.abc import Sequence
@@ -170,12 +171,7 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
 def _apply_event(state: PatientState, event: ClinicalEvent, policy: Policy) -> StepResult:
     if state.enrollment is None:
         return StepResult(state, [], Outcome.NOT_ENROLLED)
-    ended = state.ended_at()
-    if (
-        ended is not None
-        and event.at >= ended
-        and event.kind is not ClinicalEventKind.END_OF_FOLLOW_UP
-    ):
+    if state.ended_at() is not None and event.kind is not ClinicalEventKind.END_OF_FOLLOW_UP:
         return StepResult(state, [], Outcome.NOT_MONITORED)
     record = ClinicalEventRecord(kind=event.kind, at=event.at, detail=event.detail)
     outcome = state.record_event(record)
@@ -193,14 +189,12 @@ def _apply_specimen(
 ) -> list[StepResult]:
     if state.enrollment is None:
         return [StepResult(state, [], Outcome.NOT_ENROLLED) for _ in group]
-    ended = state.ended_at()
+    if state.ended_at() is not None:
+        return [StepResult(state, [], Outcome.NOT_MONITORED) for _ in group]
     outcomes: list[Outcome] = []
     changes: list[tuple[Analyte, StoredResult, StoredResult | None]] = []
     decided: list[datetime] = []
     for result in group:
-        if ended is not None and result.collected_at >= ended:
-            outcomes.append(Outcome.NOT_MONITORED)
-            continue
         analyte = result.analyte
         assert analyte is not None, "ingest resolves the analyte before the engine"
         stored = _stored(result)

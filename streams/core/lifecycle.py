@@ -67,19 +67,79 @@ class Match:
 def match(
     alerts: dict[str, AnnouncedAlert], rule: RuleName, findings: list[Finding]
 ) -> tuple[list[Match], list[str]]:
-    """Pair findings with the alerts announced for them; return the unmatched announced keys."""
+    """Pair findings with the alerts announced for them; return the unmatched announced keys.
+
+    An announced alert stands for the episode that starts where it last said: a finding with
+    that start is its episode. Else an alert whose start lies within a finding was announced for
+    a later start of that episode (a late result moved the start earlier). Else a retracted alert
+    of the finding's own episode key is raised again under its id. Anything else is a new alert.
+    """
+    mine = sorted(
+        ((key, a) for key, a in alerts.items() if a.rule is rule),
+        key=lambda item: item[1].episode_start,
+    )
+    taken: set[str] = set()
+    chosen: dict[int, tuple[str, AnnouncedAlert]] = {}
+    for fits in (_same_start, _moved_earlier):
+        for index, finding in enumerate(findings):
+            if index in chosen:
+                continue
+            for key, announced in mine:
+                if key not in taken and fits(announced, finding):
+                    chosen[index] = (key, announced)
+                    taken.add(key)
+                    break
     prefix = f"{rule.value}|"
-    seen: set[str] = {prefix + f.episode_key for f in findings if prefix + f.episode_key in alerts}
-    pairs: list[Match] = []
-    for finding in findings:
+    for index, finding in enumerate(findings):
         key = prefix + finding.episode_key
-        announced = alerts.get(key)
-        if announced is None or announced.status is AlertStatus.RETRACTED:
-            key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
-        seen.add(key)
-        pairs.append(Match(finding, key, announced))
-    unmatched = [key for key, a in alerts.items() if a.rule is rule and key not in seen]
+        standing = alerts.get(key)
+        if (
+            index not in chosen
+            and standing is not None
+            and key not in taken
+            and standing.status is AlertStatus.RETRACTED
+        ):
+            chosen[index] = (key, standing)
+            taken.add(key)
+    pairs: list[Match] = []
+    fresh: set[str] = set()
+    for index, finding in enumerate(findings):
+        if index in chosen:
+            key, announced = chosen[index]
+            pairs.append(Match(finding, key, announced))
+            continue
+        key, n = prefix + finding.episode_key, 0
+        while key in alerts or key in fresh:  # another alert holds this episode key
+            n += 1
+            key = f"{prefix}{finding.episode_key}~{n}"
+        fresh.add(key)
+        pairs.append(Match(finding, key, None))
+    unmatched = [key for key, _ in mine if key not in taken]
     return pairs, unmatched
+
+
+def _same_start(announced: AnnouncedAlert, finding: Finding) -> bool:
+    return (
+        announced.status is not AlertStatus.RETRACTED
+        and announced.episode_start == finding.episode_start
+        and _kind(announced.episode_key) == _kind(finding.episode_key)
+    )
+
+
+def _moved_earlier(announced: AnnouncedAlert, finding: Finding) -> bool:
+    """The alert was announced for a later start of this finding's episode."""
+    end = finding.resolved_at
+    return (
+        announced.status is not AlertStatus.RETRACTED
+        and finding.episode_start <= announced.episode_start
+        and (end is None or announced.episode_start <= end)
+        and _kind(announced.episode_key) == _kind(finding.episode_key)
+    )
+
+
+def _kind(episode_key: str) -> str:
+    """The kind part of an episode key (``cd19`` of ``cd19@2026-...``), empty if none."""
+    return episode_key.split("@")[0] if "@" in episode_key else ""
 
 
 def reconcile(
@@ -179,25 +239,6 @@ def order(events: Iterable[AlertEvent], rule_order: Sequence[RuleName]) -> list[
     return [*retractions, *(event for group in ordered for event in group)]
 
 
-def _lineage(
-    alerts: dict[str, AnnouncedAlert], rule: RuleName, finding: Finding, seen: set[str]
-) -> tuple[str, AnnouncedAlert] | None:
-    """The standing alert whose episode this finding extends backwards, if any."""
-    prefix = finding.episode_key.split("@")[0] if "@" in finding.episode_key else ""
-    end = finding.resolved_at
-    for key, announced in alerts.items():
-        if (
-            announced.rule is rule
-            and key not in seen
-            and announced.status is not AlertStatus.RETRACTED
-            and announced.episode_start >= finding.episode_start
-            and (end is None or announced.episode_start <= end)
-            and announced.episode_key.startswith(prefix)
-        ):
-            return key, announced
-    return None
-
-
 def _announce(
     ctx: RuleInput,
     key: str,
@@ -205,14 +246,15 @@ def _announce(
     previous: AnnouncedAlert | None,
     fingerprint: str,
 ) -> AnnouncedAlert:
+    episode = key.split("|", 1)[1]  # the finding's episode key, made unique if another holds it
     identity = (
         previous.alert_id
         if previous is not None
-        else alert_id(ctx.state.patient_id, finding.rule, finding.episode_key, fingerprint)
+        else alert_id(ctx.state.patient_id, finding.rule, episode, fingerprint)
     )
     announced = AnnouncedAlert(
         rule=finding.rule,
-        episode_key=finding.episode_key,
+        episode_key=episode,
         episode_start=finding.episode_start,
         severity=finding.severity,
         status=AlertStatus.OPEN,

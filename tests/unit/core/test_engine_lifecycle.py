@@ -612,3 +612,23 @@ def test_preliminary_result_is_shown_as_context_but_not_built_on():
     notes = [(c.value, c.status.value, c.note) for c in updated.context]
     assert (250.0, "preliminary", "preliminary result: context only, no rule builds on it") in notes
     assert all(e.status.value != "preliminary" for e in updated.evidence)
+
+
+def test_a_late_result_splitting_an_episode_resolves_the_alert_and_raises_the_later_part():
+    # low IgG day 200 (raised); a late low IgG of day 90 moves the start earlier (updated);
+    # then a late normal IgG of day 140 shows two episodes: 90-140 (over) and 200- (open).
+    # The alert stands for the episode at its announced start (day 90): it resolves on day 140,
+    # and the episode from day 200 is a new alert with an id of its own.
+    t = Timeline("P1").infusion(day=0).igg(day=200, mg_dl=300).igg(day=90, mg_dl=350)
+    t.igg(day=140, mg_dl=600)
+    alerts = [a for a in run(t.events, apart=True) if a.rule is HYPO]
+    assert rule_actions(alerts, HYPO) == [
+        ("raised", "warning"),
+        ("updated", "warning"),
+        ("resolved", "warning"),
+        ("raised", "warning"),
+    ]
+    first, _, resolved, later = alerts
+    assert resolved.alert_id == first.alert_id and resolved.event_time == at_day(140)
+    assert later.alert_id != first.alert_id and later.episode_start == at_day(200)
+    assert list(active(alerts)) == [later.alert_id]
