@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Everything a fresh machine needs: the venv with the package and its test extras, the ops tools
-# (Debian's prometheus + alertmanager, for promtool/amtool and the real-Prometheus test) and the
+# (Debian's prometheus + alertmanager, for promtool/amtool and the real-Prometheus test), the web
+# tests' tools (Debian's chromium and postgresql: scripts/install-web-tools.sh) and the
 # Kafka broker's jars (fetched by scripts/broker.sh on first use).
 # The venv holds exactly requirements.lock (every package pinned), then the project itself.
 $(STAMP): pyproject.toml requirements.lock
@@ -32,6 +33,7 @@ lock:
 
 setup: $(STAMP)
 	bash scripts/install-ops-tools.sh
+	bash scripts/install-web-tools.sh
 
 # The one test command (README, .ci/run): unit, property, ops and real-broker integration tests.
 test: setup

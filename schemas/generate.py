@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.ack import AckEvent
 from schemas.alert import AlertEvent
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.deadletter import DeadLetter
@@ -22,6 +23,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "clinical_event": ClinicalEvent,
     "alert_event": AlertEvent,
     "dead_letter": DeadLetter,
+    "ack_event": AckEvent,
 }
 
 

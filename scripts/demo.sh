@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CAR-T Watch demo: broker, worker, synthetic feed, alerts printed as they fire.
+# CAR-T Watch demo: broker, worker, clinician web, synthetic feed, alerts printed as they fire.
 #
 #   scripts/demo.sh            run until Ctrl-C
 #   DURATION=60 scripts/demo.sh  stop by itself after 60 s
@@ -7,18 +7,21 @@
 # Creates .venv and installs the package if missing, starts the local broker (scripts/broker.sh;
 # left running if it already was), the worker (log: var/demo/worker.log) and the feed (a
 # synthetic cohort whose stories exercise every rule), then follows the alerts topic in the
-# foreground. Metrics: http://127.0.0.1:9464/metrics. On exit it stops everything it started,
+# foreground. Metrics: http://127.0.0.1:9464/metrics. The clinician pages (`carwatch web`, log:
+# var/demo/web.log) are printed with their URL and the demo login (user `demo`, a password made
+# on the first run and kept in var/demo/web-login.txt). On exit it stops everything it started,
 # by pid, and the broker only if it was not running before.
 #
 # Environment: DURATION (seconds, default: until Ctrl-C), COHORT (patients, default 28),
 # RATE (records/s, default 100), NOT_ENROLLED (fraction of never-infused results, default 0.5),
+# DEMO_LOG_DIR (logs, web database and demo login; default var/demo),
 # PYTHON (default python3), and the CARWATCH_* settings (streams/settings.py, broker.sh).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"
 VENV="$REPO_DIR/.venv"
-LOG_DIR="$REPO_DIR/var/demo"
+LOG_DIR="${DEMO_LOG_DIR:-$REPO_DIR/var/demo}"
 DURATION="${DURATION:-}"
 COHORT="${COHORT:-28}"
 RATE="${RATE:-100}"
@@ -43,7 +46,8 @@ export CARWATCH_APP_ID="${CARWATCH_APP_ID:-carwatch-demo}"
 
 say() { echo "demo.sh: $*" >&2; }
 
-if [[ ! -x $VENV/bin/carwatch ]]; then
+if [[ ! -x $VENV/bin/carwatch ]] ||
+  ! "$VENV/bin/python" -c "import sqlalchemy, alembic, jinja2, plotly, argon2" 2>/dev/null; then
   say "creating $VENV and installing the package (one-time) ..."
   [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q -e "$REPO_DIR"
@@ -55,12 +59,12 @@ BROKER_WAS_RUNNING=0
 if bash scripts/broker.sh status >/dev/null 2>&1; then
   BROKER_WAS_RUNNING=1
 fi
-WORKER_PID="" FEED_PID="" TAIL_PID="" TIMER_PID=""
+WORKER_PID="" FEED_PID="" TAIL_PID="" TIMER_PID="" WEB_PID=""
 
 cleanup() {
   trap - EXIT INT TERM
   local pid
-  for pid in "$TIMER_PID" "$TAIL_PID" "$FEED_PID"; do
+  for pid in "$TIMER_PID" "$TAIL_PID" "$FEED_PID" "$WEB_PID"; do
     if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   if [[ -n $WORKER_PID ]] && kill -0 "$WORKER_PID" 2>/dev/null; then
@@ -103,6 +107,33 @@ grep -q "Worker ready" "$LOG_DIR/worker.log" || {
   exit 1
 }
 say "worker ready; metrics on http://${CARWATCH_METRICS_HOST:-127.0.0.1}:${CARWATCH_METRICS_PORT:-9464}/metrics"
+
+# The clinician pages: a demo user with a password made once (kept beside the demo's logs).
+WEB_DIR="$LOG_DIR/web"
+export CARWATCH_UI_DATA_DIR="${CARWATCH_UI_DATA_DIR:-$WEB_DIR}"
+export CARWATCH_UI_USERS_FILE="${CARWATCH_UI_USERS_FILE:-$LOG_DIR/web-users.toml}"
+LOGIN_FILE="$LOG_DIR/web-login.txt"
+if [[ ! -s $LOGIN_FILE || ! -s $CARWATCH_UI_USERS_FILE ]]; then
+  (umask 077 && "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(12))" >"$LOGIN_FILE")
+  HASH="$("$CARWATCH" web hash-password <"$LOGIN_FILE")"
+  (umask 077 && printf '[users.demo]\nname = "Demo clinician"\npassword_hash = "%s"\n' "$HASH" \
+    >"$CARWATCH_UI_USERS_FILE")
+fi
+UI_URL="http://${CARWATCH_UI_HOST:-127.0.0.1}:${CARWATCH_UI_PORT:-8468}/"
+say "starting carwatch web (log: $LOG_DIR/web.log) ..."
+"$CARWATCH" web >"$LOG_DIR/web.log" 2>&1 &
+WEB_PID=$!
+for _ in $(seq 1 60); do
+  "$VENV/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)" \
+    "${UI_URL}healthz" 2>/dev/null && break
+  kill -0 "$WEB_PID" 2>/dev/null || {
+    tail -n 20 "$LOG_DIR/web.log" >&2
+    say "carwatch web exited during startup"
+    exit 1
+  }
+  sleep 0.5
+done
+say "clinician pages: $UI_URL  login: demo / $(cat "$LOGIN_FILE")"
 
 if [[ -n $DURATION ]]; then
   say "following new alerts for $DURATION s (Ctrl-C stops earlier)"

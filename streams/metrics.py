@@ -60,6 +60,11 @@ LISTENER_CODES = (
     *("200", "201", "400", "401", "403", "404", "405", "406", "413", "415", "422", "429", "503"),
 )
 CONNECTION_OUTCOMES = ("accepted", "refused", "timeout", "tls_error")
+#: ``carwatch web`` (streams/web/metrics.py): what became of a record read into the read model,
+#: of a login attempt, of an attempt to publish an acknowledgement.
+READMODEL_OUTCOMES = ("applied", "duplicate", "rejected", "not_enrolled", "unmapped")
+LOGIN_OUTCOMES = ("success", "failure", "throttled")
+PUBLISH_OUTCOMES = ("published", "failed")
 #: Seconds buckets of ``carwatch_listener_parse_seconds`` (a message parses in ms; 10 s caps it).
 PARSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -87,7 +92,16 @@ LATENCY_BUCKETS = (
 
 ALLOWED_LABEL_VALUES: dict[str, frozenset[str]] = {
     "analyte": frozenset([*(a.value for a in Analyte), UNKNOWN_ANALYTE, CLINICAL]),
-    "outcome": frozenset([*(o.value for o in Outcome), *DELIVERY_OUTCOMES, *CONNECTION_OUTCOMES]),
+    "outcome": frozenset(
+        [
+            *(o.value for o in Outcome),
+            *DELIVERY_OUTCOMES,
+            *CONNECTION_OUTCOMES,
+            *READMODEL_OUTCOMES,
+            *LOGIN_OUTCOMES,
+            *PUBLISH_OUTCOMES,
+        ]
+    ),
     "reason": frozenset(r.value for r in RejectReason),
     "rule": frozenset(r.value for r in RuleName),
     "severity": frozenset(s.value for s in Severity),

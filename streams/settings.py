@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     alerts_topic: str = "carwatch.alerts"
     #: Rejected input with machine-readable reasons.
     deadletter_topic: str = "carwatch.deadletter"
+    #: clinicians' acknowledgements of alerts (``carwatch web``, ``carwatch alerts ack``)
+    acks_topic: str = "carwatch.acks"
     #: The listeners' message store: every raw HL7 message and FHIR body, before it is answered.
     inbound_topic: str = "carwatch.inbound"
     #: How long raw inbound messages are kept for ``carwatch reprocess`` (topic retention).
@@ -280,7 +282,7 @@ def bootstrap_servers(url: str) -> str:
 
 #: Every settings model that reads ``CARWATCH_*`` variables, as ``module:Class`` (imported on
 #: demand). A test fails when a ``BaseSettings`` under ``streams`` is missing here.
-SETTINGS_MODELS: Final = ("streams.settings:Settings",)
+SETTINGS_MODELS: Final = ("streams.settings:Settings", "streams.web.config:UiSettings")
 
 #: ``CARWATCH_*`` variables read outside the settings models, and by what.
 OTHER_VARIABLES: Final = {

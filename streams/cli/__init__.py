@@ -17,6 +17,7 @@ from streams.cli.feed import feed
 from streams.cli.listeners import fhir_gateway, mllp
 from streams.cli.replay import replay
 from streams.cli.reprocess import reprocess
+from streams.cli.web import web
 from streams.cli.worker import worker
 
 
@@ -32,7 +33,7 @@ def cli() -> None:
         raise UsageFailure(str(exc)) from exc
 
 
-for command in (replay, mllp, fhir_gateway, worker, feed, alerts, reprocess, deadletter):
+for command in (replay, mllp, fhir_gateway, worker, feed, alerts, reprocess, deadletter, web):
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""``carwatch alerts tail|webhook``: follow and deliver the alert topic."""
+"""``carwatch alerts tail|webhook|ack``: follow and deliver the alert topic, acknowledge alerts."""
 
 import time
 from datetime import UTC
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from schemas.ack import AckAction, OverrideReason
 from streams.cli.common import (
     UsageFailure,
     log_level_option,
@@ -150,6 +151,61 @@ def webhook(
 
     handled = asyncio.run(run())
     click.echo(f"carwatch alerts webhook: {handled} events handled", err=True)
+
+
+@alerts.command()
+@click.argument("alert_id")
+@click.option(
+    "--action",
+    type=click.Choice([a.value for a in AckAction]),
+    help="Default: overridden when --override is given, else acknowledged.",
+)
+@click.option(
+    "--override",
+    "reason",
+    type=click.Choice([r.value for r in OverrideReason]),
+    help="Override the alert, for this reason (not --reason: deadletter list has that name).",
+)
+@click.option("--note", help="What was done (acted_on), or detail of an override.")
+@click.option("--by", help="Who acknowledges (default: your login name).")
+def ack(
+    alert_id: str, action: str | None, reason: str | None, note: str | None, by: str | None
+) -> None:
+    """Acknowledge, act on or override an alert, as on its page (an event on the acks topic)."""
+    import getpass
+    from datetime import datetime
+
+    from streams.cli.web import open_database, ui_settings
+    from streams.web.acks import AckPublisher, AckRefused, acknowledge
+
+    settings = settings_from_env()
+    db = open_database(ui_settings(), create=False)
+    publisher = AckPublisher(settings, db)
+    try:
+        event, published = acknowledge(
+            db,
+            publisher,
+            alert_id,
+            action=action or ("overridden" if reason else "acknowledged"),
+            reason=reason,
+            note=note,
+            by=by or getpass.getuser(),
+            now=datetime.now(UTC),
+        )
+    except AckRefused as exc:
+        raise UsageFailure(str(exc)) from exc
+    finally:
+        publisher.close()
+        db.dispose()
+    click.echo(
+        f"{event.action.value} {event.alert_id} (event {event.alert_event_id}) by {event.by}"
+    )
+    if not published:
+        click.echo(
+            f"carwatch alerts ack: the broker did not confirm; kept in the outbox, "
+            f"carwatch web sends it to {settings.acks_topic} when the broker is back",
+            err=True,
+        )
 
 
 def _alert_line(value: bytes | None, as_json: bool, seen: set[str]) -> str | None:

@@ -15,6 +15,8 @@ from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.hl7.oru import Hl7Config
 
 if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
     from streams.settings import Settings
 
 EXIT_USAGE = 2
@@ -48,6 +50,7 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
 DEPRECATED_OPTIONS = {"--loglevel": "--log-level"}
 
 F = TypeVar("F", bound=Callable[..., Any])
+SettingsT = TypeVar("SettingsT", bound="BaseSettings")
 
 
 def log_level_option(dest: str = "log_level") -> Callable[[F], F]:
@@ -98,16 +101,23 @@ def since_option(required: bool = False) -> Callable[[F], F]:
 
 def settings_from_env(**overrides: Any) -> "Settings":
     """``CARWATCH_*`` settings; command-line ``overrides`` that were given (not None) win."""
-    from pydantic import ValidationError
-
     from streams.settings import Settings
 
+    return settings_of(Settings, **overrides)
+
+
+def settings_of(model: type[SettingsT], **overrides: Any) -> SettingsT:
+    """One settings model from the environment and the given ``overrides``; a bad value is a
+    one-line usage error naming its variable."""
+    from pydantic import ValidationError
+
     try:
-        return Settings(**{name: value for name, value in overrides.items() if value is not None})
+        return model(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise UsageFailure(f"CARWATCH_{where.upper()}: {first['msg']}") from exc
+        prefix = str(model.model_config.get("env_prefix", ""))
+        raise UsageFailure(f"{prefix}{where.upper()}: {first['msg']}") from exc
 
 
 def feed_configs(path: str | None, timezone: str | None) -> tuple[Hl7Config, FhirConfig]:

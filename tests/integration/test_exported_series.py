@@ -14,8 +14,7 @@ and every dashboard panel must select pairs from that set, with labels those ser
 (``tests/ops/promql.py``). Then the alerts this traffic must make pending are pending, with their
 absolute runbook links, and no label value of any series is outside the bounded vocabularies.
 
-``carwatch web`` (job ``carwatch-web``) belongs here as soon as the command exists: see
-``start_web``.
+``carwatch web`` (job ``carwatch-web``) reads the worker's topics into its read model.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ import yaml
 from hl7.client import MLLPClient
 
 from streams import synthetic
-from streams.cli import cli
-from streams.metrics import ALLOWED_LABEL_VALUES, FHIR_GATEWAY, MLLP, WEBHOOK, WORKER
+from streams.metrics import ALLOWED_LABEL_VALUES, FHIR_GATEWAY, MLLP, WEB, WEBHOOK, WORKER
 from tests.integration.conftest import REPO, Pipeline, free_port, wait_for
 from tests.integration.promserver import (
     PROM_DIR,
@@ -52,6 +50,7 @@ from tests.integration.promserver import (
     prometheus_config,
     query,
 )
+from tests.integration.web.conftest import http_call, users_file
 from tests.ops import prombin, promql
 
 pytestmark = [pytest.mark.integration, pytest.mark.ops]
@@ -114,17 +113,23 @@ def start(job: str, args: list[str], log: Path, env: dict[str, str]) -> Started:
     return Started(job, process, log, metrics, listening)
 
 
-def start_web(tmp: Path, env: dict[str, str]) -> Started | None:
-    """``carwatch web`` (job ``carwatch-web``, CONTRACTS.md), once the command exists.
-
-    Until then there is no such command, no ``carwatch-web`` job in prometheus.yml and no rule or
-    panel that selects its series. When the web lands, this fails on purpose: start it here
-    (free metrics port, a temporary database), add its scrape job to prometheus.yml and
-    monitoring.yaml, and the read-model lag alert to the rules.
-    """
-    if "web" not in cli.commands:
-        return None
-    raise AssertionError("carwatch web exists: start it here and scrape it (see the docstring)")
+def start_web(pipeline: Pipeline, tmp: Path) -> Started:
+    """``carwatch web`` (job ``carwatch-web``) over the worker's topics, its database and users
+    file in ``tmp``; one refused request makes the request and login series exist."""
+    folder = tmp / "web"
+    folder.mkdir()
+    env = pipeline.env(
+        CARWATCH_ACKS_TOPIC=f"{pipeline.name}.acks",
+        CARWATCH_UI_DATA_DIR=str(folder),
+        CARWATCH_UI_USERS_FILE=str(users_file(folder)),
+        CARWATCH_UI_PORT="0",
+        CARWATCH_UI_METRICS_PORT="0",
+    )
+    web = start(WEB.job, ["web"], tmp / "web.log", env)
+    host, _, port = web.listening.partition(":")
+    status, _, _ = http_call(host, int(port), "POST", "/login", {})  # no CSRF token: refused
+    assert status == 403
+    return web
 
 
 class Receiver:
@@ -280,12 +285,12 @@ def test_every_rule_and_panel_selects_series_a_running_process_exports(
     pipeline: Pipeline, tmp_path: Path, receivers: tuple[Receiver, Receiver]
 ) -> None:
     binary = prombin.require("prometheus")
-    assert start_web(tmp_path, dict(os.environ)) is None
     started: list[Started] = []
     try:
         worker_address, worker = drive_the_worker(pipeline)
         started += start_listeners(pipeline, tmp_path)
         started.append(start_deliverer(pipeline, tmp_path, receivers))
+        started.append(start_web(pipeline, tmp_path))
         targets: dict[str, list[str]] = {WORKER.job: [worker_address]}
         for process in started:
             targets.setdefault(process.job, []).append(process.metrics)

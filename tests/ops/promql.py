@@ -25,12 +25,14 @@ from prometheus_client.metrics import MetricWrapperBase
 from streams.metrics import (
     FHIR_GATEWAY,
     MLLP,
+    WEB,
     WEBHOOK,
     WORKER,
     DeliveryMetrics,
     ListenerMetrics,
     PipelineMetrics,
 )
+from streams.web.metrics import WebMetrics
 
 _TOKEN = re.compile(
     r"""
@@ -81,6 +83,7 @@ METRIC_SETS = {
     MLLP.job: ListenerMetrics,
     FHIR_GATEWAY.job: ListenerMetrics,
     WEBHOOK.job: DeliveryMetrics,
+    WEB.job: WebMetrics,
 }
 
 

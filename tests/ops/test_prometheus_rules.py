@@ -42,6 +42,7 @@ from streams.metrics import (
     ALLOWED_LABEL_VALUES,
     FHIR_GATEWAY,
     MLLP,
+    WEB,
     WEBHOOK,
     WORKER,
     DeliveryMetrics,
@@ -49,6 +50,7 @@ from streams.metrics import (
     PipelineMetrics,
     serve_metrics,
 )
+from streams.web.metrics import WebMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy/prometheus"
@@ -70,12 +72,14 @@ EXPECTED_ALERTS = {
     "CarwatchListenerBrokerFailing",
     "CarwatchAlertDeliveryFailing",
     "CarwatchDeliveryLagGrowing",
+    "CarwatchReadModelLagging",
+    "CarwatchAckOutboxStuck",
 }
 #: Alerts that say "this process cannot be scraped"; Alertmanager mutes the others behind them.
 DOWN_ALERTS = {"CarwatchWorkerDown", "CarwatchTargetDown"}
 JOB = "carwatch-worker"
 #: Every scraped process: its job and local default metrics port (CONTRACTS.md).
-PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK)
+PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB)
 RUNBOOK_TEMPLATE = "{{ $externalLabels.runbook_base }}#"
 TIMEOUT = 30.0  # seconds any live check may wait
 
@@ -533,7 +537,17 @@ def healthy_endpoints() -> dict[str, str]:
     webhook = DeliveryMetrics()
     webhook.deliveries.labels("webhook", "delivered").inc()
     webhook.attempts.labels("webhook", "delivered").inc()
-    sets = {JOB: worker, MLLP.job: mllp, FHIR_GATEWAY.job: fhir, WEBHOOK.job: webhook}
+    web = WebMetrics()
+    web.lag.labels("carwatch.alerts").set(0)
+    web.outbox_pending.set(0)
+    web.broker_reachable.set(1)
+    sets = {
+        JOB: worker,
+        MLLP.job: mllp,
+        FHIR_GATEWAY.job: fhir,
+        WEBHOOK.job: webhook,
+        WEB.job: web,
+    }
     return {
         job: f"127.0.0.1:{serve_metrics(metrics.registry, '127.0.0.1', 0)}"
         for job, metrics in sets.items()
