@@ -1,4 +1,4 @@
-"""Prometheus metrics, one set per process (DESIGN.md "Metrics", docs/deploy.md "Metrics").
+"""Prometheus metrics, one set per process (docs/deploy.md "Metrics").
 
 Every long-running process serves only its own series from its own ``CollectorRegistry``, under
 its own Prometheus job (``PROCESSES``): the worker ``PipelineMetrics``, the feed listeners

@@ -1,4 +1,4 @@
-"""The ``carwatch`` command (DESIGN.md "The carwatch command"), one module per command group.
+"""The ``carwatch`` command (README.md "Other commands"), one module per command group.
 
 Invalid input never produces a traceback: unusable arguments or unreadable files print one line
 ``carwatch: error: ...`` on stderr and exit 2. So does a ``CARWATCH_*`` variable that no setting

@@ -1,4 +1,4 @@
-"""Webhook delivery of alert events: signed, retried, at least once (DESIGN.md data flow).
+"""Webhook delivery of alert events: signed, retried, at least once (docs/architecture.md "Data flow").
 
 Each alert event is POSTed as its wire JSON to every configured URL with
 

@@ -1,6 +1,6 @@
 """Reading input files (``carwatch replay``, backfills) into one ``InputItem`` per record.
 
-Formats (DESIGN.md "The ``carwatch`` command"): ``ndjson`` — the wire contracts, one JSON object
+Formats (README.md "Other commands"): ``ndjson`` — the wire contracts, one JSON object
 per line (``.ndjson``/``.jsonl``); ``hl7`` — HL7 v2 ORU^R01 messages (``.hl7``), several per file,
 separated by a new ``MSH`` segment, MLLP framing bytes (``0x0b`` … ``0x1c``) or batch/file
 header and trailer segments (``FHS``/``BHS``/``BTS``/``FTS``, which are skipped); ``fhir`` — one

@@ -1,4 +1,4 @@
-"""LOINC code → ``Analyte`` (DESIGN.md "Wire contracts": ``loinc`` may stand in for ``analyte``).
+"""LOINC code → ``Analyte`` (the wire contracts in schemas/: ``loinc`` may stand in for ``analyte``).
 
 Source: LOINC (Regenstrief Institute, https://loinc.org), long common names written next to each
 code in ``LOINC_TABLE``. They were checked against two published copies of LOINC's names: the

@@ -1,6 +1,6 @@
 """Normalise one decoded ``LabResult`` before it enters the pipeline.
 
-Source: DESIGN.md "Wire contracts" and clinical-rules.md section 0 ("Units", MRD reporting forms
+Source: the wire contracts in schemas/ and docs/clinical-spec.md §0 ("Units", MRD reporting forms
 in section 5). Every ingest path (NDJSON, HL7 v2, FHIR) ends here, so the same rules hold for all:
 
 1. The analyte: ``analyte`` as given, else looked up from ``loinc`` (``streams.ingest.loinc``).
@@ -220,7 +220,7 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
     )
 
 
-# --- MRD reporting forms (clinical-rules.md section 5) -------------------------------------------
+# --- MRD reporting forms (docs/clinical-spec.md §5) -------------------------------------------
 
 #: SNOMED CT qualifier values that state an MRD finding.
 SNOMED_FINDINGS: dict[str, bool] = {

@@ -1,7 +1,7 @@
 """Whitelist unit normalisation to the canonical units of ``schemas.vocab.CANONICAL_UNIT``.
 
-Sources: clinical-rules.md section 0 "Units" and "Unit arithmetic"; UCUM (the Unified Code for
-Units of Measure, https://ucum.org) for the spellings; DESIGN.md "Wire contracts" for the
+Sources: docs/clinical-spec.md §0 "Units"; UCUM (the Unified Code for
+Units of Measure, https://ucum.org) for the spellings; the wire contracts in schemas/ for the
 canonical units. A wrong unit must never become an alert, so nothing here is guessed: a unit is
 accepted only if it is on the whitelist *for that analyte*; every other unit, including a known
 unit of the wrong kind (``g/L`` for ANC), is ``RejectReason.UNKNOWN_UNIT``.

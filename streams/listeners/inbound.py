@@ -10,7 +10,7 @@ published once the code is mapped.
 
 Reprocessing publishes the accepted results only: the rejections of the first pass are already
 on the dead-letter topic, and a result published again is a duplicate by the spec's duplicate
-key (clinical-rules.md 0 "Duplicates"), which the worker ignores. So reprocessing twice changes
+key (docs/clinical-spec.md §0 "Duplicates"), which the worker ignores. So reprocessing twice changes
 nothing.
 """
 

@@ -10,7 +10,7 @@
   confirm within ``timeout_s`` (down, unreachable, topic missing, slow) the call raises
   ``BrokerUnavailable`` and the caller must answer "retry" (HL7 ``AR``, HTTP 503). A record
   whose acknowledgement was not seen may still have been written: the sender's resend then makes
-  a duplicate, which the pipeline ignores (DESIGN.md "Duplicates"). Nothing is lost either way.
+  a duplicate, which the pipeline ignores (docs/clinical-spec.md §0 "Duplicates"). Nothing is lost either way.
 - Keys: lab results and dead letters are keyed by the patient id (UTF-8), so one patient's
   records land on one partition in the order they were sent. A dead letter without a known
   patient (a message that could not be read far enough) has no key.
@@ -155,7 +155,7 @@ async def _enqueue(producer: Any, records: list[_Record]) -> list["asyncio.Futur
     so one patient's records stay on one partition, in order. The loop gets a turn after every
     ``SEND_SLICE`` records, but only where the key changes: one patient's records of one message
     are appended without a break, so no other message's records come between them — the worker
-    applies a specimen's results together only when they are consecutive (clinical-rules.md 0).
+    applies a specimen's results together only when they are consecutive (docs/clinical-spec.md §0).
     """
     if len(records) == 1:
         (record,) = records

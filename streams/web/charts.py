@@ -39,7 +39,7 @@ SEVERITY_COLOURS = {"critical": "220,38,38", "warning": "217,119,6", "info": "37
 VALUE_COLOUR = "#1f3b73"
 STRUCK_COLOUR = "#9ca3af"
 EVIDENCE_COLOUR = "#dc2626"
-#: default MRD sensitivity by method when the lab gave none (clinical-rules.md 5)
+#: default MRD sensitivity by method when the lab gave none (docs/clinical-spec.md §5)
 MRD_DEFAULT_SENSITIVITY = {"flow": 1e-4, "pcr": 1e-4, "ngs": 1e-6}
 #: course events drawn across every panel (IVIG doses go on the IgG panel)
 COURSE_LABELS = {

@@ -116,7 +116,7 @@ class LabRow(Base):
     __table_args__ = (Index("ix_lab_results_patient", "patient_id", "analyte", "collected_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    #: clinical-rules.md 0 "Duplicates": source, accession, analyte, status, time and value
+    #: docs/clinical-spec.md §0 "Duplicates": source, accession, analyte, status, time and value
     dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str] = mapped_column(String(128))
     analyte: Mapped[str] = mapped_column(String(32))

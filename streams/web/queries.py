@@ -37,7 +37,7 @@ URL_KEY = "patient_url_key"
 
 
 def day_number(moment: datetime, day0: datetime, tz: tzinfo) -> int:
-    """Calendar day in the policy's time zone, the infusion date day 0 (clinical-rules.md 0)."""
+    """Calendar day in the policy's time zone, the infusion date day 0 (docs/clinical-spec.md §0)."""
     return (moment.astimezone(tz).date() - day0.astimezone(tz).date()).days
 
 

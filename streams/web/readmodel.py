@@ -6,12 +6,12 @@ a record is in the database exactly once however often it is delivered). Idempot
 built into the rows, so a rebuild over re-delivered or duplicated records converges:
 
 - alert events and acknowledgements by ``event_id``;
-- lab results by the duplicate key of clinical-rules.md 0 ("Duplicates": source, accession,
+- lab results by the duplicate key of docs/clinical-spec.md §0 ("Duplicates": source, accession,
   analyte, status, collection time and value -- plus comparator and MRD detection, which tell
   different results apart), after the same normalisation the worker applies;
 - clinical events by their content; an ``infusion`` replaces the patient's enrollment fields.
 
-Only monitored patients are stored (DESIGN.md "Only enrolled patients are monitored"): a lab
+Only monitored patients are stored (docs/clinical-spec.md §0 "Enrollment"): a lab
 result or clinical event of a patient whose ``infusion`` was not seen is counted
 ``not_enrolled`` and leaves no trace. Alert events are stored whatever was seen of the patient:
 the worker raises them only for monitored patients, and a clinician must see every alert.
@@ -197,7 +197,7 @@ def apply_clinical_event(session: Session, event: ClinicalEvent, at: Incoming) -
 
 
 def lab_dedup_key(result: LabResult) -> str:
-    """clinical-rules.md 0 "Duplicates" (plus the fields that make two results different)."""
+    """docs/clinical-spec.md §0 "Duplicates" (plus the fields that make two results different)."""
     return _digest(
         (
             result.patient_id,

@@ -2,7 +2,7 @@
 
 Pure functions over the read model's rows. Nothing is hidden: a corrected or cancelled value is
 kept and marked (struck through on the page); only which version *stands* is decided here,
-following clinical-rules.md 0 ("Corrections and cancellations", "Preliminary results") in the
+following docs/clinical-spec.md §0 ("Corrections and cancellations", "Preliminary results") in the
 order the lab sent them (one patient's results share a partition, so offset order is send order).
 """
 

@@ -25,7 +25,7 @@ What is read, per Observation:
   through the same unit whitelist (``streams.ingest.units``). A unit coded in another system
   (SNOMED CT ``258814008``) is ``unknown_unit``: we cannot read that code and will not trust
   its display text instead. A ``comparator`` (``<``, ``<=``, ``>=``, ``>``) is a censored value,
-  accepted with the limit as value and the comparator kept (clinical-rules.md 0); R4's ``ad``
+  accepted with the limit as value and the comparator kept (docs/clinical-spec.md §0); R4's ``ad``
   ("sufficient to achieve") is no limit → ``invalid_field``. A value that is not a JSON number
   (``"250"``) → ``invalid_value``, never coerced. ``valueString`` and
   ``valueCodeableConcept`` (SNOMED CT detected/not detected/positive/negative, else text) and
@@ -42,7 +42,7 @@ What is read, per Observation:
   status its sender does not know cannot be acted on, and must not vanish silently).
 - ``accession`` = ``identifier[0].value``, else the resource id; ``source`` =
   ``FhirConfig.source``, else ``meta.source``, else the first performer's display or reference.
-- Timestamps (clinical-rules.md 0 "Feed time zones", rev. 2): FHIR requires an offset on every
+- Timestamps (docs/clinical-spec.md §0 "Time zones of feeds", rev. 2): FHIR requires an offset on every
   time; a date-time with a time but without one is invalid FHIR and rejected
   ``naive_datetime``. A date alone (``2005-07-05``, US Core's examples) is the start of that day
   in the policy's ``timezone``. Less than a day (``2005-07``) or impossible values →

@@ -40,7 +40,7 @@ Decisions (safety first — a wrong value must never become an alert):
   (``streams.ingest.loinc.resolve_codes``, shared with FHIR).
 - Values: NM is text by nature and is parsed strictly: an optional comparator, then a decimal
   number and nothing else (``12a``, ``1e3``, ``1,5`` → ``invalid_value``). SN ``=``/no comparator
-  is exact. A censored value (clinical-rules.md 0 "Censored values": ``<0.1`` inside NM, SN
+  is exact. A censored value (docs/clinical-spec.md §0 "Censored values": ``<0.1`` inside NM, SN
   ``<^0.1``, ``>^4``, ``<=``, ``>=``) is accepted with the limit as ``value`` and the comparator
   kept (unit conversion applies to the limit). SN ``<>`` (not equal), ranges and ratios are not
   one value: ``invalid_field``. For MRD, send ST/CWE text ("not detected", "detected, not
@@ -55,7 +55,7 @@ Decisions (safety first — a wrong value must never become an alert):
   ``missing_field``; anything else → ``unknown_vocabulary``.
 - Timestamps (DTM ``YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]``): at least a date is required.
   Without an offset a time is the sending facility's local time, as HL7 v2 defines it
-  (clinical-rules.md 0 "Feed time zones", rev. 2): the offset of the message's MSH-7 when it has
+  (docs/clinical-spec.md §0 "Time zones of feeds", rev. 2): the offset of the message's MSH-7 when it has
   one, else the feed's ``Hl7Config.default_timezone``, else the policy's ``timezone``; a date
   alone is local midnight. Impossible values (hour 26) → ``invalid_timestamp``. An unusable
   *optional* report time rejects the result too: a feed that sends one wrong time field is
@@ -421,7 +421,7 @@ def parse_dtm(text: str, local_tz: tzinfo) -> datetime | _TimeError:
 # --- values -------------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"^(<=|>=|<>|<|>|=)? ?([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
-#: Comparators of a censored value (clinical-rules.md 0); "" and "=" mean exact.
+#: Comparators of a censored value (docs/clinical-spec.md §0); "" and "=" mean exact.
 _CENSORED: Final[dict[str, Comparator]] = {c.value: c for c in Comparator}
 _STATUS: Final[dict[str, ResultStatus]] = {
     "F": ResultStatus.FINAL,

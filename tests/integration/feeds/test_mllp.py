@@ -249,7 +249,7 @@ async def test_a_correction_over_mllp_retracts_the_alert_in_the_worker(
 ) -> None:
     """End to end: MLLP → carwatch.labs → ``carwatch worker`` → carwatch.alerts. IgG 3.5 g/L
     (350 mg/dL) on day 30 raises hypogammaglobulinemia; the lab's correction to 5.3 g/L (OBX-11
-    C, same accession) retracts it (clinical-rules.md section 0, DESIGN.md "Corrections")."""
+    C, same accession) retracts it (docs/clinical-spec.md §0 "Corrections and cancellations")."""
     worker = await asyncio.to_thread(pipeline.start_worker)
     infusion = {
         "type": "infusion",

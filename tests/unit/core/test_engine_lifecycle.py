@@ -1,4 +1,4 @@
-"""Section 0 of clinical-rules.md through the engine: enrollment, duplicates, preliminary,
+"""Section 0 of docs/clinical-spec.md through the engine: enrollment, duplicates, preliminary,
 corrections and cancellations, resolved vs retracted, re-opening, deterministic alert ids, day
 numbers in the policy's time zone, and the times every alert event carries.
 """
@@ -443,7 +443,7 @@ def test_every_record_delivered_twice_gives_the_same_alert_events():
 
 
 def test_alert_id_depends_on_patient_and_the_settings_the_rule_reads():
-    # rev. 2 / DESIGN.md: an alert id fingerprints the settings its rule reads, nothing else:
+    # docs/clinical-spec.md §0 "Episodes and alert ids": an alert id fingerprints the settings its rule reads, nothing else:
     # another B-cell threshold changes the B-cell alerts' ids and no other alert's
     alerts = run(busy_patient().events)
     other_patient = run(busy_patient("P2").events)

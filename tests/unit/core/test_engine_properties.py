@@ -1,4 +1,4 @@
-"""Property tests of the engine's invariants (DESIGN.md "Nothing lost, nothing doubled").
+"""Property tests of the engine's invariants (docs/architecture.md "Delivery guarantees").
 
 - the same input, replayed or with duplicated records, gives byte-identical alert output;
 - any arrival order of the same records gives the same final set of active alerts -- the same

@@ -58,7 +58,7 @@ MANIFEST = {
 ACCEPTED, UNMAPPED = "accepted", "unmapped"
 IMPLAUSIBLE = "rejected:implausible_value"
 
-#: Outcomes per file (clinical-rules.md 0 rev. 2: HL7 local times in MSH-7's offset, else the
+#: Outcomes per file (docs/clinical-spec.md §0 rev. 2: HL7 local times in MSH-7's offset, else the
 #: feed's zone, else the policy's; a FHIR date is a day of the policy's zone). No file has a
 #: naive_datetime reject.
 EXPECTED: dict[str, dict[str, int]] = {

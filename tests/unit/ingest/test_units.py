@@ -1,4 +1,4 @@
-"""Unit whitelist (streams/ingest/units.py; clinical-rules.md "Units", "Unit arithmetic")."""
+"""Unit whitelist (streams/ingest/units.py; docs/clinical-spec.md §0 "Units")."""
 
 import math
 
@@ -15,7 +15,7 @@ A = Analyte
 @pytest.mark.parametrize(
     ("analyte", "value", "unit", "expected"),
     [
-        # counts: every spelling clinical-rules.md lists
+        # counts: every spelling docs/clinical-spec.md lists
         (A.ANC, 420, "/uL", 420),
         (A.ANC, 420, "/µL", 420),
         (A.ANC, 420, "/μL", 420),

@@ -1,7 +1,7 @@
 """Shared checks for the rule tests (one test file per module under ``streams/rules``).
 
 Every alert is decision support: a clinician must be able to check its basis from the alert alone
-(clinical-rules.md, preamble). ``documented`` asserts that an alert carries that basis.
+(docs/clinical-spec.md, preamble). ``documented`` asserts that an alert carries that basis.
 """
 
 from collections.abc import Callable, Iterable

@@ -1,4 +1,4 @@
-"""Loss of B-cell aplasia (clinical-rules.md section 1; streams/rules/bca_loss.py).
+"""Loss of B-cell aplasia (docs/clinical-spec.md §1; streams/core/rules/bca_loss.py).
 
 Aplasia: CD19+ < 1 % of lymphocytes or < 10 cells/µL (institution-settable 1-3 %, 10-50 /µL).
 Established by the first aplastic specimen after day 0; loss confirmed by a second qualifying

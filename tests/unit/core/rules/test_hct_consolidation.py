@@ -1,4 +1,4 @@
-"""Consolidative HCT advice (clinical-rules.md section 6; streams/rules/hct_consolidation.py).
+"""Consolidative HCT advice (docs/clinical-spec.md §6; streams/core/rules/hct_consolidation.py).
 
 One alert per patient, when ``hct_eligible`` (absent counts as true: "if eligible for HCT") and
 no prior HCT. Info ("may be considered") with a high-risk factor; warning ("reasonable evidence

@@ -1,4 +1,4 @@
-"""Hypogammaglobulinemia (clinical-rules.md section 2; streams/rules/hypogammaglobulinemia.py).
+"""Hypogammaglobulinemia (docs/clinical-spec.md §2; streams/core/rules/hypogammaglobulinemia.py).
 
 IgG < 400 mg/dL (exactly 400 does not alert) → warning, before and after day 0; one alert per
 episode, resolved by the next IgG ≥ threshold; the alert states the days since the last IVIG dose.

@@ -1,4 +1,4 @@
-"""IEC-HS pattern (clinical-rules.md section 4; streams/rules/iec_hs.py).
+"""IEC-HS pattern (docs/clinical-spec.md §4; streams/core/rules/iec_hs.py).
 
 From day 7 (or after CRS resolved): ferritin > 2 × baseline (last ferritin on or before day 0;
 without one > 2 × ULN 300 ng/mL) or a ≥ 2-fold rise within 72 h, plus ≥ 1 supporting category

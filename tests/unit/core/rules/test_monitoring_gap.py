@@ -1,4 +1,4 @@
-"""Monitoring gap (clinical-rules.md section 7; streams/rules/monitoring_gap.py).
+"""Monitoring gap (docs/clinical-spec.md §7; streams/core/rules/monitoring_gap.py).
 
 Only ``tick(now)`` adds wall-clock time. Info when a patient in follow-up has no CD19 result for
 more than 35 days (first year; 90 after) or no IgG for more than 60 days (first year; 90 after),

@@ -1,4 +1,4 @@
-"""MRD positivity (clinical-rules.md section 5; streams/rules/mrd_positive.py).
+"""MRD positivity (docs/clinical-spec.md §5; streams/core/rules/mrd_positive.py).
 
 Any detected MRD collected after day 0 (flow, qPCR or NGS), at any level including "detected,
 below the limit of quantification" → critical. A rising level is ``updated``, not a new alert;

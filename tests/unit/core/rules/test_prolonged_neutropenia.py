@@ -1,4 +1,4 @@
-"""Prolonged neutropenia / ICAHT (clinical-rules.md section 3; streams/rules/prolonged_neutropenia.py).
+"""Prolonged neutropenia / ICAHT (docs/clinical-spec.md §3; streams/core/rules/prolonged_neutropenia.py).
 
 Early ICAHT (days 0-30) by cumulative days in two columns: ANC ≤ 500 /µL 1-6 → 1, 7-13 → 2,
 14-30 → 3, all 31 days → 4; ANC ≤ 100 /µL 7-13 → 3, ≥ 14 → 4; the worse column sets the grade.
