@@ -410,8 +410,8 @@ class Rule(Protocol):
 class ScanRule(Generic[Acc]):
     """A rule as an accumulator folded over its items (module docstring).
 
-    Subclasses set ``name``, ``reads`` and ``acc_type`` and implement ``start`` (the accumulator
-    before any history), ``feed`` (one item; closed episodes are appended to ``out``) and
+    Subclasses set ``name``, ``reads`` and ``acc_type`` (whose no-argument instance is the
+    accumulator before any history) and implement ``feed`` (one item; closed episodes are appended to ``out``) and
     ``open_findings`` (the episode still open after the last item, if any).
     """
 
@@ -420,7 +420,8 @@ class ScanRule(Generic[Acc]):
     acc_type: ClassVar[type]
 
     def start(self, ctx: RuleInput) -> Acc:
-        raise NotImplementedError
+        fresh: Acc = self.acc_type()
+        return fresh
 
     def feed(self, ctx: RuleInput, acc: Acc, item: Item, out: list[Finding]) -> None:
         raise NotImplementedError

@@ -100,9 +100,6 @@ class BcaLossRule(ScanRule[BcaLossAcc]):
     )
     acc_type = BcaLossAcc
 
-    def start(self, ctx: RuleInput) -> BcaLossAcc:
-        return BcaLossAcc()
-
     def feed(self, ctx: RuleInput, acc: BcaLossAcc, item: Item, out: list[Finding]) -> None:
         if isinstance(item, Course):
             self._course(ctx, acc, item, out)

@@ -77,9 +77,6 @@ class BcaNotEstablishedRule(ScanRule[NotEstablishedAcc]):
     )
     acc_type = NotEstablishedAcc
 
-    def start(self, ctx: RuleInput) -> NotEstablishedAcc:
-        return NotEstablishedAcc()
-
     def feed(self, ctx: RuleInput, acc: NotEstablishedAcc, item: Item, out: list[Finding]) -> None:
         if acc.stopped is not None:
             return

@@ -85,9 +85,6 @@ class HctConsolidationRule(ScanRule[HctAcc]):
     )
     acc_type = HctAcc
 
-    def start(self, ctx: RuleInput) -> HctAcc:
-        return HctAcc()
-
     def feed(self, ctx: RuleInput, acc: HctAcc, item: Item, out: list[Finding]) -> None:
         if acc.ended is None and isinstance(item, Course):
             acc.ended = item.event

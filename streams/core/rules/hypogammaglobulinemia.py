@@ -76,9 +76,6 @@ class HypogammaglobulinemiaRule(ScanRule[HypogammaAcc]):
     )
     acc_type = HypogammaAcc
 
-    def start(self, ctx: RuleInput) -> HypogammaAcc:
-        return HypogammaAcc()
-
     def feed(self, ctx: RuleInput, acc: HypogammaAcc, item: Item, out: list[Finding]) -> None:
         if acc.stopped is not None:
             return

@@ -149,9 +149,6 @@ class IecHsRule(ScanRule[IecAcc]):
     )
     acc_type = IecAcc
 
-    def start(self, ctx: RuleInput) -> IecAcc:
-        return IecAcc()
-
     def feed(self, ctx: RuleInput, acc: IecAcc, item: Item, out: list[Finding]) -> None:
         if acc.stopped is not None:
             return

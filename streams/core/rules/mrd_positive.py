@@ -114,9 +114,6 @@ class MrdPositiveRule(ScanRule[MrdAcc]):
     )
     acc_type = MrdAcc
 
-    def start(self, ctx: RuleInput) -> MrdAcc:
-        return MrdAcc()
-
     def feed(self, ctx: RuleInput, acc: MrdAcc, item: Item, out: list[Finding]) -> None:
         if acc.stopped is not None:
             return

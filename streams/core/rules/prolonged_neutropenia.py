@@ -202,9 +202,6 @@ class ProlongedNeutropeniaRule(ScanRule[IcahtAcc]):
     )
     acc_type = IcahtAcc
 
-    def start(self, ctx: RuleInput) -> IcahtAcc:
-        return IcahtAcc()
-
     def feed(self, ctx: RuleInput, acc: IcahtAcc, item: Item, out: list[Finding]) -> None:
         if acc.stopped is not None:
             return
