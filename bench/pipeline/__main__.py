@@ -41,7 +41,7 @@ from streams import synthetic
 from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
 from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
-from streams.pipeline.store import DictStore
+from streams.pipeline.store import DictStore, PatientStates
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
 
@@ -130,7 +130,7 @@ class Bench:
         await consumer.start()
         await producer.start()
         monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
-        store = DictStore()
+        store = PatientStates(DictStore())
         labels = {topics["labs"]: LABS, topics["clinical"]: CLINICAL_TOPIC}
         try:
             got, started = 0, None

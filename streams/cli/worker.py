@@ -1,19 +1,11 @@
-"""``carwatch worker``: the Faust worker (streams/shell/)."""
+"""``carwatch worker``: the Faust worker (``streams.shell``)."""
 
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
-from streams.cli.common import (
-    LOG_LEVELS,
-    UsageFailure,
-    settings_from_env,
-)
+from streams.cli.common import LOG_LEVELS, UsageFailure, settings_from_env
 from streams.core.policy import PolicyError
-
-if TYPE_CHECKING:
-    pass
 
 
 @click.command()
@@ -27,6 +19,13 @@ def worker(loglevel: str) -> None:
         settings.load_policy()
     except PolicyError as exc:
         raise UsageFailure(str(exc)) from exc
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"CARWATCH_DATA_DIR {str(settings.data_dir)!r} cannot be created: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from exc
     if settings.create_topics:
         try:
             ensure_topics(settings)
@@ -34,8 +33,6 @@ def worker(loglevel: str) -> None:
             raise click.ClickException(str(exc)) from exc
     sys.setswitchinterval(settings.gil_switch_interval_seconds)
 
-    import faust
+    from streams.shell.app import run_worker
 
-    from streams.shell.app import app
-
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    run_worker(settings, loglevel)
