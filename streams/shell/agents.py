@@ -160,6 +160,22 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
             raise
         out.persist(states)
 
+    early_commits: dict[int, asyncio.Task[bool]] = {}
+
+    def commit_first_batch() -> None:
+        """Commit right after the first batch of an assignment, not a commit interval later: a
+        restarted worker shows progress within seconds, and one that keeps crashing soon after
+        its start still moves forward. (The batch's events are acknowledged when the agent asks
+        for the next batch, hence the task.)"""
+        generation = app.consumer_generation_id
+        if generation and generation not in early_commits:
+            early_commits.clear()
+            early_commits[generation] = asyncio.ensure_future(commit_soon())
+
+    async def commit_soon() -> bool:
+        await asyncio.sleep(0.05)
+        return bool(await app.consumer.commit())
+
     @app.agent(topics.inputs, name="monitor")
     async def monitor_agent(stream: Any) -> AsyncIterator[Outgoing]:
         async for events in stream.take_events(take, within=settings.batch_timeout_seconds):
@@ -170,6 +186,7 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
             lag.track(records)
             monitor.publish_gauges(owned())
             yield out
+            commit_first_batch()
 
     @app.timer(interval=settings.tick_interval_seconds)
     async def tick_patients() -> None:

@@ -10,7 +10,10 @@ why (DESIGN.md "Real components", FACTS.md, docs/capacity.md):
 - Static group membership (``CARWATCH_GROUP_INSTANCE_ID``, Kafka's ``group.instance.id``): a
   worker restarted under the same id gets its partitions back at once instead of waiting for the
   session timeout to expire the dead member (10-30 s). Each worker of a group needs its own id
-  (two workers under one id fence each other); unset, membership is dynamic.
+  (two workers under one id fence each other); unset, membership is dynamic. Faust's assignor
+  asserts that a member's URL is the one it joined with, and a static member that rejoins gets
+  its previous assignment back: the URL is therefore derived from the id alone, never from a
+  port that may change between restarts (the worker would otherwise stop consuming, silently).
 - ``web_tables_enabled=False``: Faust's ``/table`` endpoint would serve patient state over HTTP.
   The web server binds to ``CARWATCH_WEB_HOST`` (127.0.0.1) explicitly: ``faust worker`` would
   otherwise listen on 0.0.0.0.
@@ -55,6 +58,7 @@ def create_app(settings: Settings) -> CarwatchApp:
         broker_heartbeat_interval=settings.broker_heartbeat_interval_seconds,
         broker_commit_interval=settings.commit_interval_seconds,
         consumer_group_instance_id=settings.group_instance_id,
+        canonical_url=canonical_url(settings),
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",
@@ -81,6 +85,13 @@ def create_app(settings: Settings) -> CarwatchApp:
     app.patient_state = declare_table(app, settings)
     app.pipeline = agents.register(app, settings, app.shell_topics, app.patient_state)
     return app
+
+
+def canonical_url(settings: Settings) -> str:
+    """The URL Faust announces to the group (module docstring: static membership)."""
+    if settings.group_instance_id is not None:
+        return f"http://{settings.group_instance_id}.carwatch.invalid"
+    return f"http://{settings.web_host}:{settings.web_port}"
 
 
 def credentials(settings: Settings) -> Any:
