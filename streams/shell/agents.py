@@ -13,6 +13,7 @@ patients.
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence, Set
 from dataclasses import dataclass
@@ -28,13 +29,16 @@ from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor, Ou
 from streams.pipeline.state_codec import StateFormatError
 from streams.pipeline.store import PatientStates, open_alerts_of
 from streams.settings import Settings
-from streams.shell.chunking import Chunk, bound_to, partition_event
+from streams.shell.chunking import Chunk, bound_to, flow_of, partition_event
 from streams.shell.topics import PatientTable, Topics
 
 log = logging.getLogger(__name__)
 
 #: Patients ticked under one hold of the lock: batches get their turn in between.
 TICK_SLICE = 256
+#: Seconds without a batch, while input records wait, after which the worker logs its
+#: consumer's state (assignment, paused partitions, lag) once per period.
+STALL_SECONDS = 30.0
 
 
 class TableStore:
@@ -84,19 +88,24 @@ def records_of(events: Sequence[EventT], labels: dict[str, str]) -> list[InRecor
 
 
 class Lag:
-    """``carwatch_consumer_lag_messages`` from the high-water marks of the batches' partitions."""
+    """``carwatch_consumer_lag_messages`` from the high-water marks of the batches' partitions,
+    and the stall report: when no batch came for ``STALL_SECONDS`` while records wait."""
 
     def __init__(self, app: AppT, metrics: PipelineMetrics, labels: dict[str, str]) -> None:
         self.app = app
         self.metrics = metrics
         self.labels = labels
         self.by_tp: dict[TP, int] = {}
+        self.processed: dict[TP, int] = {}
+        self.last_batch = time.monotonic()
 
     def track(self, records: Sequence[InRecord]) -> None:
+        self.last_batch = time.monotonic()
         last: dict[TP, int] = {}
         for record in records:
             if record.origin is not None:
                 last[record.origin.message.tp] = record.offset
+        self.processed.update(last)
         try:
             for tp, offset in last.items():
                 highwater = self.app.consumer.highwater(tp)
@@ -113,6 +122,30 @@ class Lag:
     def forget(self, revoked: Set[TP]) -> None:
         for tp in [tp for tp in self.by_tp if tp in revoked]:
             del self.by_tp[tp]
+        for tp in [tp for tp in self.processed if tp in revoked]:
+            del self.processed[tp]
+
+    def stall(self) -> str | None:
+        """One line on the consumer when records wait and no batch came for a while."""
+        idle = time.monotonic() - self.last_batch
+        if idle < STALL_SECONDS or self.app.rebalancing:
+            return None
+        consumer = self.app.consumer
+        waiting = {}
+        for tp in consumer.assignment():
+            if tp.topic in self.labels:
+                highwater = consumer.highwater(tp)
+                done = self.processed.get(tp, -1)
+                if highwater is not None and highwater > done + 1:
+                    waiting[f"{tp.topic}[{tp.partition}]"] = highwater - done - 1
+        if not waiting:
+            return None
+        self.last_batch = time.monotonic()  # once per period
+        return (
+            f"no batch for {idle:.0f} s while {sum(waiting.values())} input records wait: "
+            f"waiting={waiting} {flow_of(consumer)} "
+            f"assigned={sorted(f'{tp.topic}[{tp.partition}]' for tp in consumer.assignment())}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +240,12 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
         monitor.publish_gauges(partitions)
         if raised:
             log.info("tick: %d alert events", raised)
+
+    @app.timer(interval=STALL_SECONDS / 3)
+    async def report_stall() -> None:
+        report = lag.stall()
+        if report is not None:
+            log.warning("stalled: %s", report)
 
     async def on_recovered(active: Set[TP]) -> None:
         """Index the patients of the recovered partitions from the table."""

@@ -133,3 +133,17 @@ def partition_event(app: AppT, topic: str, partition: int, timestamp: float) -> 
     """An event of ``topic``/``partition`` that stands for no record (for ``bound_to``)."""
     message = Message(topic, partition, -1, timestamp, 0, None, None, None, None)
     return faust.Event(app, None, None, None, message)
+
+
+def flow_of(consumer: Any) -> dict[str, Any]:
+    """What Faust's consumer holds back, for the stall report (diagnostics only)."""
+
+    def names(tps: Any) -> list[str]:
+        return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps or ())
+
+    return {
+        "flow_active": getattr(consumer, "flow_active", None),
+        "paused": names(getattr(consumer, "_paused_partitions", None)),
+        "buffer_full": names(getattr(consumer, "_buffered_partitions", None)),
+        "active": names(getattr(consumer, "_active_partitions", None)),
+    }
