@@ -383,16 +383,19 @@ class FaultRun:
             self.producer.send(topic, value=line, key=key)
         self.producer.flush(120)
 
-    def publish_next(self) -> None:
-        """Publish the next slice of labs at the planned rate."""
+    def publish_next(self, paced: bool = False) -> None:
+        """Publish the next slice of labs; ``paced``: then wait as long as the planned rate
+        takes for it (after a fault the slice goes out at once: the restart's time to progress
+        is measured while the worker has it to drain)."""
         if not self._pending:
             return
         size = max(1, int(self.plan.rate * self.slice_seconds))
         chunk, self._pending = self._pending[:size], self._pending[size:]
         started = time.monotonic()
         self.publish(chunk, self.topics["labs"])
-        time.sleep(max(0.0, started + len(chunk) / self.plan.rate - time.monotonic()))
         self.published += len(chunk)
+        if paced:
+            time.sleep(max(0.0, started + len(chunk) / self.plan.rate - time.monotonic()))
 
     # -- the whole run --------------------------------------------------------------------
 
@@ -456,11 +459,11 @@ class FaultRun:
             # a random moment in the fault's slot, always with labs left to publish after it
             target = slots * (number - 1 + self.rng.uniform(0.2, 0.8))
             while self._pending and self.published < target:
-                self.publish_next()
+                self.publish_next(paced=True)
                 self.check_children()
             actions[fault]()
         while self._pending:
-            self.publish_next()
+            self.publish_next(paced=True)
             self.check_children()
         self.say("all published; waiting until every input offset is committed")
         wait_until(
