@@ -178,7 +178,7 @@ class Bench:
         try:
             got, started = 0, None
             while got < total:
-                batch = await consumer.getmany(timeout_ms=2000, max_records=2000)
+                batch = await consumer.getmany(timeout_ms=2000, max_records=5000)
                 if not batch:
                     break
                 started = started or time.perf_counter()
@@ -243,52 +243,49 @@ class Bench:
         )
         worker = Worker(name, env, self.tmp / f"{name}.log").start()
         self.workers.append(worker)
-        wait_until(lambda: worker.consumed() is not None, 120, "the worker's metrics", [worker])
+        wait_until(lambda: bool(worker.metrics()), 120, "the worker's metrics", [worker])
         return worker
 
-    def drain_rate(self, worker: Worker, total: float, before: float = 0.0) -> float:
-        """Results/s while ``worker`` consumes up to ``total`` (timed from its first record)."""
-        first: tuple[float, float] | None = None
-        while True:
-            worker.check()
-            consumed = worker.consumed() or 0.0
-            now = time.perf_counter()
-            if first is None and consumed > before:
-                first = (now, consumed)
-            if consumed >= total:
-                assert first is not None
-                if consumed == first[1]:  # drained between two looks: too fast to time
-                    return float("nan")
-                return (consumed - first[1]) / (now - first[0])
-            time.sleep(0.05)
+    def drain_rate(self, worker: Worker, topic: str, lines: list[Line], before: float = 0) -> float:
+        """Results/s of a running ``worker`` over ``lines``, timed from the start of filling
+        ``topic`` with them (the fill is many times faster than the worker) until consumed."""
+        started = time.perf_counter()
+        asyncio.run(self.fill(topic, lines))
+        total = before + len(lines)
+        wait_until(lambda: (worker.consumed() or 0) >= total, 3600, "the backlog", [worker], 0.05)
+        return len(lines) / (time.perf_counter() - started)
 
-    def worker_throughput(self, name: str, topics: dict[str, str], total: int) -> float:
+    def ready_worker(self, name: str, topics: dict[str, str]) -> Worker:
+        """A worker with its partitions assigned (its first record consumed)."""
         worker = self.start_worker(name, topics)
+        asyncio.run(self.fill(topics["labs"], [line_of({"type": "bench", "patient_id": "-"})]))
+        wait_until(lambda: (worker.consumed() or 0) >= 1, 120, "the first record", [worker])
+        return worker
+
+    def worker_throughput(self, name: str, topics: dict[str, str], lines: list[Line]) -> float:
+        worker = self.ready_worker(name, topics)
         try:
-            return self.drain_rate(worker, total)
+            return self.drain_rate(worker, topics["labs"], lines, before=1)
         finally:
             worker.stop()
 
     def worker_with_history(self, days: int, patients: int, per_patient: int) -> float:
         name, topics = self.topics()
         lines, ends = history(patients, days)
-        asyncio.run(self.fill(topics["labs"], lines))
-        worker = self.start_worker(name, topics)
+        worker = self.ready_worker(name, topics)
         try:
-            self.drain_rate(worker, len(lines))
+            self.drain_rate(worker, topics["labs"], lines, before=1)
             new = follow_up(ends, per_patient)
-            asyncio.run(self.fill(topics["labs"], new))
-            return self.drain_rate(worker, len(lines) + len(new), before=len(lines))
+            return self.drain_rate(worker, topics["labs"], new, before=1 + len(lines))
         finally:
             worker.stop()
 
     def latency(self, patients: int, rate: float, seconds: float) -> list[float]:
         name, topics = self.topics()
         lines, ends = history(patients, 365)
-        asyncio.run(self.fill(topics["labs"], lines))
-        worker = self.start_worker(name, topics)
+        worker = self.ready_worker(name, topics)
         try:
-            self.drain_rate(worker, len(lines))
+            self.drain_rate(worker, topics["labs"], lines, before=1)
             return asyncio.run(self._latency(worker, topics, ends, rate, seconds))
         finally:
             worker.stop()
@@ -402,7 +399,7 @@ def throughput(bench: Bench, label: str, lines: list[Line], quix: bool) -> dict[
     }
     plain = asyncio.run(bench.plain_loop(topics, total))
     found[f"plain loop consume→step→produce, {label} (results/s)"] = plain
-    worker = bench.worker_throughput(name, topics, total)
+    worker = bench.worker_throughput(f"{name}-w", bench.broker.topics(f"{name}-w"), lines)
     found[f"carwatch worker, {label} (results/s)"] = worker
     found[f"worker / plain loop, {label} (%)"] = 100 * worker / plain
     if quix:

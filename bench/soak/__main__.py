@@ -163,7 +163,7 @@ def main() -> int:
             soak = Soak(broker, mode, mode == "chunked", args.stall)
             try:
                 wait_until(
-                    lambda s=soak: s.worker.consumed() is not None, 120, "the worker", [soak.worker]
+                    lambda s=soak: bool(s.worker.metrics()), 120, "the worker", [soak.worker]
                 )
                 for run in range(1, args.runs + 1):
                     rate = soak.drain(run, args.results)
