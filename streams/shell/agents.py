@@ -247,8 +247,17 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
         if report is not None:
             log.warning("stalled: %s", report)
 
+    recovery_began = [time.monotonic()]
+
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        recovery_began[0] = time.monotonic()
+        metrics.recovery_in_progress.set(1)
+
+    cast(Any, app.on_partitions_assigned).connect(on_assigned)
+
     async def on_recovered(active: Set[TP]) -> None:
-        """Index the patients of the recovered partitions from the table."""
+        """Index the patients of the recovered partitions from the table; the recovery ends
+        with it (``carwatch_table_recovery_seconds``: assignment to ready)."""
         partitions = {tp.partition for tp in active}
         monitor.index.forget(partitions)
         unreadable = 0
@@ -265,6 +274,8 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
         if unreadable:
             log.error("%d unreadable patient states in the table", unreadable)
         monitor.publish_gauges(owned())
+        metrics.recovery_seconds.set(time.monotonic() - recovery_began[0])
+        metrics.recovery_in_progress.set(0)
 
     table.on_recovered = on_recovered
 
