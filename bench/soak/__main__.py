@@ -16,6 +16,7 @@ active partitions, flow state). Exit status 1 on a stall or a dead worker.
 
 import argparse
 import asyncio
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from bench.processes import (
     worker_env,
 )
 
+PATIENT_ID = re.compile(rb'"patient_id":\s*"([^"]*)"')
 RESULTS_PER_PATIENT = 120  # about a year of labs (bench/engine/cohort.py)
 
 
@@ -51,7 +53,7 @@ async def publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
     try:
         pending = []
         for line in lines:
-            key = line[line.index(b'"patient_id":"') + 14 :].split(b'"', 1)[0]
+            key = PATIENT_ID.search(line).group(1)  # type: ignore[union-attr]
             pending.append(await producer.send(topic, line, key=key))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
