@@ -83,11 +83,14 @@ def write_changelog(broker: Broker, topic: str, patients: int, templates: int) -
 def cleanup_policy(broker: Broker, topic: str) -> str:
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
-        (response,) = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        found = {entry[0]: entry[1] for resource in response.resources for entry in resource[4]}
-        return str(found.get("cleanup.policy"))
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
         admin.close()
+    for by_name in found.values():
+        entry = by_name.get(topic, {}).get("cleanup.policy")
+        if entry is not None:
+            return str(entry.get("value") if isinstance(entry, dict) else entry)
+    return f"unknown ({found})"
 
 
 def recover(worker: Worker, patients: int) -> tuple[float, float]:
