@@ -16,6 +16,8 @@ topic keyed by patient id, so every consumer sees them in the same order:
     1.5 x Quix and >= 70 % of the plain loop.
 ``history`` -- the worker's results/s on the same new results for patients who already carry a
     month of history and for patients who carry a year. Target: year >= 80 % of month.
+``scale`` -- one worker against two in the same consumer group (static members) on the enrolled
+    stream: what a second worker buys on this machine.
 ``latency`` -- produce -> alert at a steady 1,000 results/s for five minutes over patients with a
     year of history, default settings (the tick timer runs every 60 s); one result in thirty
     raises or resolves an alert. Target p99 < 250 ms.
@@ -269,6 +271,43 @@ class Bench:
         finally:
             worker.stop()
 
+    def workers_throughput(self, count: int, lines: list[Line]) -> float:
+        """Results/s of ``count`` workers in one group draining ``lines`` (filled while they
+        run, as in ``drain_rate``)."""
+        name, topics = self.topics()
+        group = [
+            self.start_worker(
+                f"{name}-{n}", topics, CARWATCH_APP_ID=name, CARWATCH_GROUP_INSTANCE_ID=f"w{n}"
+            )
+            for n in range(count)
+        ]
+        try:
+            warm = [line_of({"type": "bench", "patient_id": f"-{n}"}) for n in range(64)]
+            asyncio.run(self.fill(topics["labs"], warm))
+            wait_until(
+                lambda: (
+                    sum(w.consumed() or 0 for w in group) >= len(warm)
+                    and all(w.consumed() for w in group)
+                ),
+                120,
+                "every worker's first record",
+                group,
+            )
+            started = time.perf_counter()
+            asyncio.run(self.fill(topics["labs"], lines))
+            total = len(warm) + len(lines)
+            wait_until(
+                lambda: sum(w.consumed() or 0 for w in group) >= total,
+                3600,
+                "the backlog",
+                group,
+                0.05,
+            )
+            return len(lines) / (time.perf_counter() - started)
+        finally:
+            for worker in group:
+                worker.stop()
+
     def worker_with_history(self, days: int, patients: int, per_patient: int) -> float:
         name, topics = self.topics()
         lines, ends = history(patients, days)
@@ -412,7 +451,7 @@ def throughput(bench: Bench, label: str, lines: list[Line], quix: bool) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=39092, help="broker port (controller +1)")
-    parser.add_argument("--phases", default="throughput,history,latency")
+    parser.add_argument("--phases", default="throughput,history,scale,latency")
     parser.add_argument("--enrolled-patients", type=int, default=6000)
     parser.add_argument("--hospital-records", type=int, default=100_000)
     parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams peer")
