@@ -1,6 +1,8 @@
-# CAR-T Watch worker image (also runs `carwatch feed` / `carwatch alerts tail`).
+# CAR-T Watch image: every long-running process (`carwatch worker`, `mllp`, `fhir-gateway`,
+# `alerts webhook`) and the tools (`feed`, `alerts tail`, `replay`).
 #   docker build -t carwatch .
 #   docker run --rm -e CARWATCH_BROKER_URL=kafka://kafka:9092 carwatch worker
+# Dependencies come pinned from requirements.lock (`make lock`), the same versions the tests ran.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,17 +11,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY streams ./streams
-# rocksdict: the production table store (CARWATCH_STORE=rocksdb:// uses the rocksdict driver)
-RUN pip install ".[rocksdict]" \
+# rocksdict: the production table store (CARWATCH_STORE=rocksdb:// uses the rocksdict driver);
+# -c: only the runtime packages are installed, each at its locked version.
+RUN pip install -c requirements.lock ".[rocksdict]" \
+    && pip check \
     && useradd --system --uid 10001 --home-dir /var/lib/carwatch --create-home carwatch
 
 USER carwatch
 WORKDIR /var/lib/carwatch
 ENV CARWATCH_DATA_DIR=/var/lib/carwatch/data
-# 9464: Prometheus metrics (bind with CARWATCH_METRICS_HOST=0.0.0.0 inside a container)
-EXPOSE 9464
+# Metrics: worker 9464, MLLP 9465, FHIR gateway 9466, webhook deliverer 9467; inside a container
+# bind them with CARWATCH_METRICS_HOST=0.0.0.0. Listeners: MLLP 2575, FHIR 8080 (--host 0.0.0.0).
+EXPOSE 9464 9465 9466 9467 2575 8080
 ENTRYPOINT ["carwatch"]
 CMD ["worker"]

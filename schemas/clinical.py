@@ -1,4 +1,4 @@
-"""``infusion`` and ``clinical_event`` wire records (DESIGN.md, clinical-rules.md section 0)."""
+"""``infusion`` and ``clinical_event`` wire records (docs/clinical-spec.md section 0)."""
 
 from typing import Annotated, Literal
 
@@ -11,7 +11,7 @@ from schemas.vocab import ClinicalEventKind, CostimulatoryDomain, RiskFactor
 class Infusion(WireModel):
     """Enrols a patient: ``infused_at`` is day 0. A later record replaces these fields.
 
-    ``hct_eligible`` absent means "eligible unless known otherwise" (clinical-rules.md 6).
+    ``hct_eligible`` absent means "eligible unless known otherwise" (docs/clinical-spec.md 6).
     """
 
     type: Literal["infusion"] = "infusion"
@@ -25,7 +25,7 @@ class Infusion(WireModel):
 
 
 class ClinicalEvent(WireModel):
-    """A clinical or course event (clinical-rules.md 0 "Course events"): IVIG dose, reinfusion,
+    """A clinical or course event (docs/clinical-spec.md 0 "Course events"): IVIG dose, reinfusion,
     CRS resolved, HCT performed, relapse (``detail`` such as ``cd19_negative``), end of follow-up.
     """
 

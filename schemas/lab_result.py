@@ -1,4 +1,4 @@
-"""``lab_result`` wire record (DESIGN.md "Wire contracts")."""
+"""``lab_result`` wire record (docs/architecture.md and the JSON Schemas)."""
 
 from typing import Annotated, Literal, Self
 
@@ -8,7 +8,7 @@ from pydantic_core import PydanticCustomError
 from schemas.base import PatientId, Timestamp, WireModel
 from schemas.vocab import Analyte, Comparator, MrdMethod, ResultStatus
 
-#: A JSON number, never text or a boolean (clinical-rules.md 0, "Numbers are numbers"): strict
+#: A JSON number, never text or a boolean (docs/clinical-spec.md 0, "Numbers are numbers"): strict
 #: mode accepts ints and floats only, so ``"250"`` is ``invalid_value`` instead of coerced.
 WireNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 

@@ -23,7 +23,7 @@ _PYDANTIC_REASONS = {
     "timezone_aware": RejectReason.NAIVE_DATETIME,
     "missing": RejectReason.MISSING_FIELD,
 }
-#: Type errors of the strict number and boolean fields (clinical-rules.md 0 "Numbers are numbers").
+#: Type errors of the strict number and boolean fields (docs/clinical-spec.md 0 "Numbers are numbers").
 _VALUE_TYPE_ERRORS = {"float_type", "bool_type", "finite_number"}
 
 

@@ -1,4 +1,4 @@
-"""Controlled vocabularies of the wire contracts (DESIGN.md "Wire contracts", clinical-rules.md).
+"""Controlled vocabularies of the wire contracts (docs/architecture.md and the JSON Schemas, docs/clinical-spec.md).
 
 Every value here is a bounded enum: safe as a Prometheus label, stable on the wire.
 """
@@ -68,7 +68,7 @@ class CostimulatoryDomain(StrEnum):
 
 
 class RiskFactor(StrEnum):
-    """clinical-rules.md section 6 and "Risk context" (Westhafen 2025 Table 1)."""
+    """docs/clinical-spec.md section 6 and "Risk context" (Westhafen 2025 Table 1)."""
 
     DONOR_AVAILABLE_WISHES_HCT = "donor_available_wishes_hct"
     HIGH_DISEASE_BURDEN = "high_disease_burden"
@@ -83,7 +83,7 @@ class RiskFactor(StrEnum):
 
 
 class ClinicalEventKind(StrEnum):
-    """Clinical and course events the rules read (clinical-rules.md sections 0, 2 and 4)."""
+    """Clinical and course events the rules read (docs/clinical-spec.md sections 0, 2 and 4)."""
 
     IVIG_GIVEN = "ivig_given"
     REINFUSION = "reinfusion"
@@ -164,3 +164,5 @@ class Outcome(StrEnum):
     UNKNOWN_ACCESSION = "unknown_accession"
     #: a record for a patient whose follow-up ended (``end_of_follow_up``): kept out of the rules
     NOT_MONITORED = "not_monitored"
+    #: collected before the patient's retained history (pruned, settled): not re-evaluated
+    OUTSIDE_WINDOW = "outside_window"

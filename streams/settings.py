@@ -14,14 +14,24 @@ Every process of the pipeline reads the same names, so one environment configure
 - ``group_instance_id``: Kafka static group membership; a worker restarted under the same id
   resumes its partitions at once instead of after the session timeout. One id per worker.
 - Every listener binds to 127.0.0.1 unless configured: the Faust web server (``web_host``,
-  ``web_port``) and the Prometheus endpoint (``metrics_host``, ``metrics_port``).
+  ``web_port``) and the Prometheus endpoint (``metrics_host``, ``metrics_port``). In a container
+  set ``CARWATCH_METRICS_HOST=0.0.0.0`` so that probes and Prometheus reach the pod. Each process
+  has its own default metrics port (``streams.metrics.PROCESSES``); ``CARWATCH_METRICS_PORT``
+  overrides it for whichever process reads it.
+- A ``CARWATCH_*`` variable that no settings model knows is rejected when a command starts
+  (``check_environment``), with the closest valid name: a misspelt setting is never ignored.
+  docs/settings.md lists every variable; it is generated from the models
+  (``python -m streams.settings_reference``) and a test keeps it in sync.
 - ``broker_session_timeout_seconds``: how long the group coordinator waits for a silent member
   before rebalancing; short (6–10 s) in tests so a fresh group starts quickly.
 """
 
+import difflib
+import importlib
 import ssl
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,47 +46,73 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CARWATCH_", extra="ignore", frozen=True)
 
+    #: Faust app id: the worker's consumer group and the prefix of its changelog topic.
     app_id: str = Field(default="carwatch", min_length=1)
+    #: Kafka bootstrap servers, ``kafka://host:port`` (several separated by ``,`` or ``;``).
     broker_url: str = "kafka://127.0.0.1:9092"
 
     # TLS / SASL (see module docstring for how the protocol is chosen)
+    #: CA bundle (PEM) that signed the brokers' certificates; setting it turns TLS on.
     ssl_cafile: Path | None = None
+    #: Client certificate (PEM) for mutual TLS; turns TLS on.
     ssl_certfile: Path | None = None
+    #: Private key (PEM) of the client certificate.
     ssl_keyfile: Path | None = None
+    #: SASL mechanism; setting it turns SASL on (over TLS when a CA file is set).
     sasl_mechanism: SaslMechanism | None = None
+    #: SASL user name (e.g. the KafkaUser of deploy/k8s/users.yaml).
     sasl_username: str | None = None
+    #: SASL password; never logged or shown.
     sasl_password: SecretStr | None = None
 
+    #: Partitions of every topic the worker creates (the inputs and the table changelog).
     partitions: int = Field(default=8, ge=1)
+    #: Replication factor of the topics the worker creates (3 on a production cluster).
     replication_factor: int = Field(default=1, ge=1)
+    #: Table store: ``memory://`` (tests, development) or ``rocksdb://`` (production; the
+    #: rocksdict driver, ``pip install 'carwatch[rocksdict]'``).
     store: Literal["memory://", "rocksdb://"] = "memory://"
+    #: Faust's data directory (the rocksdict store lives under it); created with its parents.
     data_dir: Path = Path("var/worker")
     #: Kafka ``group.instance.id`` of this worker (static membership); unique per worker.
     group_instance_id: str | None = Field(default=None, min_length=1)
     #: Decoded patient states kept in memory per worker (about 40 KB each after a year).
     state_cache_size: int = Field(default=10_000, ge=1)
 
+    #: Lab results (``LabResult``), keyed by patient id.
     labs_topic: str = "carwatch.labs"
+    #: Infusions and clinical events, keyed by patient id.
     clinical_topic: str = "carwatch.clinical"
+    #: Alert events for subscribers.
     alerts_topic: str = "carwatch.alerts"
+    #: Rejected input with machine-readable reasons.
     deadletter_topic: str = "carwatch.deadletter"
 
+    #: Address the Prometheus endpoint binds to (``0.0.0.0`` inside a container or pod).
     metrics_host: str = "127.0.0.1"
+    #: Port of the Prometheus endpoint; unset, each process uses its own (worker 9464, MLLP 9465,
+    #: FHIR gateway 9466, webhook deliverer 9467). 0 picks a free port.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Address of the worker's Faust web server (its liveness port, no patient data).
     web_host: str = "127.0.0.1"
+    #: Port of the worker's Faust web server.
     web_port: int = Field(default=6066, ge=1, le=65535)
 
+    #: TOML file of policy thresholds (``streams.core.policy.Policy``); unset: the defaults.
     policy_file: Path | None = None
 
     #: Seconds between ``tick`` runs over this worker's patients (monitoring gaps).
     tick_interval_seconds: float = Field(default=60.0, gt=0)
-    #: Most records in one processing batch, and the longest wait to fill one.
+    #: Most records in one processing batch.
     batch_size: int = Field(default=1000, ge=1)
+    #: Longest wait to fill a batch.
     batch_timeout_seconds: float = Field(default=0.05, gt=0)
     #: Deliver each fetched run of records of one partition as one stream event (see
     #: ``streams.shell.chunking.ChunkingConsumer``); ``false`` falls back to Faust's per-message path.
     chunked_delivery: bool = True
+    #: How long the group coordinator waits for a silent member before rebalancing.
     broker_session_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Heartbeats to the group coordinator (well below the session timeout).
     broker_heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
     #: How often processed offsets are committed (Faust's ``broker_commit_interval``).
     commit_interval_seconds: float = Field(default=2.8, gt=0)
@@ -105,6 +141,13 @@ class Settings(BaseSettings):
         if self.sasl_mechanism is not None:
             return "SASL_SSL" if tls else "SASL_PLAINTEXT"
         return "SSL" if tls else "PLAINTEXT"
+
+    def metrics_address(self, default_port: int, port: int | None = None) -> tuple[str, int]:
+        """Where a process serves ``/metrics``: ``port`` (its command-line option), else
+        ``CARWATCH_METRICS_PORT`` when it is set, else the process's own ``default_port``."""
+        if port is None:
+            port = self.metrics_port if "metrics_port" in self.model_fields_set else default_port
+        return self.metrics_host, port
 
     @property
     def topics(self) -> tuple[str, str, str, str]:
@@ -181,3 +224,70 @@ def bootstrap_servers(url: str) -> str:
     if not hosts:
         raise ValueError(f"broker URL {url!r} names no host")
     return ",".join(hosts)
+
+
+#: Every settings model that reads ``CARWATCH_*`` variables, as ``module:Class`` (imported on
+#: demand). A test fails when a ``BaseSettings`` under ``streams`` is missing here.
+SETTINGS_MODELS: Final = ("streams.settings:Settings",)
+
+#: ``CARWATCH_*`` variables read outside the settings models, and by what.
+OTHER_VARIABLES: Final = {
+    "CARWATCH_WEBHOOK_SECRET": (
+        "HMAC-SHA256 signing secret of `carwatch alerts webhook` (the variable its "
+        "`--secret-env` names by default); never given on the command line."
+    ),
+    "CARWATCH_KAFKA_PORT": "scripts/broker.sh: the local broker's client port (9092).",
+    "CARWATCH_KAFKA_CONTROLLER_PORT": "scripts/broker.sh: the KRaft controller port (9093).",
+    "CARWATCH_KAFKA_START_TIMEOUT": "scripts/broker.sh: seconds `up` waits for the broker (60).",
+    "CARWATCH_KAFKA_STOP_TIMEOUT": "scripts/broker.sh: seconds `down` waits before SIGKILL (30).",
+    "CARWATCH_STATE_DIR": "scripts/broker.sh: the local broker's state directory (var/kafka).",
+    "CARWATCH_TEST_KAFKA_PORT": "Tests: the port of the broker the test run starts (19092).",
+}
+
+
+class UnknownSetting(ValueError):
+    """A ``CARWATCH_*`` variable that nothing reads (a typo, or a setting that was renamed)."""
+
+
+def settings_models() -> list[type[BaseSettings]]:
+    """The classes of ``SETTINGS_MODELS``."""
+    models = []
+    for path in SETTINGS_MODELS:
+        module, _, name = path.partition(":")
+        models.append(getattr(importlib.import_module(module), name))
+    return models
+
+
+def env_names(model: type[BaseSettings]) -> dict[str, str]:
+    """Environment variable (upper case) → field name, for one settings model (a string
+    ``validation_alias`` is the variable's whole name, as pydantic-settings reads it)."""
+    prefix = str(model.model_config.get("env_prefix", ""))
+    names = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        names[(alias if isinstance(alias, str) else f"{prefix}{name}").upper()] = name
+    return names
+
+
+def known_variables() -> frozenset[str]:
+    names = set(OTHER_VARIABLES)
+    for model in settings_models():
+        names.update(env_names(model))
+    return frozenset(names)
+
+
+def check_environment(environ: Mapping[str, str], also: Iterable[str] = ()) -> None:
+    """Raise ``UnknownSetting`` for the first ``CARWATCH_*`` variable no model or script reads,
+    naming the closest valid one (variable names are case-insensitive, as pydantic reads them)."""
+    known = known_variables() | {name.upper() for name in also}
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith("CARWATCH_") and upper not in known:
+            suffixes = {k.removeprefix("CARWATCH_"): k for k in known}
+            close = difflib.get_close_matches(upper.removeprefix("CARWATCH_"), suffixes, n=1)
+            hint = (
+                f"; did you mean {suffixes[close[0]]}?"
+                if close
+                else " (docs/settings.md lists the valid ones)"
+            )
+            raise UnknownSetting(f"unknown setting {name}{hint}")

@@ -1,6 +1,7 @@
 """Synthetic patients as wire records (dicts), for the demo feed and the benchmarks. Pure code.
 
-Every trajectory is one clinical story from clinical-rules.md, so a cohort exercises every rule:
+Every trajectory is one clinical story of docs/clinical-spec.md, so a cohort exercises every rule
+and course event:
 
 - ``maintained_bca``: CD19 stays < 1 % for a year; IgG normal -- no alert (a quiet patient).
 - ``early_bca_loss``: aplasia at day 28, CD19 back at days 60 and 70 → ``bca_loss`` critical,
@@ -15,6 +16,14 @@ Every trajectory is one clinical story from clinical-rules.md, so a cohort exerc
   ``hct_consolidation`` warning.
 - ``monitoring_gap``: the last CD19 and IgG results lie 45 and 70 days before ``now`` → the
   worker's wall-clock ``tick`` raises ``monitoring_gap`` info alerts.
+- ``bca_not_established``: CD19 4 % on days 21 and 28, never aplastic → ``bca_not_established``
+  critical (primary failure).
+- ``hct_performed``: early loss of BCA (days 60, 67) → ``bca_loss`` critical and HCT advice; a
+  consolidative HCT on day 80 resolves both (``hct_performed``).
+- ``relapse``: MRD detected on day 56, relapse with a CD19-negative clone on day 70 → the MRD
+  alert and HCT advice resolve with the relapse.
+- ``end_of_follow_up``: low IgG from day 30, transfer on day 50 → the alert resolves; an IgG
+  collected after it is ``not_monitored``.
 
 Times are anchored so that each patient's latest result is close to ``now`` (a realistic live
 feed: a worker's ``tick`` sees no gap except where the story has one). ``hospital_labs`` makes
@@ -34,6 +43,10 @@ TRAJECTORIES = (
     "iec_hs",
     "mrd_positive",
     "monitoring_gap",
+    "bca_not_established",
+    "hct_performed",
+    "relapse",
+    "end_of_follow_up",
 )
 
 WireRecord = dict[str, Any]
@@ -89,15 +102,16 @@ class _Patient:
         self.records.append(record)
         return self
 
-    def event(self, kind: str, day: float) -> "_Patient":
-        self.records.append(
-            {
-                "type": "clinical_event",
-                "patient_id": self.patient_id,
-                "kind": kind,
-                "at": iso(self.at(day, 9)),
-            }
-        )
+    def event(self, kind: str, day: float, detail: str | None = None) -> "_Patient":
+        record: WireRecord = {
+            "type": "clinical_event",
+            "patient_id": self.patient_id,
+            "kind": kind,
+            "at": iso(self.at(day, 9)),
+        }
+        if detail is not None:
+            record["detail"] = detail
+        self.records.append(record)
         return self
 
 
@@ -160,6 +174,30 @@ def _monitoring_gap(p: _Patient) -> None:
     p.lab("cd19_pct", 55, 0.1, "%")
 
 
+def _bca_not_established(p: _Patient) -> None:
+    p.infusion(risk_factors=["low_cell_dose"]).lab("igg", -3, 800, "mg/dL")
+    p.lab("cd19_pct", 21, 4.0, "%").lab("cd19_pct", 28, 4.5, "%").lab("igg", 28, 700, "mg/dL")
+
+
+def _hct_performed(p: _Patient) -> None:
+    p.infusion().lab("igg", -3, 800, "mg/dL")
+    p.lab("cd19_pct", 28, 0.1, "%").lab("cd19_pct", 60, 1.6, "%").lab("cd19_pct", 67, 2.4, "%")
+    p.event("hct_performed", 80).lab("cd19_pct", 95, 6.0, "%").lab("igg", 95, 650, "mg/dL")
+
+
+def _relapse(p: _Patient) -> None:
+    p.infusion(risk_factors=["kmt2a_rearranged"]).lab("igg", -3, 800, "mg/dL")
+    p.lab("cd19_pct", 28, 0.1, "%")
+    p.lab("mrd", 56, 0.003, "1", method="flow", detected=True, sensitivity=1e-4)
+    p.event("relapse", 70, detail="cd19_negative").lab("igg", 72, 620, "mg/dL")
+
+
+def _end_of_follow_up(p: _Patient) -> None:
+    p.infusion().lab("igg", -3, 700, "mg/dL").lab("cd19_pct", 28, 0.1, "%")
+    p.lab("igg", 30, 320, "mg/dL").event("end_of_follow_up", 50, detail="transfer")
+    p.lab("igg", 56, 300, "mg/dL")
+
+
 _STORIES = {
     "maintained_bca": (_maintained_bca, 361),
     "early_bca_loss": (_early_bca_loss, 85),
@@ -169,6 +207,10 @@ _STORIES = {
     "mrd_positive": (_mrd_positive, 57),
     # the latest CD19 (day 55) 45 days and the latest IgG (day 30) 70 days before now
     "monitoring_gap": (_monitoring_gap, 100),
+    "bca_not_established": (_bca_not_established, 29),
+    "hct_performed": (_hct_performed, 96),
+    "relapse": (_relapse, 73),
+    "end_of_follow_up": (_end_of_follow_up, 57),
 }
 
 

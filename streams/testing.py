@@ -14,6 +14,7 @@ Values are in canonical units (the names say which), so tests read like the case
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from typing import Any, Self
 
 from schemas.alert import AlertEvent
@@ -30,7 +31,7 @@ from schemas.vocab import (
     RiskFactor,
     RuleName,
 )
-from streams.core.engine import PatientEvent, step, tick
+from streams.core.engine import PatientEvent, apply_all, tick
 from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.core.state import PatientState
 
@@ -72,10 +73,13 @@ class Timeline:
         )
         return self
 
-    def event(self, kind: str, day: float, hour: int = 9) -> Self:
+    def event(self, kind: str, day: float, hour: int = 9, detail: str | None = None) -> Self:
         self.events.append(
             ClinicalEvent(
-                patient_id=self.patient_id, kind=ClinicalEventKind(kind), at=at_day(day, hour)
+                patient_id=self.patient_id,
+                kind=ClinicalEventKind(kind),
+                at=at_day(day, hour),
+                detail=detail,
             )
         )
         return self
@@ -164,14 +168,26 @@ def run(
     events: Iterable[PatientEvent],
     policy: Policy = DEFAULT_POLICY,
     now: datetime | None = None,
+    *,
+    apart: bool = False,
 ) -> list[AlertEvent]:
-    """Run records through ``step`` (one state per patient), then ``tick(now)`` if given."""
+    """Run records through the engine as a driver would (one state per patient; consecutive
+    records of one patient applied together by ``apply_all``), then ``tick(now)`` if given.
+
+    ``apart=True`` applies every record on its own, as if each came in a message of its own
+    (a cancellation that follows its result later, the other half of a specimen sent later).
+    """
     states: dict[str, PatientState] = {}
     alerts: list[AlertEvent] = []
-    for event in events:
-        state = states.setdefault(event.patient_id, PatientState.new(event.patient_id))
-        _, emitted = step(state, event, policy)
-        alerts.extend(emitted)
+    batches = (
+        [(event.patient_id, [event]) for event in events]
+        if apart
+        else [(pid, list(group)) for pid, group in groupby(events, key=lambda e: e.patient_id)]
+    )
+    for patient_id, batch in batches:
+        state = states.setdefault(patient_id, PatientState.new(patient_id))
+        for result in apply_all(state, batch, policy):
+            alerts.extend(result.alerts)
     if now is not None:
         for state in states.values():
             alerts.extend(tick(state, now, policy)[1])

@@ -1,4 +1,9 @@
-"""Hypothesis strategies shared by the property tests: random clinical timelines."""
+"""Hypothesis strategies shared by the property tests: random clinical timelines.
+
+``result_specs`` draws results ((analyte, day, hour), value); ``censored_specs`` adds a comparator
+to some (value = the assay's limit); ``course_specs`` draws clinical and course events
+(kind, day). ``timeline`` builds one patient's records from them, in the order drawn.
+"""
 
 from hypothesis import strategies as st
 
@@ -16,6 +21,14 @@ ANALYTE_VALUES = {
     Analyte.ALT: st.sampled_from([30, 200, 201, 600]),
     Analyte.TRIGLYCERIDES: st.sampled_from([150, 265, 266, 400]),
 }
+COURSE_KINDS = (
+    "ivig_given",
+    "reinfusion",
+    "crs_resolved",
+    "hct_performed",
+    "relapse",
+    "end_of_follow_up",
+)
 
 result_specs = st.lists(
     st.tuples(
@@ -27,9 +40,38 @@ result_specs = st.lists(
     max_size=40,
 )
 
+#: results, some censored: ((analyte, day, hour), value, comparator or None)
+censored_specs = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(ANALYTE_VALUES)),
+        st.integers(min_value=-5, max_value=220),
+        st.integers(min_value=0, max_value=23),
+    ).flatmap(
+        lambda spec: st.tuples(
+            st.just(spec),
+            ANALYTE_VALUES[spec[0]],
+            st.sampled_from([None, None, None, "<", ">", "<=", ">="]),
+        )
+    ),
+    min_size=1,
+    max_size=40,
+)
 
-def timeline(specs: list, patient: str = "PROP") -> Timeline:
+course_specs = st.lists(
+    st.tuples(st.sampled_from(COURSE_KINDS), st.integers(min_value=1, max_value=220)),
+    max_size=3,
+)
+
+
+def timeline(specs: list, patient: str = "PROP", courses: list | tuple = ()) -> Timeline:
     t = Timeline(patient).infusion(risk_factors=["high_disease_burden"])
-    for (analyte, day, hour), value in specs:
-        t.lab(analyte, day, value, hour=hour)
+    for spec in specs:
+        (analyte, day, hour), value, *rest = spec
+        comparator = rest[0] if rest else None
+        if comparator is None:
+            t.lab(analyte, day, value, hour=hour)
+        else:
+            t.lab(analyte, day, value, hour=hour, comparator=comparator)
+    for kind, day in courses:
+        t.event(kind, day=day, detail="cd19_negative" if kind == "relapse" else None)
     return t

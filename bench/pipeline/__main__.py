@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -51,7 +52,7 @@ from streams.pipeline.monitor import LABS, InRecord, Monitor
 from streams.pipeline.store import DictStore, PatientStates
 
 QUIX_VENV = REPO / "var" / "bench" / "quix-venv"
-QUIX_REQUIREMENT = "quixstreams==3.28.1"
+QUIX_EXTRA = "quix"  # pyproject.toml's extra with the Quix Streams release
 Line = tuple[bytes, bytes]  # (key, value)
 
 
@@ -399,17 +400,19 @@ class Bench:
 
 
 def ensure_quix_venv() -> Path:
-    """``var/bench/quix-venv`` with Quix Streams and this project (created once)."""
+    """``var/bench/quix-venv`` with this project and its ``quix`` extra (created once)."""
     python = QUIX_VENV / "bin" / "python"
     stamp = QUIX_VENV / ".carwatch-installed"
-    if stamp.exists() and stamp.read_text() == QUIX_REQUIREMENT:
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirement = " ".join(wanted["optional-dependencies"][QUIX_EXTRA])
+    if stamp.exists() and stamp.read_text() == requirement:
         return python
-    print(f"creating {QUIX_VENV} ({QUIX_REQUIREMENT} and this project) ...", flush=True)
+    print(f"creating {QUIX_VENV} (this project and {requirement}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, QUIX_REQUIREMENT, "-e", str(REPO)], check=True)
-    stamp.write_text(QUIX_REQUIREMENT)
+    subprocess.run([*pip, "-e", f"{REPO}[{QUIX_EXTRA}]"], check=True)
+    stamp.write_text(requirement)
     return python
 
 

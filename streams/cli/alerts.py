@@ -6,7 +6,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.cli.common import UsageFailure, settings_from_env
+from streams.cli.common import (
+    UsageFailure,
+    log_level_option,
+    metrics_port_option,
+    settings_from_env,
+)
 
 if TYPE_CHECKING:
     pass
@@ -93,7 +98,8 @@ def tail(
 @click.option("--group", default="carwatch-webhooks", show_default=True, help="Consumer group.")
 @click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--idle-timeout", type=click.FloatRange(min=1), help="Stop after S idle seconds.")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT.")
+@metrics_port_option()
+@log_level_option()
 def webhook(
     urls: tuple[str, ...],
     secret_env: str,
@@ -101,15 +107,15 @@ def webhook(
     max_events: int | None,
     idle_timeout: float | None,
     metrics_port: int | None,
+    log_level: str,
 ) -> None:
     """Deliver alert events to webhooks: signed (HMAC-SHA256), retried, at least once."""
     import asyncio
     import os
 
-    from prometheus_client import CollectorRegistry, start_http_server
-
     from streams.delivery.webhook import WebhookDeliverer, aiohttp_sender, run_webhooks
-    from streams.metrics import PipelineMetrics
+    from streams.logs import configure_logging
+    from streams.metrics import WEBHOOK, DeliveryMetrics, MetricsServerError, serve_metrics
 
     secret = os.environ.get(secret_env)
     if not secret:
@@ -118,10 +124,14 @@ def webhook(
     if bad:
         raise UsageFailure(f"not an http(s) URL: {bad[0]}")
     settings = settings_from_env()
-    registry = CollectorRegistry()
-    metrics = PipelineMetrics(registry)
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    configure_logging(log_level)
+    metrics = DeliveryMetrics()
+    host, port = settings.metrics_address(WEBHOOK.metrics_port, metrics_port)
+    try:
+        port = serve_metrics(metrics.registry, host, port)
+    except MetricsServerError as exc:
+        raise UsageFailure(str(exc)) from exc
+    click.echo(f"carwatch alerts webhook: metrics on http://{host}:{port}/metrics", err=True)
 
     async def run() -> int:
         send, close = aiohttp_sender()

@@ -1,9 +1,11 @@
 """What every command shares: one-line usage errors (exit 2), time and policy arguments,
-settings from ``CARWATCH_*``."""
+settings from ``CARWATCH_*``, and the options several commands have -- defined once here, so each
+is spelt the same everywhere (tests/unit/cli/test_cli_options.py checks it)."""
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -39,15 +41,49 @@ def load_policy(path: str | None) -> Policy:
 
 
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
+#: Old spellings still accepted on the command line (rewritten, with a warning, by ``main``).
+DEPRECATED_OPTIONS = {"--loglevel": "--log-level"}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def log_level_option(dest: str = "log_level") -> Callable[[F], F]:
+    return click.option(
+        "--log-level",
+        dest,
+        type=LOG_LEVELS,
+        default="info",
+        show_default=True,
+        help="Least severe log level written to stderr (patient data is redacted).",
+    )
+
+
+def policy_option() -> Callable[[F], F]:
+    return click.option(
+        "--policy",
+        "policy_path",
+        help="Policy TOML file: thresholds and plausibility limits (default: the built-in ones).",
+    )
+
+
+def metrics_port_option(dest: str = "metrics_port") -> Callable[[F], F]:
+    return click.option(
+        "--metrics-port",
+        dest,
+        type=click.IntRange(0, 65535),
+        help="Port of /metrics (default: $CARWATCH_METRICS_PORT, else this command's own, "
+        "docs/settings.md; 0: any free port) on $CARWATCH_METRICS_HOST (127.0.0.1).",
+    )
 
 
 def settings_from_env(**overrides: Any) -> "Settings":
+    """``CARWATCH_*`` settings; command-line ``overrides`` that were given (not None) win."""
     from pydantic import ValidationError
 
     from streams.settings import Settings
 
     try:
-        return Settings(**overrides)
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -5,7 +5,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.common import LOG_LEVELS, UsageFailure, load_policy
+from streams.cli.common import (
+    UsageFailure,
+    load_policy,
+    log_level_option,
+    metrics_port_option,
+    policy_option,
+)
 
 if TYPE_CHECKING:
     pass
@@ -28,11 +34,9 @@ def _listener_options(command: Callable[..., None]) -> Callable[..., None]:
             "--publish-timeout", type=click.FloatRange(min=0.1), default=10.0, help=_TIMEOUT_HELP
         ),
         click.option("--feed-config", "feed_config_path", help=_FEED_HELP),
-        click.option("--policy", "policy_path", help="Policy TOML file (plausibility limits)."),
-        click.option(
-            "--metrics-port", type=click.IntRange(1, 65535), help="Metrics on 127.0.0.1:PORT."
-        ),
-        click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True),
+        policy_option(),
+        metrics_port_option(),
+        log_level_option(),
     ]
     for option in reversed(options):
         command = option(command)

@@ -15,6 +15,7 @@ from streams.cli.common import (
     UsageFailure,
     load_policy,
     parse_aware_datetime,
+    policy_option,
 )
 from streams.ingest.fhir.observation import FhirConfig
 from streams.ingest.files import FORMATS, InputItem, format_for_path, read_items
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format for all files.")
 @click.option("--alerts-out", type=click.Path(dir_okay=False, writable=True), help="NDJSON file.")
 @click.option("--now", help="Clock for a final tick (ISO 8601 with zone): monitoring gaps.")
-@click.option("--policy", "policy_path", help="Policy TOML file with threshold overrides.")
+@policy_option()
 @click.option(
     "--feed-timezone",
     help="IANA zone of HL7/FHIR timestamps sent without an offset (else they are rejected).",

@@ -4,17 +4,23 @@ import sys
 
 import click
 
-from streams.cli.common import LOG_LEVELS, UsageFailure, settings_from_env
+from streams.cli.common import (
+    UsageFailure,
+    log_level_option,
+    metrics_port_option,
+    settings_from_env,
+)
 from streams.core.policy import PolicyError
 
 
 @click.command()
-@click.option("--loglevel", type=LOG_LEVELS, default="info", show_default=True)
-def worker(loglevel: str) -> None:
+@log_level_option("loglevel")
+@metrics_port_option()
+def worker(loglevel: str, metrics_port: int | None) -> None:
     """Run the Faust worker: monitor agent, tick timer and /metrics (settings: CARWATCH_*)."""
     from streams.pipeline.topics import TopicError, ensure_topics
 
-    settings = settings_from_env()
+    settings = settings_from_env(metrics_port=metrics_port)
     try:
         settings.load_policy()
     except PolicyError as exc:

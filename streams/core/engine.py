@@ -1,24 +1,37 @@
-"""The pure rule engine: ``step`` and ``tick`` (DESIGN.md "The core: a pure rule engine").
+"""The pure rule engine: ``step``, ``apply_all`` and ``tick`` (docs/architecture.md "The core").
 
 No Kafka, clock, network or global state here. ``tick`` is the only entry for wall-clock time
-(``now`` is passed in). The Faust agents and ``carwatch replay`` call these same functions.
+(``now`` is passed in). The Faust worker and ``carwatch replay`` call these same functions.
 
-``apply`` is ``step`` plus the record's outcome (accepted, duplicate, not_enrolled, ...) for
-counting; ``step`` keeps the signature of the design. Both update ``state`` in place and return it.
+- ``apply_all`` is the entry for drivers that see several records of one patient at once
+  (replay, the worker's batches): consecutive lab results with one collection time are one
+  specimen, applied together -- the rules evaluate once, after all of them, so that a specimen's
+  CD19 % and absolute count never alert on half a specimen (docs/clinical-spec.md "Same
+  specimen"). Its alert events are attached to the group's last record.
+- The engine dispatches from the rules' declarations (``Reads``): a change of an analyte or an
+  event kind re-evaluates the rules that read it, and the rules built on those; no rule is a
+  special case here.
+- Pruning (``prune``) folds what each rule needs from the results before a cut into the rule's
+  carry first, and forgets only alerts whose episodes closed before the cut: pruning alone never
+  raises, updates, resolves or retracts anything.
+- After ``end_of_follow_up`` lab results collected at or after it are ``not_monitored``, and
+  ``tick`` raises nothing.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cache
 
 from schemas.alert import AlertEvent
 from schemas.clinical import ClinicalEvent, Infusion
 from schemas.lab_result import LabResult
-from schemas.vocab import Analyte, Outcome, ResultStatus, RuleName
-from streams.core.lifecycle import reconcile
+from schemas.vocab import Analyte, ClinicalEventKind, Outcome, ResultStatus, RuleName
+from streams.core.lifecycle import Step, covers_open, forget_settled, order, quiet, reconcile
 from streams.core.policy import Policy
 from streams.core.rules import (
     bca_loss,
+    bca_not_established,
     hct_consolidation,
     hypogammaglobulinemia,
     iec_hs,
@@ -28,12 +41,14 @@ from streams.core.rules import (
 )
 from streams.core.rules.base import Cite, Rule, RuleInput
 from streams.core.state import ClinicalEventRecord, Enrollment, PatientState, StoredResult
+from streams.core.text import NAME, quantity
 
 PatientEvent = LabResult | Infusion | ClinicalEvent
 
-#: Evaluation order: a rule comes after the rules it depends on.
+#: Every rule, in the order of docs/clinical-spec.md (a rule comes after those it builds on).
 RULES: tuple[Rule, ...] = (
     bca_loss.RULE,
+    bca_not_established.RULE,
     hypogammaglobulinemia.RULE,
     prolonged_neutropenia.RULE,
     iec_hs.RULE,
@@ -42,18 +57,24 @@ RULES: tuple[Rule, ...] = (
     monitoring_gap.RULE,
 )
 RULES_BY_NAME: dict[RuleName, Rule] = {rule.name: rule for rule in RULES}
-
-
-def _affected(analytes: frozenset[Analyte], events: frozenset[str]) -> tuple[Rule, ...]:
-    """Rules that read these analytes or events directly (dependents are added when needed)."""
-    return tuple(rule for rule in RULES if rule.analytes & analytes or rule.events & events)
-
-
-_RULES_FOR_ANALYTE = {a: _affected(frozenset((a,)), frozenset()) for a in Analyte}
-_RULES_FOR_EVENT = {
-    kind: _affected(frozenset(), frozenset((kind,)))
-    for kind in ("ivig_given", "reinfusion", "crs_resolved")
-}
+RULE_ORDER = tuple(rule.name for rule in RULES)
+GAPS = monitoring_gap.RULE
+#: Course events kept when older events are pruned (their effects outlive the window).
+_KEPT_EVENTS = frozenset(
+    {
+        ClinicalEventKind.HCT_PERFORMED,
+        ClinicalEventKind.RELAPSE,
+        ClinicalEventKind.END_OF_FOLLOW_UP,
+    }
+)
+#: Settings every rule reads through the engine (day numbers; what a rule may build on): part of
+#: every alert id's fingerprint besides the rule's own settings.
+COMMON_SETTINGS = ("timezone", "alert_on_preliminary")
+_PRELIMINARY = ResultStatus.PRELIMINARY
+#: statuses of a record that is a result of its own (not a later version of one)
+_NEW_VERSIONS = (ResultStatus.FINAL, ResultStatus.PRELIMINARY)
+#: Pruning waits until the history exceeds its bounds by this much, then cuts back to them.
+_WINDOW_SLACK = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,29 +92,32 @@ def step(
     return result.state, result.alerts
 
 
+def apply(state: PatientState, event: PatientEvent, policy: Policy) -> StepResult:
+    """``step`` with the record's outcome (accepted, duplicate, not_enrolled, ...) for counting."""
+    return apply_all(state, [event], policy)[0]
+
+
 def apply_all(
     state: PatientState, events: Sequence[PatientEvent], policy: Policy
 ) -> list[StepResult]:
-    """Apply one patient's records in order; one ``StepResult`` per record, in input order.
-
-    This is the entry for every driver that sees several records at once (replay, the worker's
-    batches): results of one specimen that arrive together are applied together
-    (clinical-rules.md 0 "Same specimen"), their alert events attached to the group's last record.
-    """
-    return [apply(state, event, policy) for event in events]
-
-
-def apply(state: PatientState, event: PatientEvent, policy: Policy) -> StepResult:
-    if isinstance(event, Infusion):
-        return _apply_infusion(state, event, policy)
-    if state.enrollment is None:
-        return StepResult(state, [], Outcome.NOT_ENROLLED)
-    if isinstance(event, ClinicalEvent):
-        outcome = state.record_event(ClinicalEventRecord(kind=event.kind, at=event.at))
-        rules = _RULES_FOR_EVENT.get(event.kind.value, ()) if outcome is Outcome.ACCEPTED else ()
-        alerts = _evaluate(_context(state, policy), rules, event.at, event.at, None)
-        return StepResult(state, alerts, outcome)
-    return _apply_result(state, event, policy)
+    """Apply one patient's records in order; one ``StepResult`` per record, in input order."""
+    results: list[StepResult] = []
+    index = 0
+    while index < len(events):
+        event = events[index]
+        if isinstance(event, LabResult):
+            end = index + 1
+            while end < len(events) and _same_specimen(event, events[end]):
+                end += 1
+            results += _apply_specimen(state, events[index:end], policy)  # type: ignore[arg-type]
+            index = end
+            continue
+        if isinstance(event, Infusion):
+            results.append(_apply_infusion(state, event, policy))
+        else:
+            results.append(_apply_event(state, event, policy))
+        index += 1
+    return results
 
 
 def tick(
@@ -104,8 +128,23 @@ def tick(
         return state, []
     if state.clock is None or now > state.clock:
         state.clock = now
-    rules = (RULES_BY_NAME[RuleName.MONITORING_GAP],)
-    return state, _evaluate(_context(state, policy), rules, now, now, None)
+    ctx = _context(state, policy)
+    if not GAPS.observe(ctx, now):
+        return state, []
+    return state, _evaluate(ctx, ((GAPS, True),), Step(at=now, decided_at=now))
+
+
+def _same_specimen(first: LabResult, other: PatientEvent) -> bool:
+    """Does ``other`` belong to ``first``'s specimen (consecutive lab results, one collection
+    time)? Decision: a correction or cancellation is a later version of a result, not another
+    result of the specimen -- it starts a new group, so a result and its cancellation in one
+    file still raise and retract (docs/clinical-spec.md "Same specimen")."""
+    return (
+        isinstance(other, LabResult)
+        and other.patient_id == first.patient_id
+        and other.collected_at == first.collected_at
+        and other.status in _NEW_VERSIONS
+    )
 
 
 def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> StepResult:
@@ -120,14 +159,81 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     if state.enrollment == enrollment:
         return StepResult(state, [], Outcome.DUPLICATE)
     state.enrollment = enrollment
-    alerts = _evaluate(_context(state, policy), RULES, event.infused_at, event.infused_at, None)
+    at = event.infused_at
+    change = "the infusion record changed (day 0 or enrollment fields)"
+    alerts = _evaluate(
+        _context(state, policy), ALL_RULES, Step(at=at, decided_at=at, change=lambda: change)
+    )
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
 
-def _apply_result(state: PatientState, result: LabResult, policy: Policy) -> StepResult:
-    analyte = result.analyte
-    assert analyte is not None, "ingest resolves the analyte before the engine"
-    stored = StoredResult(
+def _apply_event(state: PatientState, event: ClinicalEvent, policy: Policy) -> StepResult:
+    if state.enrollment is None:
+        return StepResult(state, [], Outcome.NOT_ENROLLED)
+    ended = state.ended_at()
+    if (
+        ended is not None
+        and event.at >= ended
+        and event.kind is not ClinicalEventKind.END_OF_FOLLOW_UP
+    ):
+        return StepResult(state, [], Outcome.NOT_MONITORED)
+    record = ClinicalEventRecord(kind=event.kind, at=event.at, detail=event.detail)
+    outcome = state.record_event(record)
+    if outcome is not Outcome.ACCEPTED:
+        return StepResult(state, [], outcome)
+    ctx = _context(state, policy)
+    rules = _rules_for(frozenset(), frozenset({event.kind}))
+    change = f"{event.kind.value} recorded on day {ctx.day(event.at)}"
+    alerts = _evaluate(ctx, rules, Step(at=event.at, decided_at=event.at, change=lambda: change))
+    return StepResult(state, alerts, outcome)
+
+
+def _apply_specimen(
+    state: PatientState, group: Sequence[LabResult], policy: Policy
+) -> list[StepResult]:
+    if state.enrollment is None:
+        return [StepResult(state, [], Outcome.NOT_ENROLLED) for _ in group]
+    ended = state.ended_at()
+    outcomes: list[Outcome] = []
+    changes: list[tuple[Analyte, StoredResult, StoredResult | None]] = []
+    decided: list[datetime] = []
+    for result in group:
+        if ended is not None and result.collected_at >= ended:
+            outcomes.append(Outcome.NOT_MONITORED)
+            continue
+        analyte = result.analyte
+        assert analyte is not None, "ingest resolves the analyte before the engine"
+        stored = _stored(result)
+        outcome, replaced = state.record_result(analyte, stored)
+        outcomes.append(outcome)
+        if outcome is Outcome.ACCEPTED and (
+            stored.status is not _PRELIMINARY or policy.alert_on_preliminary
+        ):
+            changes.append((analyte, stored, replaced))
+            decided.append(result.resulted_at or result.collected_at)
+    alerts: list[AlertEvent] = []
+    if changes:
+        ctx = _context(state, policy)
+        if all(replaced is None and not stored.is_cancelled for _, stored, replaced in changes):
+            ctx.appended = tuple((a, stored) for a, stored, _ in changes)
+        analyte, stored, _ = changes[-1]
+        step_ = Step(
+            at=group[0].collected_at,
+            decided_at=max(decided),
+            trigger=Cite(analyte, stored, "result that triggered this event"),
+            change=lambda: _describe_changes(ctx, changes),
+        )
+        alerts = _evaluate(ctx, _rules_for(frozenset(a for a, _, _ in changes), frozenset()), step_)
+        newest = max(stored.collected_at for _, stored, _ in changes)
+        if _may_need_pruning(state, policy, newest, {a for a, _, _ in changes}):
+            prune(state, policy)
+    results = [StepResult(state, [], outcome) for outcome in outcomes]
+    results[-1] = StepResult(state, alerts, outcomes[-1])
+    return results
+
+
+def _stored(result: LabResult) -> StoredResult:
+    return StoredResult(
         collected_at=result.collected_at,
         value=result.value,
         status=result.status,
@@ -137,62 +243,139 @@ def _apply_result(state: PatientState, result: LabResult, policy: Policy) -> Ste
         detected=result.detected,
         method=result.method,
         sensitivity=result.sensitivity,
+        comparator=result.comparator,
     )
-    outcome, replaced = state.record_result(analyte, stored)
-    if outcome is not Outcome.ACCEPTED or (
-        result.status is ResultStatus.PRELIMINARY and not policy.alert_on_preliminary
-    ):
-        return StepResult(state, [], outcome)
-    decided_at = result.resulted_at or result.collected_at
-    trigger = Cite(analyte, stored, "result that triggered this event")
-    ctx = _context(state, policy)
-    changed = (stored,) if replaced is None else (stored, replaced)
-    rules = tuple(
-        rule
-        for rule in _RULES_FOR_ANALYTE[analyte]
-        if any(rule.may_change(ctx, analyte, version) for version in changed)
-    )
-    alerts = _evaluate(ctx, rules, result.collected_at, decided_at, trigger)
-    if state.needs_pruning(analyte, policy.history_window_days, policy.max_results_per_analyte):
-        state.prune(policy.history_window_days, policy.max_results_per_analyte)
-    return StepResult(state, alerts, outcome)
+
+
+def _describe_changes(
+    ctx: RuleInput, changes: list[tuple[Analyte, StoredResult, StoredResult | None]]
+) -> str:
+    """What changed in the history, in words (retraction texts name it)."""
+    parts = []
+    for analyte, stored, replaced in changes:
+        name = NAME[analyte]
+        what = f"{name} {stored.accession or 'without accession'} (day {ctx.day_of(stored)})"
+        if stored.is_cancelled:
+            parts.append(f"{what} was cancelled")
+        elif replaced is not None and not replaced.is_cancelled:
+            parts.append(
+                f"{what} was {stored.status.value}: {quantity(analyte, replaced)} → "
+                f"{quantity(analyte, stored)}"
+            )
+        else:
+            later = [r for r in ctx.results(analyte) if r.collected_at > stored.collected_at]
+            kind = "late result" if later else "result"
+            parts.append(
+                f"{name} {kind} {quantity(analyte, stored)} collected on day "
+                f"{ctx.day_of(stored)} was added"
+            )
+    return "; ".join(parts)
 
 
 def _context(state: PatientState, policy: Policy) -> RuleInput:
-    return RuleInput(state=state, policy=policy, clock=state.clock, registry=RULES_BY_NAME)
+    return RuleInput(state=state, policy=policy, registry=RULES_BY_NAME)
 
 
-def _evaluate(
-    ctx: RuleInput,
-    rules: tuple[Rule, ...],
-    trigger_time: datetime,
-    decided_at: datetime,
-    trigger: Cite | None,
-) -> list[AlertEvent]:
-    if not rules:
-        return []
-    state = ctx.state
-    alerts: list[AlertEvent] = []
+@cache
+def _rules_for(
+    analytes: frozenset[Analyte], kinds: frozenset[ClinicalEventKind]
+) -> tuple[tuple[Rule, bool], ...]:
+    """The rules that read these analytes or event kinds (direct), and the rules built on them
+    (not direct), in evaluation order."""
+    direct = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
+    chosen = set(direct)
+    for rule in RULES:  # dependents come after their dependencies
+        if chosen & set(rule.reads.depends_on):
+            chosen.add(rule.name)
+    return tuple((rule, rule.name in direct) for rule in RULES if rule.name in chosen)
+
+
+ALL_RULES = tuple((rule, True) for rule in RULES)
+
+
+def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) -> list[AlertEvent]:
+    """Reconcile the rules' findings. A rule that reads nothing of this step's change (not
+    direct) is evaluated only when a rule it builds on announced something: its findings derive
+    from theirs, so without such an announcement they cannot have changed."""
     changed: set[RuleName] = set()
-    direct = {rule.name for rule in rules}
-    for rule in RULES:
-        # A dependent rule reads only its dependencies' findings: if none of them announced a
-        # change in this step, its own findings cannot have changed either.
-        if rule.name not in direct and not rule.depends_on & changed:
+    events: list[AlertEvent] = []
+    for rule, direct in rules:
+        if not direct and not changed.intersection(rule.reads.depends_on):
             continue
-        horizon = _horizon(state, rule)
-        events = reconcile(
-            ctx, rule.name, ctx.findings(rule.name), trigger_time, decided_at, trigger, horizon
+        fingerprint = ctx.policy.fingerprint((*COMMON_SETTINGS, *rule.reads.settings))
+        evaluation = ctx.evaluation(rule.name)
+        if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
+            evaluation = ctx.complete_evaluation(rule.name)  # never expected: be safe
+        if not evaluation.complete and quiet(ctx.state, rule.name, evaluation.findings):
+            continue
+        emitted = reconcile(
+            ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
         )
-        if events:
+        if emitted:
             changed.add(rule.name)
-            alerts.extend(events)
-    return alerts
+            events += emitted
+    return order(events, RULE_ORDER)
 
 
-def _horizon(state: PatientState, rule: Rule) -> datetime | None:
-    """Latest pruning cut among the analytes a rule reads (None while nothing was pruned)."""
-    if not state.pruned_before:
+def _may_need_pruning(
+    state: PatientState, policy: Policy, newest: datetime, analytes: set[Analyte]
+) -> bool:
+    """A cheap test before ``_cut``: only a new result can push the history past its bounds."""
+    cap = policy.max_results_per_analyte
+    if any(len(state.results.get(a, ())) > cap + cap // 4 for a in analytes):
+        return True
+    oldest = state.earliest()
+    window = timedelta(days=policy.history_window_days)
+    return oldest is not None and oldest < newest - window - _WINDOW_SLACK
+
+
+def prune(state: PatientState, policy: Policy) -> None:
+    """Bound the history (``Policy.history_window_days``, ``max_results_per_analyte``).
+
+    Every rule's carry is advanced to the cut before the results are dropped; closed alerts of
+    episodes wholly before the cut are forgotten (never retracted). Nothing is emitted.
+    """
+    cut = _cut(state, policy)
+    if cut is None:
+        return
+    ctx = _context(state, policy)
+    carries = {rule.name: rule.carry(ctx, cut) for rule in RULES}
+    state.carries = {name: carry for name, carry in carries.items() if carry is not None}
+    state.cut = cut
+    for analyte, history in list(state.results.items()):
+        keep = 0
+        while keep < len(history) and history[keep].collected_at < cut:
+            keep += 1
+        del history[:keep]
+        if not history:
+            del state.results[analyte]
+    state.accessions.clear()
+    state.oldest = None
+    state.events = [e for e in state.events if e.at >= cut or e.kind in _KEPT_EVENTS]
+    ctx = _context(state, policy)
+    for rule in RULES:
+        forget_settled(ctx, rule.name, ctx.findings(rule.name))
+
+
+def _cut(state: PatientState, policy: Policy) -> datetime | None:
+    """Where to cut the history now, or None while it is within its bounds (plus slack)."""
+    histories = [h for h in state.results.values() if h]
+    if not histories:
         return None
-    cuts = [state.pruned_before[a] for a in rule.analytes if a in state.pruned_before]
-    return max(cuts) if cuts else None
+    cap = policy.max_results_per_analyte
+    newest = oldest = histories[0][-1].collected_at
+    too_many = False
+    for history in histories:
+        newest = max(newest, history[-1].collected_at)
+        oldest = min(oldest, history[0].collected_at)
+        too_many = too_many or len(history) > cap + cap // 4
+    window = timedelta(days=policy.history_window_days)
+    if not too_many and oldest >= newest - window - _WINDOW_SLACK:
+        return None
+    cut = newest - window
+    for history in histories:
+        if len(history) > cap:
+            cut = max(cut, history[len(history) - cap].collected_at)
+    if state.cut is not None and cut <= state.cut:
+        return None
+    return cut

@@ -2,93 +2,181 @@
 
 Per (patient, rule, episode): ``raised`` → ``updated`` (escalation or new evidence) → ``resolved``
 (condition cleared) or ``retracted`` (on the history as now known it never held). A resolved alert
-whose resolving result is corrected away re-opens with ``updated`` under the same id; a late result
-that reveals an episode already over yields ``raised`` then ``resolved`` (clinical-rules.md 0).
+whose resolving result is corrected away -- or whose episode a late result shows never ended --
+re-opens with ``updated`` under the same id; a late result that reveals an episode already over
+yields ``raised`` then ``resolved`` (docs/clinical-spec.md "Common definitions").
 
-``alert_id`` = hash(patient id, rule, episode, policy version): the same input always gives the
-same ids, so restarts, duplicates and replays never create a second alert for one episode.
+Alert ids: ``alert_id`` = hash(patient id, rule, episode start, fingerprint of the settings the
+rule reads), computed when the alert is first raised and stored with it: every later event of the
+alert carries it, whatever the policy then says. ``event_id`` = alert id and sequence number.
 
-Episode identity follows the episode, not its first result: when a late result moves an open
-episode's start earlier (the condition held all along), the finding keeps the alert it was
-announced under -- ``updated`` with the new start and evidence, never ``retracted`` + ``raised``
-again ("a condition that stays true never raises twice"). An announced alert belongs to the
-finding whose episode covers the announced start.
+Episode identity follows the episode, not its first result: when a change of history moves an
+open episode's start *earlier* (the condition held all along), the finding keeps the alert it was
+announced under -- ``updated``, never ``retracted`` + ``raised``. When it moves the start *later*
+(the first qualifying value was corrected or cancelled away), the old alert is retracted and the
+episode is raised under the id of its new start.
 
-Bounded history: before ``horizon`` (where pruning cut the rule's analytes) the history is
-settled. A closed alert that started before it and is no longer found is forgotten, not retracted
-(its condition did hold; its results aged out), and a closed episode starting at the cut is not
-announced (it may be the tail of one that was).
+Order of the events of one step: retractions first; then each alert's events in life-cycle
+order; alerts ordered by the clinical time of their first event in the step, then by rule in the
+order of docs/clinical-spec.md (``order``).
 """
 
 import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.alert import AlertEvent
 from schemas.vocab import AlertAction, ResultStatus, RuleName
 from streams.core.rules.base import Cite, Finding, RuleInput, Texts
-from streams.core.state import AlertStatus, AnnouncedAlert
+from streams.core.state import AlertStatus, AnnouncedAlert, PatientState
+
+_OPEN = AlertStatus.OPEN
+_LIFECYCLE = {
+    AlertAction.RAISED: 0,
+    AlertAction.UPDATED: 1,
+    AlertAction.RESOLVED: 2,
+    AlertAction.RETRACTED: 3,
+}
 
 
-def alert_id(patient_id: str, rule: RuleName, episode: str, policy_version: str) -> str:
-    material = "\x1f".join((patient_id, rule.value, episode, policy_version))
+def alert_id(patient_id: str, rule: RuleName, episode: str, settings_fingerprint: str) -> str:
+    material = "\x1f".join((patient_id, rule.value, episode, settings_fingerprint))
     return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What triggered one evaluation: its clinical time, decision time, result and change."""
+
+    at: datetime
+    decided_at: datetime
+    trigger: Cite | None = None
+    #: what changed in the history, for retraction texts ("ANC A-12 (day 9) cancelled");
+    #: computed only when a retraction is emitted
+    change: Callable[[], str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    finding: Finding
+    key: str
+    announced: AnnouncedAlert | None
+
+
+def match(
+    alerts: dict[str, AnnouncedAlert], rule: RuleName, findings: list[Finding]
+) -> tuple[list[Match], list[str]]:
+    """Pair findings with the alerts announced for them; return the unmatched announced keys."""
+    prefix = f"{rule.value}|"
+    seen: set[str] = {prefix + f.episode_key for f in findings if prefix + f.episode_key in alerts}
+    pairs: list[Match] = []
+    for finding in findings:
+        key = prefix + finding.episode_key
+        announced = alerts.get(key)
+        if announced is None or announced.status is AlertStatus.RETRACTED:
+            key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
+        seen.add(key)
+        pairs.append(Match(finding, key, announced))
+    unmatched = [key for key, a in alerts.items() if a.rule is rule and key not in seen]
+    return pairs, unmatched
 
 
 def reconcile(
     ctx: RuleInput,
     rule: RuleName,
+    fingerprint: str,
     findings: list[Finding],
-    trigger_time: datetime,
-    decided_at: datetime,
-    trigger: Cite | None,
-    horizon: datetime | None = None,
+    step: Step,
+    complete: bool = True,
 ) -> list[AlertEvent]:
-    """Events that bring subscribers from the announced alerts to ``findings`` of one rule."""
+    """Events that bring subscribers from the announced alerts to ``findings`` of one rule.
+
+    With ``complete=False`` (an incremental evaluation) ``findings`` are only the episodes the
+    new items touched: alerts they do not name are left as they are, never retracted.
+    """
     alerts = ctx.state.alerts
+    pairs, unmatched = match(alerts, rule, findings)
     events: list[AlertEvent] = []
-    seen: set[str] = {
-        f"{rule.value}|{f.episode_key}"
-        for f in findings
-        if f"{rule.value}|{f.episode_key}" in alerts
-    }
-    for finding in findings:
-        key = f"{rule.value}|{finding.episode_key}"
-        announced = alerts.get(key)
+    for pair in pairs:
+        finding, announced = pair.finding, pair.announced
         if announced is None or announced.status is AlertStatus.RETRACTED:
-            key, announced = _lineage(alerts, rule, finding, seen) or (key, announced)
-        seen.add(key)
-        settled = horizon is not None and finding.episode_start <= horizon
-        if announced is None and settled and not finding.is_open:
-            continue
-        if announced is None or announced.status is AlertStatus.RETRACTED:
-            announced = _announce(ctx, key, finding, announced)
-            events.append(
-                _from_finding(
-                    ctx, announced, finding, AlertAction.RAISED, finding.raised_at, decided_at
-                )
-            )
+            announced = _announce(ctx, pair.key, finding, announced, fingerprint)
+            raised_at = finding.raised_at
+            events.append(_event_of(ctx, announced, finding, AlertAction.RAISED, raised_at, step))
             if not finding.is_open:
-                events.append(_close(ctx, announced, finding, decided_at))
+                events.append(_close(ctx, announced, finding, step))
         elif announced.status is AlertStatus.OPEN:
             if _changed(announced, finding):
-                events.append(_update(ctx, announced, finding, trigger_time, decided_at))
+                events.append(_update(ctx, announced, finding, step))
             if not finding.is_open:
-                events.append(_close(ctx, announced, finding, decided_at))
-        elif finding.is_open:  # resolved, and the resolving result is gone: re-open
+                events.append(_close(ctx, announced, finding, step))
+        elif finding.is_open:  # resolved, and on the history as now known it never ended
             announced.status = AlertStatus.OPEN
-            events.append(_update(ctx, announced, finding, trigger_time, decided_at))
-    forgotten = []
-    for key, announced in alerts.items():
-        if announced.rule is not rule or key in seen:
-            continue
-        aged_out = horizon is not None and announced.episode_start < horizon
-        if aged_out and announced.status is not AlertStatus.OPEN:
-            forgotten.append(key)
-        elif announced.status is not AlertStatus.RETRACTED:
-            events.append(_retraction(ctx, announced, trigger_time, decided_at, trigger))
-    for key in forgotten:
-        del alerts[key]
+            events.append(_update(ctx, announced, finding, step))
+    for key in unmatched if complete else ():
+        announced = alerts[key]
+        if announced.status is not AlertStatus.RETRACTED:
+            events.append(_retraction(ctx, announced, step))
     return events
+
+
+def quiet(state: PatientState, rule: RuleName, findings: list[Finding]) -> bool:
+    """Would reconciling these (incremental) findings emit nothing? True when each is an open
+    episode announced and open as it stands, with the same start, severity and signature: the
+    usual step, where a new result changes nothing an alert says."""
+    prefix = f"{rule.value}|"
+    for finding in findings:
+        announced = state.alerts.get(prefix + finding.episode_key)
+        if (
+            announced is None
+            or not finding.is_open
+            or announced.status is not _OPEN
+            or _changed(announced, finding)
+        ):
+            return False
+    return True
+
+
+def covers_open(state: PatientState, rule: RuleName, findings: list[Finding]) -> bool:
+    """Do ``findings`` account for every open alert of ``rule``? (An incremental evaluation
+    must: a scan that only appends never loses an open episode.)"""
+    if not any(a.rule is rule and a.status is _OPEN for a in state.alerts.values()):
+        return True
+    _, unmatched = match(state.alerts, rule, findings)
+    return not any(state.alerts[key].status is AlertStatus.OPEN for key in unmatched)
+
+
+def forget_settled(ctx: RuleInput, rule: RuleName, findings: list[Finding]) -> None:
+    """After pruning: drop the closed alerts whose episodes lie wholly before the cut.
+
+    Their findings are no longer produced (the history is settled there), so they must not be
+    mistaken for alerts whose condition never held. Open alerts are always reproduced from the
+    carries and stay.
+    """
+    alerts = ctx.state.alerts
+    _, unmatched = match(alerts, rule, findings)
+    for key in unmatched:
+        if alerts[key].status is not AlertStatus.OPEN:
+            del alerts[key]
+
+
+def order(events: Iterable[AlertEvent], rule_order: Sequence[RuleName]) -> list[AlertEvent]:
+    """Retractions first; then alerts by the time of their first event, then by rule order."""
+    events = list(events)
+    if len(events) < 2:
+        return events
+    rank = {rule: index for index, rule in enumerate(rule_order)}
+    retractions = [e for e in events if e.action is AlertAction.RETRACTED]
+    retractions.sort(key=lambda e: (e.event_time, rank[e.rule]))
+    groups: dict[str, list[AlertEvent]] = {}
+    for event in events:
+        if event.action is not AlertAction.RETRACTED:
+            groups.setdefault(event.alert_id, []).append(event)
+    for group in groups.values():
+        group.sort(key=lambda e: _LIFECYCLE[e.action])
+    ordered = sorted(groups.values(), key=lambda g: (g[0].event_time, rank[g[0].rule]))
+    return [*retractions, *(event for group in ordered for event in group)]
 
 
 def _lineage(
@@ -111,8 +199,17 @@ def _lineage(
 
 
 def _announce(
-    ctx: RuleInput, key: str, finding: Finding, previous: AnnouncedAlert | None
+    ctx: RuleInput,
+    key: str,
+    finding: Finding,
+    previous: AnnouncedAlert | None,
+    fingerprint: str,
 ) -> AnnouncedAlert:
+    identity = (
+        previous.alert_id
+        if previous is not None
+        else alert_id(ctx.state.patient_id, finding.rule, finding.episode_key, fingerprint)
+    )
     announced = AnnouncedAlert(
         rule=finding.rule,
         episode_key=finding.episode_key,
@@ -121,6 +218,7 @@ def _announce(
         status=AlertStatus.OPEN,
         signature=finding.signature,
         seq=0 if previous is None else previous.seq + 1,
+        alert_id=identity,
     )
     ctx.state.alerts[key] = announced
     return announced
@@ -134,64 +232,55 @@ def _changed(announced: AnnouncedAlert, finding: Finding) -> bool:
     )
 
 
-def _update(
-    ctx: RuleInput, announced: AnnouncedAlert, finding: Finding, at: datetime, decided_at: datetime
-) -> AlertEvent:
+def _update(ctx: RuleInput, announced: AnnouncedAlert, finding: Finding, step: Step) -> AlertEvent:
     announced.signature = finding.signature
     announced.severity = finding.severity
     announced.episode_start = finding.episode_start
     announced.seq += 1
-    return _from_finding(ctx, announced, finding, AlertAction.UPDATED, at, decided_at)
+    return _event_of(ctx, announced, finding, AlertAction.UPDATED, step.at, step)
 
 
-def _close(
-    ctx: RuleInput, announced: AnnouncedAlert, finding: Finding, decided_at: datetime
-) -> AlertEvent:
+def _close(ctx: RuleInput, announced: AnnouncedAlert, finding: Finding, step: Step) -> AlertEvent:
     assert finding.resolved_at is not None
     announced.status = AlertStatus.RESOLVED
     announced.signature = finding.signature
     announced.seq += 1
-    return _from_finding(
-        ctx, announced, finding, AlertAction.RESOLVED, finding.resolved_at, decided_at
-    )
+    return _event_of(ctx, announced, finding, AlertAction.RESOLVED, finding.resolved_at, step)
 
 
-def _retraction(
-    ctx: RuleInput,
-    announced: AnnouncedAlert,
-    at: datetime,
-    decided_at: datetime,
-    trigger: Cite | None,
-) -> AlertEvent:
+def _retraction(ctx: RuleInput, announced: AnnouncedAlert, step: Step) -> AlertEvent:
     announced.status = AlertStatus.RETRACTED
     announced.seq += 1
+    change = step.change() if step.change else "a result was corrected, cancelled or added late"
     texts = Texts(
         summary=(
-            f"{announced.rule.value} alert retracted: on the lab history as now known (a result "
-            "corrected, cancelled or added late) its condition never held."
+            f"{announced.rule.value} alert retracted: {change}; on the lab history as now known "
+            "its condition never held."
         ),
         recommendation="Disregard the earlier alert; the evidence shows the result that changed.",
         threshold=f"{announced.rule.value} thresholds of policy {ctx.policy.version_tag}: no "
         "longer met by any result on the current history",
     )
-    evidence = (trigger,) if trigger is not None else ()
-    return _event(ctx, announced, AlertAction.RETRACTED, at, decided_at, texts, evidence, (), ())
+    evidence = (step.trigger,) if step.trigger is not None else ()
+    return _event(
+        ctx, announced, AlertAction.RETRACTED, step.at, step.decided_at, texts, evidence, (), ()
+    )
 
 
-def _from_finding(
+def _event_of(
     ctx: RuleInput,
     announced: AnnouncedAlert,
     finding: Finding,
     action: AlertAction,
     at: datetime,
-    decided_at: datetime,
+    step: Step,
 ) -> AlertEvent:
     return _event(
         ctx,
         announced,
         action,
         at,
-        decided_at,
+        step.decided_at,
         finding.texts(),
         finding.evidence,
         (*finding.context, *_preliminary_context(ctx, finding)),
@@ -221,15 +310,12 @@ def _event(
     decided_at: datetime,
     texts: Texts,
     evidence: tuple[Cite, ...],
-    context: tuple[Cite, ...],
+    context: tuple[object, ...],
     references: tuple[str, ...],
 ) -> AlertEvent:
-    identity = alert_id(
-        ctx.state.patient_id, announced.rule, announced.episode_key, ctx.policy.version_tag
-    )
     return AlertEvent.model_construct(
-        alert_id=identity,
-        event_id=f"{identity}:{announced.seq}",
+        alert_id=announced.alert_id,
+        event_id=f"{announced.alert_id}:{announced.seq}",
         patient_id=ctx.state.patient_id,
         rule=announced.rule,
         severity=announced.severity,
@@ -243,6 +329,6 @@ def _event(
         recommendation=texts.recommendation,
         threshold=texts.threshold,
         evidence=tuple(ctx.evidence(c) for c in evidence),
-        context=tuple(ctx.evidence(c) for c in context),
+        context=tuple(ctx.context_item(c) for c in context),  # type: ignore[arg-type]
         references=references,
     )

@@ -1,4 +1,4 @@
-"""Every clinical threshold, with its default from clinical-rules.md, loadable from TOML.
+"""Every clinical threshold, with its default from docs/clinical-spec.md, loadable from TOML.
 
 An institution overrides settings in a TOML file (``carwatch replay --policy FILE``, env
 ``CARWATCH_POLICY_FILE`` for the worker); unknown keys are rejected so a typo never silently
@@ -55,7 +55,7 @@ class Policy(BaseModel):
     timezone: str = "UTC"
     alert_on_preliminary: bool = False
 
-    # history bounds (DESIGN.md: state size stays flat over years of follow-up)
+    # history bounds (docs/architecture.md: state size stays flat over years of follow-up)
     history_window_days: int = Field(default=730, ge=60)
     max_results_per_analyte: int = Field(default=120, ge=16)
 
@@ -66,9 +66,13 @@ class Policy(BaseModel):
     bca_confirmation_min_days: int = Field(default=7, ge=0)
     bca_immediate_multiple: float = Field(default=2.0, gt=1.0)
     early_loss_max_day: int = Field(default=183, ge=0)
+    #: bca_not_established: the first CD19 specimen on or after this day decides (rev. 2)
+    bca_establish_check_day: int = Field(default=21, ge=1)
 
     # 2. hypogammaglobulinemia
     igg_threshold_mg_dl: float = Field(default=400.0, gt=0)
+    #: an IgG within this many days after an IVIG dose reflects the infusion (rev. 2)
+    ivig_effect_days: int = Field(default=28, ge=0)
 
     # 3. prolonged_neutropenia (EHA/EBMT ICAHT grading)
     icaht_alert_grade: int = Field(default=3, ge=1, le=4)
@@ -87,9 +91,13 @@ class Policy(BaseModel):
     ferritin_baseline_multiple: float = 2.0
     ferritin_rise_multiple: float = 2.0
     ferritin_rise_window_hours: float = 72.0
-    iec_hs_support_window_days: float = 7.0
+    iec_hs_support_window_days: int = 7
     cytopenia_fall_fraction: float = 0.5
-    cytopenia_lookback_days: float = 7.0
+    cytopenia_lookback_days: int = 7
+    #: a new cytopenia must also fall by at least this much (rev. 2): noise within a profound
+    #: aplasia (ANC 40 → 20) is not a new cytopenia
+    cytopenia_min_fall_anc_per_ul: float = Field(default=250.0, ge=0)
+    cytopenia_min_fall_plt_k_per_ul: float = Field(default=25.0, ge=0)
     fibrinogen_low_mg_dl: float = 150.0
     transaminase_uln_u_l: float = 40.0
     transaminase_multiple: float = 5.0
@@ -97,6 +105,11 @@ class Policy(BaseModel):
     ldh_uln_u_l: float = 250.0
     iec_hs_resolve_fraction: float = 0.5
     iec_hs_new_episode_multiple: float = 2.0
+
+    # 5. mrd_positive: the sensitivity an MRD assay is taken to have when the lab does not say
+    mrd_sensitivity_flow: float = Field(default=1e-4, gt=0, le=1)
+    mrd_sensitivity_pcr: float = Field(default=1e-4, gt=0, le=1)
+    mrd_sensitivity_ngs: float = Field(default=1e-6, gt=0, le=1)
 
     # 7. monitoring_gap
     first_year_last_day: int = 365
@@ -144,6 +157,18 @@ class Policy(BaseModel):
         settings = self.model_dump(mode="json", exclude={"version"})
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         return f"{self.version}+{digest[:8]}"
+
+    def fingerprint(self, settings: tuple[str, ...]) -> str:
+        """Fingerprint of some settings (a rule's alert ids include the ones it reads)."""
+        cache = self._fingerprints
+        if settings not in cache:
+            values = "\x1f".join(f"{name}={getattr(self, name)!r}" for name in sorted(settings))
+            cache[settings] = hashlib.sha256(values.encode()).hexdigest()[:12]
+        return cache[settings]
+
+    @cached_property
+    def _fingerprints(self) -> dict[tuple[str, ...], str]:
+        return {}
 
     @classmethod
     def from_toml(cls, path: Path) -> "Policy":

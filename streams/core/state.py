@@ -1,6 +1,6 @@
 """Per-patient state: enrollment, bounded lab history, clinical events and announced alerts.
 
-History semantics (clinical-rules.md section 0):
+History semantics (docs/clinical-spec.md "Common definitions"):
 
 - Results are kept per analyte, ordered by collection time (then accession, value), whatever
   order they arrived in, so every rule sees the same history for the same set of results.
@@ -10,8 +10,12 @@ History semantics (clinical-rules.md section 0):
   after a higher-ranked one for the same result is ``superseded`` (ignored); a cancellation
   leaves a tombstone so that the removal survives re-evaluation and re-delivery.
 - Duplicates (same source, accession, analyte, status, collection time and value) are ignored.
-- History is bounded by ``Policy.history_window_days`` and ``max_results_per_analyte``, but never
-  below the start of an open alert's episode: pruning must not move an episode's start.
+- History is bounded (``Policy.history_window_days``, ``max_results_per_analyte``). Pruning moves
+  one patient-wide ``cut``: what each rule still needs from the results before it -- BCA
+  established, an open episode's start and peak, ICAHT day counts, the ferritin baseline -- is
+  folded into that rule's ``carries`` entry first (``streams.core.engine.prune``), so pruning
+  never decides anything. Results collected before the cut are settled history
+  (outcome ``outside_window``).
 
 ``step`` updates a state in place (the Faust agent writes it back to its table); tests and
 ``replay`` start from ``PatientState.new``.
@@ -19,12 +23,14 @@ History semantics (clinical-rules.md section 0):
 
 from bisect import insort
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from schemas.vocab import (
     Analyte,
     ClinicalEventKind,
+    Comparator,
     CostimulatoryDomain,
     MrdMethod,
     Outcome,
@@ -34,6 +40,8 @@ from schemas.vocab import (
     Severity,
 )
 
+#: enum members as module constants: a class attribute lookup costs on the hot path
+_CANCELLED, _CORRECTED, _FINAL = ResultStatus.CANCELLED, ResultStatus.CORRECTED, ResultStatus.FINAL
 _RANK = {
     ResultStatus.PRELIMINARY: 0,
     ResultStatus.FINAL: 1,
@@ -55,6 +63,8 @@ class StoredResult:
     detected: bool | None = None
     method: MrdMethod | None = None
     sensitivity: float | None = None
+    #: censored result: ``value`` is the assay's limit
+    comparator: Comparator | None = None
     #: fingerprints of the earlier versions this one replaced (re-deliveries are duplicates)
     replaced: tuple[str, ...] = ()
     #: ``collected_at`` as epoch seconds (derived; day numbers are computed from it)
@@ -65,7 +75,11 @@ class StoredResult:
 
     def fingerprint(self) -> str:
         """Identity of one applied version: status, specimen time, value and detection."""
-        return f"{self.status.value}|{self.collected_ts:.0f}|{self.value!r}|{self.detected!r}"
+        comparator = "" if self.comparator is None else self.comparator.value
+        return (
+            f"{self.status.value}|{self.collected_ts:.0f}|{comparator}{self.value!r}|"
+            f"{self.detected!r}"
+        )
 
     def sort_key(self) -> tuple[datetime, str, float]:
         return (
@@ -79,7 +93,7 @@ class StoredResult:
 
     @property
     def is_cancelled(self) -> bool:
-        return self.status is ResultStatus.CANCELLED
+        return self.status is _CANCELLED
 
 
 @dataclass(slots=True)
@@ -98,6 +112,7 @@ class Enrollment:
 class ClinicalEventRecord:
     kind: ClinicalEventKind
     at: datetime
+    detail: str | None = None
 
 
 class AlertStatus(StrEnum):
@@ -108,7 +123,11 @@ class AlertStatus(StrEnum):
 
 @dataclass(slots=True)
 class AnnouncedAlert:
-    """What subscribers were last told about one alert (one episode of one rule)."""
+    """What subscribers were last told about one alert (one episode of one rule).
+
+    ``alert_id`` is fixed when the alert is first raised and carried by all its later events,
+    whatever the policy then says (docs/architecture.md "Alert ids").
+    """
 
     rule: RuleName
     episode_key: str
@@ -117,6 +136,24 @@ class AnnouncedAlert:
     status: AlertStatus
     signature: str
     seq: int
+    alert_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """A monitoring gap seen by ``tick``: the missing analyte kind, since when, overdue when.
+
+    Ticks are wall-clock observations, not history: the record keeps that a gap was seen, so that
+    one gap is one episode however many ticks see it. Whether it is still open is read from the
+    history (a result of that kind collected after ``anchor`` resolves it).
+    """
+
+    kind: str
+    anchor: datetime
+    overdue_at: datetime
+    #: the last result before the gap (None when the gap counts from day 0)
+    last: StoredResult | None = None
+    last_analyte: Analyte | None = None
 
 
 @dataclass(slots=True)
@@ -127,8 +164,21 @@ class PatientState:
     events: list[ClinicalEventRecord] = field(default_factory=list)
     alerts: dict[str, AnnouncedAlert] = field(default_factory=dict)
     clock: datetime | None = None
-    #: per analyte, the first collection time still held after pruning dropped older results
-    pruned_before: dict[Analyte, datetime] = field(default_factory=dict)
+    #: results and events before this instant were pruned; their effect lives in ``carries``
+    cut: datetime | None = None
+    #: per rule, its accumulator at ``cut`` (JSON-able, ``streams.core.carry``)
+    carries: dict[RuleName, Any] = field(default_factory=dict)
+    gaps: list[GapRecord] = field(default_factory=list)
+    #: per scan rule, its live accumulator after its last item: lets a step that only appends
+    #: feed the new items instead of the history. Derived, never stored: a decoded state
+    #: rebuilds it on its first evaluation.
+    tails: dict[RuleName, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: the earliest collection time in ``results`` (derived: pruning checks it each step)
+    oldest: datetime | None = field(default=None, compare=False, repr=False)
+    #: per analyte, accession → stored result (derived, rebuilt on demand)
+    accessions: dict[Analyte, dict[str, StoredResult]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def new(cls, patient_id: str) -> "PatientState":
@@ -142,8 +192,15 @@ class PatientState:
         Returns the outcome (``accepted`` when the history changed) and the stored version it
         replaced, if any.
         """
+        if self.cut is not None and incoming.collected_at < self.cut:
+            return Outcome.OUTSIDE_WINDOW, None
         history = self.results.setdefault(analyte, [])
-        index = _find_same_result(history, incoming)
+        by_accession = self.accessions.get(analyte)
+        if by_accession is None:
+            by_accession = self.accessions[analyte] = {
+                r.accession: r for r in history if r.accession is not None
+            }
+        index = _find_same_result(history, incoming, by_accession)
         stored = None if index is None else history[index]
         if stored is not None and (
             _same_record(stored, incoming) or incoming.fingerprint() in stored.replaced
@@ -156,61 +213,50 @@ class PatientState:
                 return Outcome.DUPLICATE, None
             incoming = _tombstone(incoming)
         elif stored is not None and _RANK[incoming.status] < _RANK[stored.status]:
-            restores_cancelled = stored.is_cancelled and incoming.status is ResultStatus.CORRECTED
+            restores_cancelled = stored.is_cancelled and incoming.status is _CORRECTED
             if not restores_cancelled:
                 return Outcome.SUPERSEDED, None
         if stored is not None:
             incoming.replaced = (*stored.replaced, stored.fingerprint())
         if index is not None:
             del history[index]
-        insort(history, incoming)
+        if self.oldest is not None and incoming.collected_at < self.oldest:
+            self.oldest = incoming.collected_at
+        if not history or history[-1] < incoming:
+            history.append(incoming)  # the usual case: results arrive in collection order
+        else:
+            insort(history, incoming)
+        if incoming.accession is not None:
+            by_accession[incoming.accession] = incoming
         return Outcome.ACCEPTED, stored
 
+    def earliest(self) -> datetime | None:
+        """The earliest collection time held (cached in ``oldest``)."""
+        if self.oldest is None:
+            self.oldest = min((h[0].collected_at for h in self.results.values() if h), default=None)
+        return self.oldest
+
     def record_event(self, event: ClinicalEventRecord) -> Outcome:
+        if self.cut is not None and event.at < self.cut:
+            return Outcome.OUTSIDE_WINDOW
         if event in self.events:
             return Outcome.DUPLICATE
-        insort(self.events, event, key=lambda e: (e.at, e.kind.value))
+        insort(self.events, event, key=lambda e: (e.at, e.kind.value, e.detail or ""))
         return Outcome.ACCEPTED
 
-    def needs_pruning(self, analyte: Analyte, window_days: int, max_per_analyte: int) -> bool:
-        history = self.results.get(analyte)
-        if not history:
-            return False
-        span = history[-1].collected_at - history[0].collected_at
-        return len(history) > max_per_analyte or span > timedelta(days=window_days)
-
-    def prune(self, window_days: int, max_per_analyte: int) -> None:
-        """Bound the history, never cutting into an open alert's episode.
-
-        Where results were dropped, ``pruned_before`` records the cut: episodes before it are
-        settled history that re-evaluation can no longer see (``streams.core.lifecycle``).
-        """
-        open_starts = [
-            a.episode_start for a in self.alerts.values() if a.status is AlertStatus.OPEN
-        ]
-        floor = min(open_starts) if open_starts else None
-        for analyte, history in self.results.items():
-            if not history:
-                continue
-            horizon = history[-1].collected_at - timedelta(days=window_days)
-            if floor is not None:
-                horizon = min(horizon, floor)
-            keep_from = 0
-            while keep_from < len(history) and history[keep_from].collected_at < horizon:
-                keep_from += 1
-            excess = len(history) - keep_from - max_per_analyte
-            while excess > 0 and (floor is None or history[keep_from].collected_at < floor):
-                keep_from += 1
-                excess -= 1
-            if keep_from:
-                del history[:keep_from]
-                self.pruned_before[analyte] = history[0].collected_at
-        if self.events:
-            latest = self.events[-1].at - timedelta(days=window_days)
-            self.events[:] = [e for e in self.events if e.at >= latest]
+    def ended_at(self) -> datetime | None:
+        """When follow-up ended (``end_of_follow_up``), else None."""
+        for event in self.events:
+            if event.kind is ClinicalEventKind.END_OF_FOLLOW_UP:
+                return event.at
+        return None
 
 
-def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> int | None:
+def _find_same_result(
+    history: list[StoredResult],
+    incoming: StoredResult,
+    by_accession: dict[str, StoredResult],
+) -> int | None:
     """Index of the stored version of the same result.
 
     Same result = same accession; without an accession, same source and specimen time -- except
@@ -219,10 +265,10 @@ def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> in
     """
     accession = incoming.accession
     if accession is not None:
-        for index in range(len(history) - 1, -1, -1):
-            if history[index].accession == accession:
-                return index
-        return None
+        stored = by_accession.get(accession)
+        if stored is None:
+            return None
+        return next(i for i in range(len(history) - 1, -1, -1) if history[i] is stored)
     for index in range(len(history) - 1, -1, -1):
         stored = history[index]
         if (
@@ -230,8 +276,8 @@ def _find_same_result(history: list[StoredResult], incoming: StoredResult) -> in
             and stored.collected_at == incoming.collected_at
             and stored.source == incoming.source
             and not (
-                incoming.status is ResultStatus.FINAL
-                and stored.status is ResultStatus.FINAL
+                incoming.status is _FINAL
+                and stored.status is _FINAL
                 and not _same_record(stored, incoming)
             )
         ):
@@ -244,6 +290,7 @@ def _same_record(stored: StoredResult, incoming: StoredResult) -> bool:
         stored.status is incoming.status
         and stored.collected_at == incoming.collected_at
         and stored.value == incoming.value
+        and stored.comparator is incoming.comparator
         and stored.detected == incoming.detected
         and stored.accession == incoming.accession
         and stored.source == incoming.source

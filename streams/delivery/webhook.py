@@ -11,6 +11,10 @@ Delivery is retried with capped exponential backoff on timeouts, connection erro
 5xx; any other 4xx is a permanent failure (the receiver rejected the request: retrying cannot help),
 counted and logged without patient data. The Kafka offset of an event is committed only after
 every URL succeeded or failed permanently, so a crash re-delivers rather than loses.
+
+Metrics (``DeliveryMetrics``, job ``carwatch-webhook``): every HTTP attempt by result, every
+event's final outcome per receiver, and the lag -- events on the alerts topic not handled yet,
+which grows while a receiver is down and the retries hold the queue (CarwatchDeliveryLagGrowing).
 """
 
 import asyncio
@@ -19,9 +23,10 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from streams.metrics import PipelineMetrics
+from streams.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,15 @@ def retryable(status: int | None) -> bool:
     return status is None or status in RETRYABLE_STATUS
 
 
+def attempt_result(status: int | None) -> str:
+    """The ``result`` label of one attempt (``streams.metrics.ATTEMPT_RESULTS``)."""
+    if status is None:
+        return "no_response"
+    if 200 <= status < 300:
+        return "delivered"
+    return "retryable" if retryable(status) else "rejected"
+
+
 #: Sends one request; returns the HTTP status, or None when no response came.
 Send = Callable[[str, bytes, dict[str, str]], Awaitable[int | None]]
 
@@ -78,7 +92,7 @@ class WebhookDeliverer:
     urls: Sequence[str]
     secret: bytes
     send: Send
-    metrics: PipelineMetrics
+    metrics: DeliveryMetrics
     retry: RetryPolicy = RetryPolicy()
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -91,6 +105,7 @@ class WebhookDeliverer:
     async def _deliver_one(self, url: str, event_id: str, body: bytes) -> bool:
         for attempt in range(1, self.retry.attempts + 1):
             status = await self.send(url, body, headers(self.secret, event_id, body, self.clock()))
+            self.metrics.attempts.labels("webhook", attempt_result(status)).inc()
             if status is not None and 200 <= status < 300:
                 self.metrics.deliveries.labels("webhook", "delivered").inc()
                 return True
@@ -152,27 +167,69 @@ async def run_webhooks(
         **consumer_config,
     )
     await consumer.start()
+    lag = DeliveryLag(consumer, deliverer.metrics)
     handled = 0
     try:
         while max_events is None or handled < max_events:
             batch = await consumer.getmany(timeout_ms=1000)
+            await lag.refresh(batch)
             if not batch:
                 if idle_timeout_s is not None:
                     idle_timeout_s -= 1.0
                     if idle_timeout_s <= 0:
                         break
                 continue
-            for records in batch.values():
+            for tp, records in batch.items():
                 for record in records:
                     body = record.value or b""
                     event_id = _event_id(body)
                     if event_id is not None:
                         await deliverer.deliver(event_id, body)
                     handled += 1
+                    lag.handled(tp, record.offset)
             await consumer.commit()
     finally:
         await consumer.stop()
     return handled
+
+
+@dataclass
+class DeliveryLag:
+    """``carwatch_delivery_lag_messages``: the partitions' high-water marks minus the next offset
+    this deliverer will handle, summed over its assigned partitions. Updated after every event,
+    so it rises while a batch waits behind a receiver that is down."""
+
+    consumer: Any
+    metrics: DeliveryMetrics
+    next_offset: dict[Any, int] = field(default_factory=dict)
+
+    async def refresh(self, batch: dict[Any, list[Any]]) -> None:
+        """After a fetch: unfetched partitions from their position, fetched ones from the
+        batch's first record (the position is already past the batch)."""
+        from aiokafka.errors import IllegalStateError
+
+        self.next_offset = {}
+        for tp in self.consumer.assignment():
+            try:
+                self.next_offset[tp] = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked by a rebalance meanwhile
+                continue
+        for tp, records in batch.items():
+            if records:
+                self.next_offset[tp] = records[0].offset
+        self._publish()
+
+    def handled(self, tp: Any, offset: int) -> None:
+        self.next_offset[tp] = offset + 1
+        self._publish()
+
+    def _publish(self) -> None:
+        behind = 0
+        for tp, offset in self.next_offset.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                behind += max(0, highwater - offset)
+        self.metrics.lag.set(behind)
 
 
 def _event_id(body: bytes) -> str | None:

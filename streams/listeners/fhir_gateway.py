@@ -85,7 +85,7 @@ from streams.listeners.publisher import (
     serve,
     wait_for_signal,
 )
-from streams.metrics import PipelineMetrics
+from streams.metrics import FHIR_GATEWAY, ListenerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ class FhirGateway:
     publisher: Publisher
     config: FhirConfig = DEFAULT_FHIR_CONFIG
     policy: Policy = DEFAULT_POLICY
-    metrics: PipelineMetrics | None = None
+    metrics: ListenerMetrics | None = None
     clock: Callable[[], datetime] = _utc_now
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     source: str = ADAPTER
@@ -495,7 +495,7 @@ async def run(
     publisher: LabPublisher,
     config: FhirConfig = DEFAULT_FHIR_CONFIG,
     policy: Policy = DEFAULT_POLICY,
-    metrics: PipelineMetrics | None = None,
+    metrics: ListenerMetrics | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
@@ -542,7 +542,14 @@ def main(
     """The ``carwatch fhir-gateway`` command; ``ListenerSetupError`` when it cannot start."""
     config = feed_config(feed_config_path, FhirConfig)
     publisher, metrics = prepare_listener(
-        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
+        FHIR_GATEWAY,
+        broker_url,
+        labs_topic,
+        deadletter_topic,
+        publish_timeout,
+        metrics_port,
+        log_level,
+        ready,
     )
     serve(
         run(

@@ -70,7 +70,7 @@ from streams.listeners.publisher import (
     serve,
     wait_for_signal,
 )
-from streams.metrics import PipelineMetrics
+from streams.metrics import MLLP, ListenerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class MllpService:
     publisher: Publisher
     config: Hl7Config = field(default_factory=Hl7Config)
     policy: Policy = DEFAULT_POLICY
-    metrics: PipelineMetrics | None = None
+    metrics: ListenerMetrics | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     broker_down: BrokerDown = "ar"
     clock: Callable[[], datetime] = _utc_now
@@ -501,7 +501,7 @@ async def run(
     publisher: LabPublisher,
     config: Hl7Config,
     policy: Policy = DEFAULT_POLICY,
-    metrics: PipelineMetrics | None = None,
+    metrics: ListenerMetrics | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     broker_down: BrokerDown = "ar",
     ready: Callable[[str], None] | None = None,
@@ -545,7 +545,14 @@ def main(
         raise ListenerSetupError(f"--broker-down must be ar or close, not {broker_down!r}")
     config = feed_config(feed_config_path, Hl7Config)
     publisher, metrics = prepare_listener(
-        broker_url, labs_topic, deadletter_topic, publish_timeout, metrics_port, log_level
+        MLLP,
+        broker_url,
+        labs_topic,
+        deadletter_topic,
+        publish_timeout,
+        metrics_port,
+        log_level,
+        ready,
     )
     serve(
         run(

@@ -39,7 +39,6 @@ from typing import Any, Final, Protocol, Self, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ValidationError
 
 from schemas.deadletter import DeadLetter
@@ -49,7 +48,13 @@ from schemas.vocab import Outcome
 from streams.ingest.files import InputItem
 from streams.ingest.normalise import ResultItem
 from streams.logs import configure_logging
-from streams.metrics import UNKNOWN_ANALYTE, PipelineMetrics
+from streams.metrics import (
+    UNKNOWN_ANALYTE,
+    ListenerMetrics,
+    MetricsServerError,
+    Process,
+    serve_metrics,
+)
 from streams.settings import Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -347,7 +352,7 @@ def plan_rejection(
     return Plan([], [(dead_letter, rejection.patient_id)], 0)
 
 
-def count_plan(metrics: PipelineMetrics | None, plan: Plan, adapter: str) -> None:
+def count_plan(metrics: ListenerMetrics | None, plan: Plan, adapter: str) -> None:
     """Count a published input: results by analyte and outcome, rejections by reason, dead
     letters by adapter (``mllp``/``fhir``). Call only once the records are acknowledged, so a
     resend after a broker outage is not counted twice."""
@@ -408,17 +413,19 @@ class ListenerSetupError(Exception):
     """A listener command cannot start: bad feed config, broker URL, or an address in use."""
 
 
-def listener_metrics(port: int | None) -> PipelineMetrics:
-    """A process's metrics in their own registry, served on ``127.0.0.1:port`` when given."""
-    registry = CollectorRegistry()
-    metrics = PipelineMetrics(registry)
-    if port is not None:
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=registry)
-        except OSError as exc:
-            raise ListenerSetupError(
-                f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
-            ) from exc
+def listener_metrics(
+    process: Process, port: int | None, ready: Callable[[str], None] | None = None
+) -> ListenerMetrics:
+    """A listener's metrics in their own registry, served where ``Settings.metrics_address``
+    says (``port`` from the command line, else ``CARWATCH_METRICS_*``, else its own port)."""
+    metrics = ListenerMetrics()
+    try:
+        host, port = Settings().metrics_address(process.metrics_port, port)
+        bound = serve_metrics(metrics.registry, host, port)
+    except (ValueError, MetricsServerError) as exc:
+        raise ListenerSetupError(str(exc)) from exc
+    if ready is not None:
+        ready(f"metrics on http://{host}:{bound}/metrics")
     return metrics
 
 
@@ -437,17 +444,19 @@ def make_publisher(
 
 
 def prepare_listener(
+    process: Process,
     broker_url: str | None,
     labs_topic: str | None,
     deadletter_topic: str | None,
     publish_timeout: float,
     metrics_port: int | None,
     log_level: str,
-) -> tuple[LabPublisher, PipelineMetrics]:
+    ready: Callable[[str], None] | None = None,
+) -> tuple[LabPublisher, ListenerMetrics]:
     """What every listener command sets up: its Kafka publisher, PHI-safe logging, metrics."""
     publisher = make_publisher(broker_url, labs_topic, deadletter_topic, publish_timeout)
     configure_logging(log_level)
-    return publisher, listener_metrics(metrics_port)
+    return publisher, listener_metrics(process, metrics_port, ready)
 
 
 def serve(listener: Coroutine[Any, Any, None], host: str, port: int) -> None:

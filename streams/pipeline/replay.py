@@ -15,7 +15,7 @@ from datetime import datetime
 from schemas.alert import AlertEvent
 from schemas.records import Rejection
 from schemas.vocab import Outcome, RejectReason
-from streams.core.engine import apply, tick
+from streams.core.engine import PatientEvent, apply_all, tick
 from streams.core.policy import Policy
 from streams.core.state import PatientState
 from streams.ingest.files import InputItem
@@ -37,7 +37,9 @@ class ReplayCounts:
             f"rejected {o[Outcome.REJECTED]}" + (f" ({reasons})" if reasons else "") + ", "
             f"unmapped {o[Outcome.UNMAPPED]}, not enrolled {o[Outcome.NOT_ENROLLED]}, "
             f"duplicates {o[Outcome.DUPLICATE]}, superseded {o[Outcome.SUPERSEDED]}, "
-            f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, alert events {self.alert_events}"
+            f"unknown accession {o[Outcome.UNKNOWN_ACCESSION]}, "
+            f"not monitored {o[Outcome.NOT_MONITORED]}, outside window {o[Outcome.OUTSIDE_WINDOW]}, "
+            f"alert events {self.alert_events}"
         )
 
 
@@ -54,6 +56,10 @@ class Replay:
     counts: ReplayCounts = field(default_factory=ReplayCounts)
 
     def feed(self, items: Iterable[InputItem]) -> None:
+        """Apply items in order. Consecutive records of one patient are applied together
+        (``apply_all``), so the results of one specimen evaluate once; rejected and unmapped
+        lines between them do not separate them."""
+        run: list[tuple[InputItem, PatientEvent]] = []
         for item in items:
             self.counts.read += 1
             outcome = item.outcome
@@ -65,10 +71,20 @@ class Replay:
             if isinstance(outcome, Unmapped):
                 self.counts.outcomes[Outcome.UNMAPPED] += 1
                 continue
-            state = self.states.get(outcome.patient_id) or PatientState.new(outcome.patient_id)
-            result = apply(state, outcome, self.policy)
-            if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
-                self.states[outcome.patient_id] = state
+            if run and run[0][1].patient_id != outcome.patient_id:
+                self._apply(run)
+                run = []
+            run.append((item, outcome))
+        if run:
+            self._apply(run)
+
+    def _apply(self, run: list[tuple[InputItem, PatientEvent]]) -> None:
+        patient_id = run[0][1].patient_id
+        state = self.states.get(patient_id) or PatientState.new(patient_id)
+        results = apply_all(state, [event for _, event in run], self.policy)
+        if state.enrollment is not None:  # a feed carries everyone: keep enrolled only
+            self.states[patient_id] = state
+        for (item, _), result in zip(run, results, strict=True):
             self.counts.outcomes[result.outcome] += 1
             if result.outcome is Outcome.UNKNOWN_ACCESSION:
                 self.on_ignored(item, result.outcome)

@@ -2,55 +2,42 @@
 
 JSON arrays instead of objects, instants as epoch seconds (UTC), enums as their values, trailing
 empty fields dropped, sources interned in a table: a year of follow-up stays well under 8 KB.
-Every field round-trips exactly (``tests/unit/pipeline/test_state_codec.py``). ``FORMAT`` is bumped on
-any incompatible change; a state in an unknown format is an error, never silently reset.
+Every field round-trips exactly (``tests/unit/pipeline/test_state_codec.py``). Rule carries are
+stored as the JSON-able form ``streams.core.carry`` gives them.
+
+``FORMAT`` is bumped on any incompatible change -- including a change of a rule accumulator's
+fields, which the carries store -- and a state in an unknown format is an error, never silently
+reset. Format 2 (rev. 2 rules: stored alert ids, carries, gap records) does not read
+format 1: upgrading a worker from the first release rebuilds its table from the input topics
+under a new application id (docs/deploy.md "Upgrading").
 """
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from schemas.vocab import (
     Analyte,
     ClinicalEventKind,
     CostimulatoryDomain,
-    MrdMethod,
-    ResultStatus,
     RiskFactor,
     RuleName,
     Severity,
 )
+from streams.core.carry import instant, result_from_row, result_row, timestamp
 from streams.core.state import (
     AlertStatus,
     AnnouncedAlert,
     ClinicalEventRecord,
     Enrollment,
+    GapRecord,
     PatientState,
-    StoredResult,
 )
 
-FORMAT = 1
+FORMAT = 2
 
 
 class StateFormatError(ValueError):
     """Bytes that are not a patient state this version can read."""
-
-
-def _ts(moment: datetime) -> int | float:
-    value = moment.timestamp()
-    return int(value) if value.is_integer() else value
-
-
-def _dt(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
-
-
-def _opt_ts(moment: datetime | None) -> int | float | None:
-    return None if moment is None else _ts(moment)
-
-
-def _opt_dt(value: float | None) -> datetime | None:
-    return None if value is None else _dt(value)
 
 
 def _trim(row: list[Any]) -> list[Any]:
@@ -74,23 +61,7 @@ def encode_state(state: PatientState) -> bytes:
         return index[source]
 
     results = {
-        analyte.value: [
-            _trim(
-                [
-                    _ts(r.collected_at),
-                    r.value,
-                    r.status.value,
-                    r.accession,
-                    source_id(r.source),
-                    None if r.resulted_at is None else _ts(r.resulted_at) - _ts(r.collected_at),
-                    r.detected,
-                    None if r.method is None else r.method.value,
-                    r.sensitivity,
-                    list(r.replaced),
-                ]
-            )
-            for r in history
-        ]
+        analyte.value: [result_row(r, source_id) for r in history]
         for analyte, history in state.results.items()
         if history
     }
@@ -102,7 +73,7 @@ def encode_state(state: PatientState) -> bytes:
         if e is None
         else _trim(
             [
-                _ts(e.infused_at),
+                timestamp(e.infused_at),
                 e.product,
                 None if e.costimulatory_domain is None else e.costimulatory_domain.value,
                 e.prior_hct,
@@ -112,21 +83,35 @@ def encode_state(state: PatientState) -> bytes:
         ),
         "s": sources,
         "r": results,
-        "v": [[ev.kind.value, _ts(ev.at)] for ev in state.events],
+        "v": [_trim([ev.kind.value, timestamp(ev.at), ev.detail]) for ev in state.events],
         "a": [
             [
                 a.rule.value,
                 a.episode_key,
-                _ts(a.episode_start),
+                timestamp(a.episode_start),
                 a.severity.value,
                 a.status.value,
                 a.signature,
                 a.seq,
+                a.alert_id,
             ]
             for a in state.alerts.values()
         ],
-        "c": _opt_ts(state.clock),
-        "b": {a.value: _ts(t) for a, t in state.pruned_before.items()},
+        "c": None if state.clock is None else timestamp(state.clock),
+        "k": None if state.cut is None else timestamp(state.cut),
+        "y": {rule.value: carry for rule, carry in state.carries.items()},
+        "g": [
+            _trim(
+                [
+                    g.kind,
+                    timestamp(g.anchor),
+                    timestamp(g.overdue_at),
+                    None if g.last_analyte is None else g.last_analyte.value,
+                    None if g.last is None else result_row(g.last),
+                ]
+            )
+            for g in state.gaps
+        ],
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -139,7 +124,7 @@ def decode_state(data: bytes) -> PatientState:
         return _decode(document)
     except StateFormatError:
         raise
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise StateFormatError(f"corrupt patient state: {exc}") from exc
 
 
@@ -149,7 +134,7 @@ def _decode(document: dict[str, Any]) -> PatientState:
     if document["e"] is not None:
         infused, product, costim, prior, eligible, factors = _pad(document["e"], 6)
         state.enrollment = Enrollment(
-            infused_at=_dt(infused),
+            infused_at=instant(infused),
             product=product,
             costimulatory_domain=None if costim is None else CostimulatoryDomain(costim),
             prior_hct=bool(prior),
@@ -157,36 +142,34 @@ def _decode(document: dict[str, Any]) -> PatientState:
             risk_factors=tuple(RiskFactor(f) for f in factors or ()),
         )
     for analyte, rows in document["r"].items():
-        history = state.results[Analyte(analyte)] = []
-        for row in rows:
-            collected, value, status, accession, source, resulted, detected, method, sens, old = (
-                _pad(row, 10)
-            )
-            history.append(
-                StoredResult(
-                    collected_at=_dt(collected),
-                    value=value,
-                    status=ResultStatus(status),
-                    accession=accession,
-                    source=sources[source],
-                    resulted_at=None if resulted is None else _dt(collected + resulted),
-                    detected=detected,
-                    method=None if method is None else MrdMethod(method),
-                    sensitivity=sens,
-                    replaced=tuple(old or ()),
-                )
-            )
-    state.events = [ClinicalEventRecord(ClinicalEventKind(k), _dt(at)) for k, at in document["v"]]
-    for rule, key, start, severity, status, signature, seq in document["a"]:
+        state.results[Analyte(analyte)] = [result_from_row(row, sources) for row in rows]
+    state.events = [
+        ClinicalEventRecord(ClinicalEventKind(kind), instant(at), detail)
+        for kind, at, detail in (_pad(row, 3) for row in document["v"])
+    ]
+    for rule, key, start, severity, status, signature, seq, identity in document["a"]:
         state.alerts[f"{rule}|{key}"] = AnnouncedAlert(
             rule=RuleName(rule),
             episode_key=key,
-            episode_start=_dt(start),
+            episode_start=instant(start),
             severity=Severity(severity),
             status=AlertStatus(status),
             signature=signature,
             seq=seq,
+            alert_id=identity,
         )
-    state.clock = _opt_dt(document["c"])
-    state.pruned_before = {Analyte(a): _dt(t) for a, t in document["b"].items()}
+    state.clock = None if document["c"] is None else instant(document["c"])
+    state.cut = None if document["k"] is None else instant(document["k"])
+    state.carries = {RuleName(rule): carry for rule, carry in document["y"].items()}
+    for row in document["g"]:
+        kind, anchor, overdue, analyte, last = _pad(row, 5)
+        state.gaps.append(
+            GapRecord(
+                kind=kind,
+                anchor=instant(anchor),
+                overdue_at=instant(overdue),
+                last=None if last is None else result_from_row(last),
+                last_analyte=None if analyte is None else Analyte(analyte),
+            )
+        )
     return state

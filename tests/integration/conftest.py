@@ -183,12 +183,11 @@ class Pipeline:
     def start_worker(self, **extra: str) -> Worker:
         metrics_port = free_port()
         log = self.tmp / f"worker-{len(self.workers)}.log"
-        env = self.env(
-            CARWATCH_METRICS_PORT=str(metrics_port), CARWATCH_WEB_PORT=str(free_port()), **extra
-        )
+        env = self.env(CARWATCH_WEB_PORT=str(free_port()), **extra)
         log_file = log.open("wb")
+        command = [sys.executable, "-m", "streams.cli", "worker", "--log-level", "info"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            [*command, "--metrics-port", str(metrics_port)],
             cwd=REPO,
             env=env,
             stdout=log_file,

@@ -72,6 +72,17 @@ def by_patient(alerts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(grouped)
 
 
+DECISION = ("alert_id", "event_id", "rule", "action", "severity", "event_time", "episode_start")
+
+
+def decisions(alerts: list[dict[str, Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Per patient, in order, what was decided (not how the texts put it)."""
+    return {
+        patient: [tuple(event[k] for k in DECISION) for event in events]
+        for patient, events in by_patient(alerts).items()
+    }
+
+
 def alert_events(pipeline: Pipeline, expect: int) -> list[dict[str, Any]]:
     records = pipeline.read(pipeline.alerts, timeout=30, expect=expect)
     # a short second look: nothing more may arrive
@@ -179,7 +190,10 @@ def test_restart_recovers_state_without_lost_or_repeated_alerts(
 
     ids = Counter(a["event_id"] for a in produced)
     assert [i for i, n in ids.items() if n > 1] == []  # no alert event twice
-    assert by_patient(produced) == by_patient(expected)  # none missing, same order
+    # none missing, same order, same decisions. (Texts may differ: a specimen's results split
+    # across the worker's batches are applied as they come, so an alert's context can show less
+    # of the specimen than replay, which sees it whole.)
+    assert decisions(produced) == decisions(expected)
     # the second worker rebuilt every patient from the changelog
     wait_for(lambda: second.total("carwatch_patients_monitored") == 24, 20, "24 patients monitored")
     assert second.stop() == 0

@@ -1,5 +1,6 @@
 """Webhook delivery from the real alerts topic to a real receiver on loopback."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kafka import KafkaProducer
 
-from streams.delivery.webhook import verify
+from streams.delivery.webhook import WebhookDeliverer, run_webhooks, verify
+from streams.metrics import DeliveryMetrics
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
 from tests.integration.conftest import REPO, Broker
@@ -83,6 +85,8 @@ def test_alert_events_are_delivered_signed_and_retried(
         "3",
         "--idle-timeout",
         "30",
+        "--metrics-port",
+        "0",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -109,3 +113,44 @@ def test_missing_secret_is_a_one_line_usage_error(broker: Broker) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "CARWATCH_WEBHOOK_SECRET" in done.stderr
+
+
+async def test_lag_counts_the_events_a_stuck_receiver_holds_back(broker: Broker) -> None:
+    """carwatch_delivery_lag_messages: every event behind the one being delivered, and 0 once
+    all are handled (CarwatchDeliveryLagGrowing reads it)."""
+    topic = f"webhook-lag-{os.getpid()}.alerts"
+    ensure_topics(Settings(broker_url=broker.url), [topic], partitions=2)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for i in range(4):
+        producer.send(topic, key=b"P1", value=json.dumps({"event_id": f"e{i}:0"}).encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+    receiver_up = asyncio.Event()
+    attempts: list[bytes] = []
+
+    async def send(url: str, body: bytes, request_headers: dict[str, str]) -> int | None:
+        attempts.append(body)
+        await receiver_up.wait()
+        return 204
+
+    metrics = DeliveryMetrics()
+    deliverer = WebhookDeliverer(
+        urls=["http://127.0.0.1:9/hook"], secret=b"s", send=send, metrics=metrics
+    )
+    config = Settings(broker_url=broker.url).aiokafka_config()
+    run = asyncio.create_task(
+        run_webhooks(config, topic, f"g-lag-{os.getpid()}", deliverer, 4, idle_timeout_s=30)
+    )
+    try:
+        for _ in range(300):
+            if attempts or run.done():
+                break
+            await asyncio.sleep(0.1)
+        assert attempts, "the deliverer never reached the receiver"
+        assert metrics.registry.get_sample_value("carwatch_delivery_lag_messages") == 4
+        receiver_up.set()
+        assert await asyncio.wait_for(run, 60) == 4
+    finally:
+        run.cancel()
+    assert metrics.registry.get_sample_value("carwatch_delivery_lag_messages") == 0

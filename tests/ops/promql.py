@@ -1,21 +1,36 @@
-"""Just enough PromQL lexing to check which metrics and labels an expression uses.
+"""Just enough PromQL lexing to check which series an expression selects.
 
-Used by the dashboard and rule tests: every ``carwatch_*`` name in a Grafana ``expr`` or an
-alerting rule must be a sample name that :class:`streams.metrics.PipelineMetrics` exports, every
-label matcher must name a label of that metric, and every literal ``=`` value of a bounded label
-must be one of ``ALLOWED_LABEL_VALUES``. Grafana variables (``$instance``, ``$__rate_interval``)
-may stand in strings and ranges.
+Used by the dashboard and rule tests: every ``carwatch_*`` selector in a Grafana ``expr``, an
+alerting rule or a promtool test must name its job (``job="..."`` or ``job=~"a|b"``), and every
+job it selects must export that metric -- each process serves only its own series
+(streams/metrics.py), so a rule that reads a metric under another process's job can never fire.
+Every label matcher must name a label of that metric, and every literal ``=`` value of a bounded
+label must be one of ``ALLOWED_LABEL_VALUES``. Grafana variables (``$instance``,
+``$__rate_interval``) may stand in strings and ranges.
+
+What is exported comes either from the metric sets (``Exported.from_metric_sets``: fast, no
+process) or from a real Prometheus that scraped the real processes
+(``Exported.from_series``: tests/integration/test_exported_series.py).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
-from streams.metrics import PipelineMetrics
+from streams.metrics import (
+    FHIR_GATEWAY,
+    MLLP,
+    WEBHOOK,
+    WORKER,
+    DeliveryMetrics,
+    ListenerMetrics,
+    PipelineMetrics,
+)
 
 _TOKEN = re.compile(
     r"""
@@ -56,11 +71,16 @@ AGGREGATIONS = frozenset(
 
 #: Standard target labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})
-#: Non-carwatch metrics the rules and dashboard may use, with their labels (None: any label).
-EXTERNAL_METRICS: dict[str, frozenset[str] | None] = {
-    "up": TARGET_LABELS,
-    "process_start_time_seconds": TARGET_LABELS,  # prometheus-client's process collector
+#: Series the rules may use that no job exports (label names; None: any label).
+UNSCOPED_METRICS: dict[str, frozenset[str] | None] = {
     "ALERTS": None,  # Prometheus' own series of pending/firing alerts
+}
+#: The metric set each job's process serves (the clinician web's set lives in streams.web).
+METRIC_SETS = {
+    WORKER.job: PipelineMetrics,
+    MLLP.job: ListenerMetrics,
+    FHIR_GATEWAY.job: ListenerMetrics,
+    WEBHOOK.job: DeliveryMetrics,
 }
 
 
@@ -189,44 +209,85 @@ def parse(expr: str) -> Parsed:
     return Parsed(selectors, grouping)
 
 
+def sample_names(family_name: str, family_type: str) -> list[tuple[str, frozenset[str]]]:
+    """The sample names of a family, with the extra label of its buckets/quantiles."""
+    none: frozenset[str] = frozenset()
+    if family_type == "counter":
+        return [(family_name + "_total", none)]
+    if family_type == "histogram":
+        return [(family_name + "_bucket", frozenset({"le"})), *_sum_count(family_name)]
+    if family_type == "summary":
+        return [(family_name, frozenset({"quantile"})), *_sum_count(family_name)]
+    if family_type == "info":
+        return [(family_name + "_info", none)]
+    return [(family_name, none)]
+
+
+def _sum_count(name: str) -> list[tuple[str, frozenset[str]]]:
+    return [(name + "_sum", frozenset()), (name + "_count", frozenset())]
+
+
 @dataclass(frozen=True)
 class Exported:
-    """What PipelineMetrics exports: sample name -> label names (without job/instance)."""
+    """(sample name, job) → label names (without job/instance) of what the processes export."""
 
-    samples: dict[str, frozenset[str]]
+    pairs: dict[tuple[str, str], frozenset[str]]
+
+    @property
+    def jobs(self) -> frozenset[str]:
+        return frozenset(job for _, job in self.pairs)
 
     @classmethod
-    def from_pipeline_metrics(cls) -> Exported:
-        registry = CollectorRegistry()
-        metrics = PipelineMetrics(registry=registry)
-        labels_by_family: dict[str, frozenset[str]] = {}
-        for value in vars(metrics).values():
-            if isinstance(value, MetricWrapperBase):
-                labels_by_family[value._name] = frozenset(value._labelnames)
-        samples: dict[str, frozenset[str]] = {}
-        for family in registry.collect():
-            labels = labels_by_family.get(family.name, frozenset())
-            if family.type == "counter":
-                samples[family.name + "_total"] = labels
-            elif family.type == "gauge":
-                samples[family.name] = labels
-            elif family.type == "histogram":
-                samples[family.name + "_bucket"] = labels | {"le"}
-                samples[family.name + "_sum"] = labels
-                samples[family.name + "_count"] = labels
-            elif family.type == "summary":
-                samples[family.name] = labels | {"quantile"}
-                samples[family.name + "_sum"] = labels
-                samples[family.name + "_count"] = labels
-            elif family.type == "info":
-                samples[family.name + "_info"] = labels
-            else:
-                samples[family.name] = labels
-        return cls(samples)
+    def from_metric_sets(cls) -> Exported:
+        """Every family each job's metric set declares, its process collector, and ``up``."""
+        pairs: dict[tuple[str, str], frozenset[str]] = {}
+        for job, metric_set in METRIC_SETS.items():
+            registry = CollectorRegistry()
+            metrics = metric_set(registry)
+            ProcessCollector(registry=registry)
+            labels = {
+                value._name: frozenset(value._labelnames)
+                for value in vars(metrics).values()
+                if isinstance(value, MetricWrapperBase)
+            }
+            for family in registry.collect():
+                own = labels.get(family.name, frozenset())
+                for name, extra in sample_names(family.name, family.type):
+                    pairs[(name, job)] = own | extra
+            pairs[("up", job)] = frozenset()
+        pairs[("up", "prometheus")] = frozenset()  # Prometheus scrapes itself (prometheus.yml)
+        return cls(pairs)
+
+    @classmethod
+    def from_series(cls, series: Iterable[Mapping[str, str]]) -> Exported:
+        """From Prometheus' ``/api/v1/series`` answer: what was really scraped, by job."""
+        pairs: dict[tuple[str, str], set[str]] = {}
+        for labels in series:
+            key = (labels["__name__"], labels["job"])
+            pairs.setdefault(key, set()).update(set(labels) - TARGET_LABELS - {"__name__"})
+        return cls({key: frozenset(names) for key, names in pairs.items()})
+
+
+def selected_jobs(selector: Selector, jobs: frozenset[str]) -> tuple[set[str], str | None]:
+    """The known jobs a selector's ``job`` matcher selects, or a problem."""
+    matchers = [m for m in selector.matchers if m.label == "job"]
+    if not matchers:
+        return set(), f"{selector.metric} names no job: say which process's series it reads"
+    chosen = set(jobs)
+    for m in matchers:
+        if m.op == "=":
+            chosen &= {m.value}
+        elif m.op == "=~":
+            chosen &= {job for job in jobs if re.fullmatch(m.value, job)}
+        else:
+            return set(), f"{selector.metric}{{job{m.op}...}}: select jobs with = or =~"
+    if not chosen:
+        return set(), f"{selector.metric}: job matcher selects none of {sorted(jobs)}"
+    return chosen, None
 
 
 def problems(expr: str, exported: Exported, allowed_values: dict[str, frozenset[str]]) -> list[str]:
-    """Everything wrong with the metric and label references of ``expr`` (empty: fine)."""
+    """Everything wrong with the series ``expr`` selects (empty: fine)."""
     try:
         parsed = parse(expr)
     except ValueError as exc:
@@ -235,19 +296,20 @@ def problems(expr: str, exported: Exported, allowed_values: dict[str, frozenset[
     known_labels: set[str] = set(TARGET_LABELS)
     any_label = False
     for sel in parsed.selectors:
-        if sel.metric.startswith("carwatch_"):
-            if sel.metric not in exported.samples:
-                out.append(f"{sel.metric} is not exported by streams.metrics.PipelineMetrics")
-                continue
-            labels: frozenset[str] | None = exported.samples[sel.metric] | TARGET_LABELS
-        elif sel.metric in EXTERNAL_METRICS:
-            labels = EXTERNAL_METRICS[sel.metric]
-        else:
-            out.append(f"{sel.metric} is neither a carwatch_* metric nor an allowed external one")
-            continue
-        if labels is None:
+        if sel.metric in UNSCOPED_METRICS and UNSCOPED_METRICS[sel.metric] is None:
             any_label = True
             continue
+        jobs, problem = selected_jobs(sel, exported.jobs)
+        if problem is not None:
+            out.append(problem)
+            continue
+        missing = sorted(job for job in jobs if (sel.metric, job) not in exported.pairs)
+        for job in missing:
+            out.append(f'{sel.metric}{{job="{job}"}} is exported by no process')
+        if missing:
+            continue
+        labels = frozenset().union(*(exported.pairs[(sel.metric, job)] for job in jobs))
+        labels |= TARGET_LABELS
         known_labels |= labels
         for m in sel.matchers:
             if m.label not in labels:

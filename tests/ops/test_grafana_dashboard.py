@@ -1,10 +1,12 @@
-"""The Grafana dashboard and the alert rules only reference metrics the worker exports.
+"""The Grafana dashboard and the alert rules only select series their jobs' processes export.
 
 Dashboard: structure (unique panel ids, grid inside 24 columns without overlaps, every query on
-the provisioned datasource uid), the panels issue #5 asks for, and every metric/label in every
-``expr``. Rules: every ``carwatch_*`` metric and label they use exists in
-:class:`streams.metrics.PipelineMetrics` (a fresh ``CollectorRegistry``; counters are exposed as
-``_total``, histograms as ``_bucket``/``_sum``/``_count``).
+the provisioned datasource uid), the panels issues #5 and #14 ask for, and every metric, job and
+label in every ``expr``. Rules: every selector names its job, and that job's metric set
+(streams/metrics.py, a fresh ``CollectorRegistry``; counters are exposed as ``_total``,
+histograms as ``_bucket``/``_sum``/``_count``) has the metric and its labels. The same check
+against what a real Prometheus scraped from the real processes is
+tests/integration/test_exported_series.py.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def datasource_uid() -> str:
 
 @pytest.fixture(scope="module")
 def exported() -> promql.Exported:
-    return promql.Exported.from_pipeline_metrics()
+    return promql.Exported.from_metric_sets()
 
 
 def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,7 +152,7 @@ REQUIRED = [
     ),
     (
         "rejects by reason",
-        lambda e: "carwatch_rejected_total" in e and re.search(r"by \(reason\)", e),
+        lambda e: "carwatch_rejected_total" in e and re.search(r"by \((job, )?reason\)", e),
     ),
     (
         "clinical alert events by rule and severity",
@@ -173,6 +175,13 @@ REQUIRED = [
     ("consumer lag", lambda e: "carwatch_consumer_lag_messages" in e),
     ("dead-letter rate", lambda e: "rate(carwatch_deadletter_messages_total" in e),
     ("patients monitored", lambda e: "carwatch_patients_monitored" in e),
+    (
+        "listener answers by code",
+        lambda e: "carwatch_listener_messages_total" in e and "code" in e,
+    ),
+    ("listener publish failures", lambda e: "carwatch_listener_publish_failures_total" in e),
+    ("delivery attempts", lambda e: "carwatch_delivery_attempts_total" in e),
+    ("delivery lag", lambda e: "carwatch_delivery_lag_messages" in e),
 ]
 
 
@@ -210,7 +219,11 @@ def test_every_exported_metric_family_is_on_the_dashboard(
 ) -> None:
     """A metric nobody looks at is either missing a panel or should not exist."""
     used = {m for _, e in exprs(dashboard) for m in promql.parse(e).metrics}
-    families = {re.sub(r"_(total|bucket|sum|count)$", "", s) for s in exported.samples}
+    families = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for name, _ in exported.pairs
+        if name.startswith("carwatch_")
+    }
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in used}
     assert families <= shown, f"metrics without a panel: {sorted(families - shown)}"
 
@@ -236,15 +249,24 @@ def test_rule_exprs_reference_exported_metrics(
 
 
 def test_promql_checker_catches_mistakes(exported: promql.Exported) -> None:
-    """The checker itself: a wrong name, a counter without _total, a bad label or value."""
+    """The checker itself: a wrong name or job, a counter without _total, a bad label or value."""
+    worker = 'job="carwatch-worker"'
     bad = {
-        'carwatch_results{outcome="accepted"}': "not exported",
-        "rate(carwatch_no_such_thing_total[5m])": "not exported",
-        'carwatch_results_total{outcom="accepted"}': "has no label",
-        'carwatch_results_total{outcome="acepted"}': "not an allowed label value",
-        "sum by (analyt) (rate(carwatch_results_total[5m]))": "grouping label",
-        "histogram_quantile(0.9, sum by (le) (rate(carwatch_collected_to_alert_seconds[5m])))": "not exported",
-        "rate(node_cpu_seconds_total[5m])": "neither",
+        f'carwatch_results{{{worker}, outcome="accepted"}}': "exported by no process",
+        f"rate(carwatch_no_such_thing_total{{{worker}}}[5m])": "exported by no process",
+        f'carwatch_results_total{{{worker}, outcom="accepted"}}': "has no label",
+        f'carwatch_results_total{{{worker}, outcome="acepted"}}': "not an allowed label value",
+        f"sum by (analyt) (rate(carwatch_results_total{{{worker}}}[5m]))": "grouping label",
+        "histogram_quantile(0.9, sum by (le) (rate(carwatch_collected_to_alert_seconds"
+        f"{{{worker}}}[5m])))": "exported by no process",
+        'rate(node_cpu_seconds_total{job="node"}[5m])': "selects none",
+        # the bug of issue #14: deliveries counted by the deliverer, selected under the worker
+        f'carwatch_alert_deliveries_total{{{worker}, outcome="failed"}}': "exported by no process",
+        'carwatch_alert_events_total{job=~"carwatch-worker|carwatch-mllp"}': (
+            'carwatch_alert_events_total{job="carwatch-mllp"} is exported by no process'
+        ),
+        "carwatch_results_total": "names no job",
+        'carwatch_results_total{job!="carwatch-web"}': "select jobs with = or =~",
     }
     for expr, expected in bad.items():
         found = promql.problems(expr, exported, ALLOWED_LABEL_VALUES)

@@ -1,26 +1,79 @@
-"""The scale-out manifests under deploy/k8s/ are consistent (issue #5, docs/deploy.md).
+"""The manifests under deploy/k8s/ would be accepted and would start (issues #5, #14).
 
-Parses every YAML document there and checks what Kubernetes/Strimzi would only tell at deploy
-time, or never: all patient-data topics share one partition count (co-partitioning with the
-table changelog), replicas 3 and min.insync.replicas 2 everywhere, no more workers than
-partitions, Services and the ServiceMonitor actually select the worker pods and ports, the
-worker's CARWATCH_* settings, and that the PrometheusRule carries the same rules as
-deploy/prometheus.
+Every document is validated offline against its schema: the Kubernetes kinds with
+kubernetes-validate's strict schemas (unknown fields are errors), the Strimzi and Prometheus
+Operator kinds against the CRDs vendored under tests/ops/crds/ (made strict the same way). Then
+what no schema knows: all patient-data topics share one partition count, replicas 3 and
+min.insync.replicas 2, no more workers than partitions, a Kafka version the Strimzi release runs,
+every process has its KafkaUser with the ACLs its role needs and reads its password from that
+user's Secret, every process serves metrics on the pod's address at the port its Service and
+the ServiceMonitor scrape under the job the rules select, probes name real ports, every workload
+has a PodDisruptionBudget, NetworkPolicies name real ports, and the PrometheusRule carries the
+rules of deploy/prometheus. That the worker really starts with the StatefulSet's environment is
+tests/integration/test_k8s_worker_env.py.
 """
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
+from streams.metrics import FHIR_GATEWAY, MLLP, WEBHOOK, WORKER
+from streams.settings import known_variables
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy/k8s"
+CRDS = Path(__file__).resolve().parent / "crds"
 RULES = REPO / "deploy/prometheus/rules/carwatch.rules.yml"
 TOPICS = {"carwatch.labs", "carwatch.clinical", "carwatch.alerts", "carwatch.deadletter"}
 NAMESPACE = "carwatch"
+#: Kubernetes version the manifests are validated for (Strimzi 1.2 needs 1.30 or later).
+KUBERNETES = "1.33"
+#: Kafka versions Strimzi 1.2.0 runs (kafka-versions.yaml at its tag, `supported: true`).
+STRIMZI_KAFKA_VERSIONS = {
+    "4.2.0": "4.2-IV1",
+    "4.2.1": "4.2-IV1",
+    "4.3.0": "4.3-IV0",
+    "4.3.1": "4.3-IV0",
+}
+#: Workload name → the process's job, and its Kafka access (topic → operations it needs).
+PROCESSES = {
+    "carwatch-worker": (
+        WORKER,
+        {
+            "carwatch.labs": {"Read"},
+            "carwatch.clinical": {"Read"},
+            "carwatch.alerts": {"Write"},
+            "carwatch.deadletter": {"Write"},
+            "carwatch-patient_state-changelog": {"Read", "Write"},
+            "carwatch-__assignor-__leader": {"Read", "Write"},
+        },
+    ),
+    "carwatch-mllp": (
+        MLLP,
+        {
+            "carwatch.labs": {"Write"},
+            "carwatch.deadletter": {"Write"},
+            "carwatch.inbound": {"Write"},
+        },
+    ),
+    "carwatch-fhir-gateway": (
+        FHIR_GATEWAY,
+        {
+            "carwatch.labs": {"Write"},
+            "carwatch.deadletter": {"Write"},
+            "carwatch.inbound": {"Write"},
+        },
+    ),
+    "carwatch-webhook": (WEBHOOK, {"carwatch.alerts": {"Read"}}),
+}
 
 
 def load_documents() -> list[tuple[str, dict[str, Any]]]:
@@ -53,23 +106,114 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def workloads() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in of_kind("StatefulSet") + of_kind("Deployment")}
+
+
+def pod_spec(name: str) -> dict[str, Any]:
+    return dict(workloads()[name]["spec"]["template"]["spec"])
+
+
+def container(name: str) -> dict[str, Any]:
+    (c,) = pod_spec(name)["containers"]
+    return dict(c)
+
+
+def env(name: str) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(name)["env"]}
+
+
 @pytest.fixture(scope="module")
 def worker() -> dict[str, Any]:
-    sts = [s for s in of_kind("StatefulSet") if s["metadata"]["name"] == "carwatch-worker"]
-    assert len(sts) == 1
-    return sts[0]
+    return workloads()["carwatch-worker"]
 
 
-@pytest.fixture(scope="module")
-def container(worker: dict[str, Any]) -> dict[str, Any]:
-    (c,) = [c for c in worker["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
-    return c
+# ------------------------------------------------------------------------- schemas
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → the served version's openAPIV3Schema, made strict."""
+    schemas = {}
+    for path in CRDS.rglob("*.yaml"):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                if version["served"]:
+                    schema = strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                    schemas[(f"{group}/{version['name']}", kind)] = schema
+    return schemas
+
+
+def strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """Unknown fields become errors (the API server prunes them silently: a typo is lost)."""
+    if schema.get("type") == "object" and "properties" in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        schema["properties"].setdefault("apiVersion", {"type": "string"})
+        schema["properties"].setdefault("kind", {"type": "string"})
+        schema["properties"].setdefault("metadata", {"type": "object"})
+    for value in schema.values():
+        if isinstance(value, dict):
+            strict(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    strict(item)
+    return schema
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in crd_schemas():
+        validator = jsonschema.Draft7Validator(crd_schemas()[key])
+        return [
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(doc)
+        ]
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(map(str, error.path))}: {error.message}"]
+    return []
+
+
+@pytest.mark.parametrize(
+    "doc", [d for _, d in DOCS], ids=[f"{f}:{d['kind']}/{d['metadata']['name']}" for f, d in DOCS]
+)
+def test_every_manifest_is_valid_against_its_schema(doc: dict[str, Any]) -> None:
+    assert schema_errors(doc) == []
+
+
+def test_the_schema_check_catches_a_misspelt_field() -> None:
+    """The check itself: a typo in a Kubernetes kind and in a custom resource is reported."""
+    deployment = copy.deepcopy(workloads()["carwatch-mllp"])
+    probe = deployment["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = probe
+    assert schema_errors(deployment)
+    kafka = copy.deepcopy(one("Kafka"))
+    kafka["spec"]["kafka"]["listeners"][0]["authentification"] = {"type": "scram-sha-512"}
+    assert schema_errors(kafka)
+    user = copy.deepcopy(of_kind("KafkaUser")[0])
+    user["spec"]["authentication"]["type"] = "scram-sha-256"  # Strimzi knows 512 only
+    assert schema_errors(user)
+
+
+def test_every_custom_kind_has_a_vendored_schema() -> None:
+    """An operator's kind without its CRD here would skip validation silently."""
+    custom = {(d["apiVersion"], d["kind"]) for _, d in DOCS if "strimzi.io" in d["apiVersion"]}
+    custom |= {(d["apiVersion"], d["kind"]) for _, d in DOCS if "coreos.com" in d["apiVersion"]}
+    assert custom and custom <= set(crd_schemas())
+
+
+# ---------------------------------------------------------------------- the resources
 
 
 def test_every_document_is_a_named_resource() -> None:
     assert DOCS, "deploy/k8s holds manifests"
     for filename, doc in DOCS:
-        assert doc.get("apiVersion") and doc.get("kind"), filename
         assert doc["metadata"]["name"], filename
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == NAMESPACE, (filename, doc["kind"])
@@ -77,13 +221,15 @@ def test_every_document_is_a_named_resource() -> None:
     assert len(keys) == len(set(keys)), "duplicate resources"
 
 
-def test_kafka_is_kraft_with_a_three_node_pool() -> None:
+def test_kafka_is_kraft_with_a_version_strimzi_runs() -> None:
     kafka = one("Kafka")
     pool = one("KafkaNodePool")
-    assert kafka["apiVersion"] == pool["apiVersion"] == "kafka.strimzi.io/v1beta2"
-    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
-    assert kafka["metadata"]["annotations"]["strimzi.io/node-pools"] == "enabled"
+    assert kafka["apiVersion"] == pool["apiVersion"] == "kafka.strimzi.io/v1"
     assert "zookeeper" not in kafka["spec"]
+    version = kafka["spec"]["kafka"]["version"]
+    assert STRIMZI_KAFKA_VERSIONS.get(version) == kafka["spec"]["kafka"]["metadataVersion"]
+    pom = (REPO / "deploy/kafka/pom.xml").read_text()
+    assert f"<kafka.version>{version}</kafka.version>" in pom, "the version the tests run"
     assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
     assert pool["spec"]["replicas"] == 3
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
@@ -92,22 +238,33 @@ def test_kafka_is_kraft_with_a_three_node_pool() -> None:
     assert int(config["default.replication.factor"]) == 3
     assert int(config["offsets.topic.replication.factor"]) == 3
     assert config["auto.create.topics.enable"] in (False, "false")
-    assert "topicOperator" in kafka["spec"]["entityOperator"]
+    assert {"topicOperator", "userOperator"} <= set(kafka["spec"]["entityOperator"])
+
+
+def test_clients_reach_kafka_over_tls_as_authenticated_users_only() -> None:
+    kafka = one("Kafka")["spec"]["kafka"]
+    for listener in kafka["listeners"]:
+        assert listener["tls"] is True, listener["name"]
+        assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
+    assert kafka["authorization"]["type"] == "simple"
+
+
+def patient_topics() -> list[dict[str, Any]]:
+    """Topics keyed by patient id (Faust's one-partition leader topic carries no patients)."""
+    return [t for t in of_kind("KafkaTopic") if not topic_name(t).endswith("__assignor-__leader")]
 
 
 def test_topics_partitions_equal_replicas_3_min_isr_2() -> None:
     kafka_name = one("Kafka")["metadata"]["name"]
-    topics = of_kind("KafkaTopic")
-    names = {topic_name(t) for t in topics}
-    assert names >= TOPICS, f"missing topics: {sorted(TOPICS - names)}"
-    partitions = {topic_name(t): t["spec"]["partitions"] for t in topics}
+    names = {topic_name(t) for t in of_kind("KafkaTopic")}
+    assert names >= TOPICS | {"carwatch.inbound"}, f"missing: {sorted(TOPICS - names)}"
+    partitions = {topic_name(t): t["spec"]["partitions"] for t in patient_topics()}
     assert len(set(partitions.values())) == 1, f"partition counts differ: {partitions}"
-    for t in topics:
+    for t in of_kind("KafkaTopic"):
         name = topic_name(t)
         assert t["metadata"]["labels"]["strimzi.io/cluster"] == kafka_name, name
         assert t["spec"]["replicas"] == 3, name
         assert int(t["spec"]["config"]["min.insync.replicas"]) == 2, name
-        assert t["spec"]["partitions"] >= 1, name
 
 
 def test_changelog_topic_is_compacted() -> None:
@@ -117,74 +274,175 @@ def test_changelog_topic_is_compacted() -> None:
         assert t["spec"]["config"]["cleanup.policy"] == "compact"
 
 
+def test_faust_finds_the_topics_it_would_create() -> None:
+    """The worker's user may not create topics: Faust's changelog and leader topics, named after
+    the app id, must be declared."""
+    app_id = env("carwatch-worker")["CARWATCH_APP_ID"]
+    names = {topic_name(t) for t in of_kind("KafkaTopic")}
+    assert {f"{app_id}-patient_state-changelog", f"{app_id}-__assignor-__leader"} <= names
+    assert env("carwatch-worker")["CARWATCH_CREATE_TOPICS"] == "false"
+    partitions = {t["spec"]["partitions"] for t in patient_topics()}
+    assert {int(env("carwatch-worker")["CARWATCH_PARTITIONS"])} == partitions
+
+
 def test_worker_replicas_do_not_exceed_partitions(worker: dict[str, Any]) -> None:
-    partitions = min(t["spec"]["partitions"] for t in of_kind("KafkaTopic"))
+    partitions = min(t["spec"]["partitions"] for t in patient_topics())
     replicas = worker["spec"]["replicas"]
     assert 1 <= replicas <= partitions, (
         f"{replicas} workers for {partitions} partitions: the extra ones would sit idle"
     )
 
 
-def test_worker_runs_carwatch_worker_with_its_settings(container: dict[str, Any]) -> None:
-    assert container["image"] == "carwatch:latest"
-    assert container["command"] == ["carwatch", "worker"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["CARWATCH_BROKER_URL"].startswith("kafka://")
-    kafka = one("Kafka")
-    bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap"
-    assert bootstrap in env["CARWATCH_BROKER_URL"]
-    listener_ports = {str(listener["port"]) for listener in kafka["spec"]["kafka"]["listeners"]}
-    assert env["CARWATCH_BROKER_URL"].rsplit(":", 1)[1] in listener_ports
-    assert env["CARWATCH_STORE"] == "rocksdict://"
-    assert env["CARWATCH_METRICS_PORT"] == "9464"
-    assert env["CARWATCH_WEB_HOST"] == "0.0.0.0"
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == int(env["CARWATCH_METRICS_PORT"])
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_process_runs_its_command_with_known_settings(name: str) -> None:
+    process, _ = PROCESSES[name]
+    c = container(name)
+    assert c["image"] == "carwatch:latest"
+    assert " ".join(c["command"]).startswith(process.command), c["command"]
+    unknown = {v for v in env(name) if v.startswith("CARWATCH_") and v not in known_variables()}
+    assert not unknown, f"settings no process reads: {unknown}"
+    assert env(name)["CARWATCH_BROKER_URL"] == "kafka://carwatch-kafka-bootstrap.carwatch.svc:9093"
 
 
-def test_rocksdict_store_is_on_a_per_pod_volume(
-    worker: dict[str, Any], container: dict[str, Any]
-) -> None:
-    templates = {t["metadata"]["name"]: t for t in worker["spec"]["volumeClaimTemplates"]}
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert "state" in templates and "state" in mounts
-    assert templates["state"]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    data_dir = mounts["state"]
-    assert container["workingDir"] == data_dir
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["APP_DATADIR"].startswith(data_dir + "/")
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_process_is_a_kafka_user_with_the_acls_of_its_role(name: str) -> None:
+    _, needs = PROCESSES[name]
+    settings = env(name)
+    users = {u["metadata"]["name"]: u for u in of_kind("KafkaUser")}
+    user = users[settings["CARWATCH_SASL_USERNAME"]]
+    assert settings["CARWATCH_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    # Strimzi writes the password to a Secret named like the user
+    assert settings["CARWATCH_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": user["metadata"]["name"], "key": "password"}
+    }
+    # the CA file comes from the cluster CA Secret, mounted where the setting says
+    mounts = {m["mountPath"]: m["name"] for m in container(name)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(name)["volumes"]}
+    ca_dir, ca_file = settings["CARWATCH_SSL_CAFILE"].rsplit("/", 1)
+    secret = volumes[mounts[ca_dir]]["secret"]
+    assert secret["secretName"] == f"{one('Kafka')['metadata']['name']}-cluster-ca-cert"
+    assert {"key": "ca.crt", "path": ca_file} in secret["items"]
+    granted: dict[str, set[str]] = {}
+    for acl in user["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        if resource["type"] != "topic":
+            continue
+        for topic in needs:
+            literal = resource["patternType"] == "literal" and topic == resource["name"]
+            prefix = resource["patternType"] == "prefix" and topic.startswith(resource["name"])
+            if literal or prefix:
+                granted.setdefault(topic, set()).update(acl["operations"])
+    for topic, operations in needs.items():
+        assert operations | {"Describe"} <= granted.get(topic, set()), (name, topic)
+    all_operations = {
+        op for acl in user["spec"]["authorization"]["acls"] for op in acl["operations"]
+    }
+    assert not all_operations & {"Create", "Delete", "Alter", "All"}, name
 
 
-def test_services_select_the_worker_pods(worker: dict[str, Any], container: dict[str, Any]) -> None:
-    pod_labels = worker["spec"]["template"]["metadata"]["labels"]
-    assert selects(worker["spec"]["selector"]["matchLabels"], pod_labels)
-    services = {s["metadata"]["name"]: s for s in of_kind("Service")}
-    headless = services[worker["spec"]["serviceName"]]
-    assert headless["spec"]["clusterIP"] == "None"
-    container_ports = {p["name"] for p in container["ports"]}
-    for service in services.values():
-        assert selects(service["spec"]["selector"], pod_labels), service["metadata"]["name"]
-        for port in service["spec"]["ports"]:
-            assert port["targetPort"] in container_ports, service["metadata"]["name"]
-    # the metrics Service's name becomes the Prometheus job: the rules select that job
-    metrics = services["carwatch-worker"]
-    assert [p["name"] for p in metrics["spec"]["ports"]] == ["metrics"]
-
-
-def test_servicemonitor_scrapes_the_metrics_service() -> None:
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_process_serves_metrics_where_probes_and_the_servicemonitor_look(name: str) -> None:
+    process, _ = PROCESSES[name]
+    settings = env(name)
+    assert settings["CARWATCH_METRICS_HOST"] == "0.0.0.0", "127.0.0.1 is unreachable in a pod"
+    ports = {p["name"]: p["containerPort"] for p in container(name)["ports"]}
+    assert ports["metrics"] == int(settings["CARWATCH_METRICS_PORT"]) == process.metrics_port
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container(name):
+            check = container(name)[probe]
+            port = (check.get("httpGet") or check.get("tcpSocket"))["port"]
+            assert port in ports, (name, probe, port)
+    assert "livenessProbe" in container(name) and "readinessProbe" in container(name)
     monitor = one("ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    services = of_kind("Service")
-    chosen = [
+    scraped = [
         s
-        for s in services
+        for s in of_kind("Service")
         if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        and any(p["name"] == "metrics" for p in s["spec"]["ports"])
+        and selects(
+            s["spec"]["selector"], workloads()[name]["spec"]["template"]["metadata"]["labels"]
+        )
     ]
-    assert [s["metadata"]["name"] for s in chosen] == ["carwatch-worker"]
-    service_ports = {p["name"] for p in chosen[0]["spec"]["ports"]}
-    for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in service_ports
-        assert endpoint.get("path", "/metrics") == "/metrics"
+    assert len(scraped) == 1, f"{name}: {len(scraped)} metrics Services"
+    (service,) = scraped
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == process.job
+    (metrics_port,) = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
+    assert metrics_port["targetPort"] == "metrics"
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_services_select_pods_and_name_their_ports() -> None:
+    pods = {n: w["spec"]["template"]["metadata"]["labels"] for n, w in workloads().items()}
+    for service in of_kind("Service"):
+        name = service["metadata"]["name"]
+        chosen = [w for w, labels in pods.items() if selects(service["spec"]["selector"], labels)]
+        assert len(chosen) == 1, f"{name} selects {chosen}"
+        ports = {p["name"] for p in container(chosen[0])["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, name
+    worker = workloads()["carwatch-worker"]
+    headless = {s["metadata"]["name"]: s for s in of_kind("Service")}[worker["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_rocksdict_store_is_on_a_per_pod_volume(worker: dict[str, Any]) -> None:
+    templates = {t["metadata"]["name"]: t for t in worker["spec"]["volumeClaimTemplates"]}
+    c = container("carwatch-worker")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert templates["state"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert env("carwatch-worker")["CARWATCH_STORE"] == "rocksdb://"
+    assert env("carwatch-worker")["CARWATCH_DATA_DIR"].startswith(mounts["state"] + "/")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_every_workload_has_a_disruption_budget() -> None:
+    budgets = of_kind("PodDisruptionBudget")
+    for name, workload in workloads().items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        mine = [b for b in budgets if selects(b["spec"]["selector"]["matchLabels"], labels)]
+        assert len(mine) == 1, name
+        assert workload["spec"]["replicas"] > mine[0]["spec"].get("minAvailable", 0), name
+    worker_budget = [b for b in budgets if b["metadata"]["name"] == "carwatch-worker"]
+    assert worker_budget[0]["spec"]["maxUnavailable"] == 1
+
+
+def test_network_policies_deny_by_default_and_name_real_ports() -> None:
+    policies = of_kind("NetworkPolicy")
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in p["spec"]
+    ]
+    assert deny and deny[0]["spec"]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/part-of": "carwatch"}
+    }
+    for policy in policies:
+        for name, workload in workloads().items():
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            selector = policy["spec"]["podSelector"]
+            if not pod_selected(selector, labels):
+                continue
+            ports = {p["name"] for p in container(name)["ports"]}
+            for rule in policy["spec"].get("ingress", []):
+                for port in rule.get("ports", []):
+                    assert port["port"] in ports, (policy["metadata"]["name"], name)
+    # every workload can be scraped by Prometheus
+    scrape = [p for p in policies if p["metadata"]["name"] == "carwatch-allow-prometheus"]
+    assert scrape and all(
+        pod_selected(scrape[0]["spec"]["podSelector"], w["spec"]["template"]["metadata"]["labels"])
+        for w in workloads().values()
+    )
+
+
+def pod_selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
 
 
 def test_prometheusrule_carries_the_same_rules() -> None:
@@ -194,12 +452,4 @@ def test_prometheusrule_carries_the_same_rules() -> None:
     assert rule["spec"]["groups"] == expected, (
         "deploy/k8s/prometheusrule.yaml is out of date: "
         "run .venv/bin/python scripts/sync-k8s-rules.py"
-    )
-
-
-def test_disruption_budget_keeps_one_worker_down_at_most(worker: dict[str, Any]) -> None:
-    pdb = one("PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert selects(
-        pdb["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"]
     )

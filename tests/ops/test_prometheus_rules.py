@@ -1,8 +1,10 @@
-"""Prometheus config, alert rules and Alertmanager config (issue #5).
+"""Prometheus config, alert rules and Alertmanager config (issues #5, #14).
 
-Static checks (always run): every alert carries severity/summary/description/runbook_url, its
-runbook anchor exists in docs/runbook.md, every alert has a firing and a non-firing promtool case,
-Alertmanager's inhibitions name real alerts.
+Static checks (always run): every alert carries severity/summary/description and an absolute
+runbook_url built from the one configurable base, its runbook anchor exists in docs/runbook.md,
+every alert has a firing and a non-firing promtool case whose input series are metrics the
+process of their job exports (with its labels), every process has a scrape job with its default
+port, Alertmanager's inhibitions name real alerts.
 
 ``@pytest.mark.ops`` checks run the real tools from Debian's ``prometheus`` and
 ``prometheus-alertmanager`` packages (``scripts/install-ops-tools.sh``): ``promtool check
@@ -32,11 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import prombin
+import promql
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
 
-from streams.metrics import PipelineMetrics
+from streams.metrics import (
+    ALLOWED_LABEL_VALUES,
+    FHIR_GATEWAY,
+    MLLP,
+    WEBHOOK,
+    WORKER,
+    DeliveryMetrics,
+    ListenerMetrics,
+    PipelineMetrics,
+    serve_metrics,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy/prometheus"
@@ -52,10 +64,19 @@ EXPECTED_ALERTS = {
     "CarwatchConsumerLagGrowing",
     "CarwatchFeedSilent",
     "CarwatchDeadLetterRateHigh",
-    "CarwatchAlertDeliveryFailing",
     "CarwatchTableRecoverySlow",
+    "CarwatchTargetDown",
+    "CarwatchListenerRejecting",
+    "CarwatchListenerBrokerFailing",
+    "CarwatchAlertDeliveryFailing",
+    "CarwatchDeliveryLagGrowing",
 }
+#: Alerts that say "this process cannot be scraped"; Alertmanager mutes the others behind them.
+DOWN_ALERTS = {"CarwatchWorkerDown", "CarwatchTargetDown"}
 JOB = "carwatch-worker"
+#: Every scraped process: its job and local default metrics port (CONTRACTS.md).
+PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK)
+RUNBOOK_TEMPLATE = "{{ $externalLabels.runbook_base }}#"
 TIMEOUT = 30.0  # seconds any live check may wait
 
 
@@ -90,11 +111,25 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     annotations = rule["annotations"]
     for key in ("summary", "description", "runbook_url"):
         assert annotations.get(key, "").strip(), f"{rule['alert']} lacks annotation {key}"
-    assert annotations["runbook_url"] == f"docs/runbook.md#{rule['alert'].lower()}"
+    assert annotations["runbook_url"] == RUNBOOK_TEMPLATE + rule["alert"].lower()
     # no patient data can reach an ops alert: only bounded labels are templated
     for text in (annotations["summary"], annotations["description"]):
         for label in re.findall(r"\$labels\.(\w+)", text):
-            assert label in ("job", "instance", "topic", "channel"), (rule["alert"], label)
+            assert label in ("job", "instance", "topic", "channel", "listener"), (
+                rule["alert"],
+                label,
+            )
+
+
+def test_the_runbook_base_is_one_absolute_url() -> None:
+    """Pagers open runbook_url as it is: the base must be absolute (scheme and host)."""
+    base = yaml.safe_load(PROM_CONFIG.read_text())["global"]["external_labels"]["runbook_base"]
+    url = urllib.parse.urlsplit(base)
+    assert url.scheme == "https" and url.netloc and url.path.endswith("runbook.md"), base
+    assert not url.fragment, "the alert adds the #anchor"
+    suite = yaml.safe_load(RULE_TESTS.read_text())
+    for case in suite["tests"]:
+        assert case["external_labels"] == {"runbook_base": base}, case["name"]
 
 
 def github_anchors(markdown: str) -> set[str]:
@@ -109,8 +144,29 @@ def github_anchors(markdown: str) -> set[str]:
 def test_runbook_has_a_section_per_alert() -> None:
     anchors = github_anchors(RUNBOOK.read_text(encoding="utf-8"))
     for rule in alert_rules():
-        anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
+        anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
         assert anchor in anchors, f"docs/runbook.md has no section #{anchor} for {rule['alert']}"
+
+
+def input_series() -> list[tuple[str, str]]:
+    suite = yaml.safe_load(RULE_TESTS.read_text())
+    return [
+        (case["name"], series["series"])
+        for case in suite["tests"]
+        for series in case["input_series"]
+    ]
+
+
+@pytest.mark.parametrize(("case", "series"), input_series())
+def test_promtool_cases_use_the_series_the_processes_export(case: str, series: str) -> None:
+    """A case that invents a series under a job whose process does not export it proves a rule
+    that can never fire (issue #14): every input series must be a real (metric, job) pair."""
+    exported = promql.Exported.from_metric_sets()
+    assert promql.problems(series, exported, ALLOWED_LABEL_VALUES) == [], case
+    (selector,) = promql.parse(series).selectors
+    labels = {m.label for m in selector.matchers} - promql.TARGET_LABELS
+    job = next(m.value for m in selector.matchers if m.label == "job")
+    assert labels == exported.pairs[(selector.metric, job)], f"{case}: {series} lacks labels"
 
 
 def test_every_alert_has_a_firing_and_a_quiet_promtool_case() -> None:
@@ -133,21 +189,29 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case() -> None:
         assert (rule["alert"], rule["labels"]["severity"]) in severities_tested, rule["alert"]
 
 
-def test_prometheus_config_scrapes_the_workers_and_loads_the_rules() -> None:
-    config = yaml.safe_load(PROM_CONFIG.read_text())
-    assert [PROM_DIR / f for f in config["rule_files"]] == [RULES]
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == JOB]
-    assert job.get("metrics_path", "/metrics") == "/metrics"
+def file_sd_targets(job: dict[str, Any], base: Path = PROM_DIR) -> list[str]:
     targets: list[str] = []
     for sd in job["file_sd_configs"]:
         for pattern in sd["files"]:
-            for path in PROM_DIR.glob(pattern):
+            for path in base.glob(pattern):
                 for group in yaml.safe_load(path.read_text()):
                     targets.extend(group["targets"])
-    assert targets == ["127.0.0.1:9464"], "local default: the worker's metrics port"
+    return targets
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.job)
+def test_prometheus_config_scrapes_every_process_and_loads_the_rules(process: Any) -> None:
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    assert [PROM_DIR / f for f in config["rule_files"]] == [RULES]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == process.job]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert file_sd_targets(job) == [f"127.0.0.1:{process.metrics_port}"], (
+        f"local default: the metrics port of {process.command}"
+    )
 
 
 def test_inhibitions_name_real_alerts() -> None:
+    """Every alert of a process is muted while that process is down, and nothing else is."""
     config = yaml.safe_load(AM_CONFIG.read_text())
     names = EXPECTED_ALERTS
     down_targets: set[str] = set()
@@ -157,13 +221,11 @@ def test_inhibitions_name_real_alerts() -> None:
             if m:
                 listed = set(m.group(2).split("|"))
                 assert listed <= names, f"unknown alert in {matcher}"
-                if (
-                    rule["source_matchers"] == ['alertname="CarwatchWorkerDown"']
-                    and matcher in (rule["target_matchers"])
-                ):
+                sources = {s.split('"')[1] for s in rule["source_matchers"]}
+                if sources <= DOWN_ALERTS and matcher in rule["target_matchers"]:
                     down_targets |= listed
-        assert rule["equal"], "an inhibition without `equal` would mute other workers too"
-    assert down_targets == names - {"CarwatchWorkerDown"}
+        assert rule["equal"], "an inhibition without `equal` would mute other processes too"
+    assert down_targets == names - DOWN_ALERTS
 
 
 # ---------------------------------------------------------------- promtool / amtool
@@ -337,24 +399,18 @@ def test_alertmanager_routes_and_inhibits(tmp_path: Path) -> None:
 
     def alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
         return {
-            "labels": {
-                "alertname": name,
-                "severity": severity,
-                "job": JOB,
-                "service": "carwatch",
-                **labels,
-            },
+            "labels": {"alertname": name, "severity": severity, "service": "carwatch", **labels},
             "annotations": {"summary": name},
             "startsAt": datetime.now(UTC).isoformat(),
         }
 
     w1, w2, w3 = "w1:9464", "w2:9464", "w3:9464"
+    m1, d1, d2 = "m1:9465", "d1:9467", "d2:9467"
     labs = "carwatch.labs"
     alerts = {
         # worker w1 is down: its other alerts are inhibited
         ("CarwatchWorkerDown", w1, "critical"): "active",
         ("CarwatchProcessingStalled", w1, "critical"): "suppressed",
-        ("CarwatchAlertDeliveryFailing", w1, "critical"): "suppressed",
         # w2 is stalled: its lag growth is inhibited by the stall
         ("CarwatchProcessingStalled", w2, "critical"): "active",
         ("CarwatchConsumerLagGrowing", w2, "warning"): "suppressed",
@@ -364,17 +420,29 @@ def test_alertmanager_routes_and_inhibits(tmp_path: Path) -> None:
         # two-tier: the critical replaces the warning
         ("CarwatchTableRecoverySlow", w3, "warning"): "suppressed",
         ("CarwatchTableRecoverySlow", w3, "critical"): "active",
+        # deliverer d1 cannot be scraped: its delivery alerts are inhibited
+        ("CarwatchTargetDown", d1, "critical"): "active",
+        ("CarwatchAlertDeliveryFailing", d1, "critical"): "suppressed",
+        # d2 fails deliveries for good: its lag is their symptom
+        ("CarwatchAlertDeliveryFailing", d2, "critical"): "active",
+        ("CarwatchDeliveryLagGrowing", d2, "critical"): "suppressed",
+        # the MLLP listener cannot reach Kafka: its AR answers are the broker's symptom
+        ("CarwatchListenerBrokerFailing", m1, "critical"): "active",
+        ("CarwatchListenerRejecting", m1, "warning"): "suppressed",
     }
+    jobs = {"w": JOB, "d": WEBHOOK.job, "m": MLLP.job, "": JOB}
     extra = {
         "CarwatchProcessingStalled": {"topic": labs},
         "CarwatchConsumerLagGrowing": {"topic": labs},
         "CarwatchAlertDeliveryFailing": {"channel": "webhook"},
+        "CarwatchListenerBrokerFailing": {"listener": "mllp"},
+        "CarwatchListenerRejecting": {"listener": "mllp"},
     }
 
     def payload(keys: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
         out = []
         for name, instance, severity in keys:
-            labels = dict(extra.get(name, {}))
+            labels = {"job": jobs[instance[:1]], **extra.get(name, {})}
             if instance:
                 labels["instance"] = instance
             out.append(alert(name, severity, **labels))
@@ -450,82 +518,89 @@ def _query(base: str, expr: str) -> list[dict[str, Any]]:
     return list(answer["data"]["result"])
 
 
+def healthy_endpoints() -> dict[str, str]:
+    """Each job's metric set, healthy, on 127.0.0.1: job → address."""
+    worker = PipelineMetrics()
+    worker.results.labels("anc", "accepted").inc(3)
+    worker.consumed.labels("carwatch.labs").inc(3)
+    worker.consumer_lag.labels("carwatch.labs").set(0)
+    worker.last_result_timestamp.set(time.time())
+    worker.patients_monitored.set(2)
+    worker.recovery_in_progress.set(0)
+    mllp, fhir = ListenerMetrics(), ListenerMetrics()
+    mllp.messages.labels("mllp", "AA").inc(3)
+    fhir.messages.labels("fhir", "201").inc(2)
+    webhook = DeliveryMetrics()
+    webhook.deliveries.labels("webhook", "delivered").inc()
+    webhook.attempts.labels("webhook", "delivered").inc()
+    sets = {JOB: worker, MLLP.job: mllp, FHIR_GATEWAY.job: fhir, WEBHOOK.job: webhook}
+    return {
+        job: f"127.0.0.1:{serve_metrics(metrics.registry, '127.0.0.1', 0)}"
+        for job, metrics in sets.items()
+    }
+
+
 @pytest.mark.ops
-def test_prometheus_scrapes_a_worker_endpoint_and_evaluates_the_rules(tmp_path: Path) -> None:
-    """Our prometheus.yml against a real prometheus-client endpoint of PipelineMetrics."""
+def test_prometheus_scrapes_every_job_and_evaluates_the_rules(tmp_path: Path) -> None:
+    """Our prometheus.yml against real prometheus-client endpoints of every metric set: all
+    targets up, every rule evaluated without error, nothing pending for healthy processes."""
     prometheus_bin = prombin.require("prometheus")
-    registry = CollectorRegistry()
-    metrics = PipelineMetrics(registry=registry)
-    metrics.results.labels("anc", "accepted").inc(3)
-    metrics.consumed.labels("carwatch.labs").inc(3)
-    metrics.consumer_lag.labels("carwatch.labs").set(0)
-    metrics.last_result_timestamp.set(time.time())
-    metrics.patients_monitored.set(2)
-    metrics.recovery_in_progress.set(0)
-    metrics.deliveries.labels("webhook", "delivered").inc()
+    exporters = healthy_endpoints()
+    port = free_port()
+    # the shipped config, with 1 s intervals and targets pointing at this test's ports
+    workdir = tmp_path / "prometheus"
+    shutil.copytree(PROM_DIR, workdir, ignore=shutil.ignore_patterns("tests"))
+    config = yaml.safe_load((workdir / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for job, address in exporters.items():
+        (workdir / f"targets/{job}.yml").write_text(yaml.safe_dump([{"targets": [address]}]))
+    (workdir / "targets/alertmanager.yml").write_text(
+        yaml.safe_dump([{"targets": [f"127.0.0.1:{free_port()}"]}])
+    )
 
-    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        exporter = f"127.0.0.1:{httpd.server_port}"
-        port = free_port()
-        # the shipped config, with 1 s intervals and targets pointing at this test's ports
-        workdir = tmp_path / "prometheus"
-        shutil.copytree(PROM_DIR, workdir, ignore=shutil.ignore_patterns("tests"))
-        config = yaml.safe_load((workdir / "prometheus.yml").read_text())
-        config["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
-        for job in config["scrape_configs"]:
-            if job["job_name"] == "prometheus":
-                job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (workdir / "targets/carwatch-worker.yml").write_text(
-            yaml.safe_dump([{"targets": [exporter]}])
+    log = tmp_path / "prometheus.log"
+    base = f"http://127.0.0.1:{port}"
+    cmd = [
+        prometheus_bin,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with server(cmd, log):
+        up = wait_for(
+            "every process's target to be up",
+            lambda: (lambda r: r if len(r) == len(exporters) else [])(
+                _query(base, 'up{job=~"carwatch-.*"} == 1')
+            ),
+            log,
         )
-        (workdir / "targets/alertmanager.yml").write_text(
-            yaml.safe_dump([{"targets": [f"127.0.0.1:{free_port()}"]}])
+        assert {u["metric"]["job"]: u["metric"]["instance"] for u in up} == exporters
+        (sample,) = wait_for(
+            "a listener sample",
+            lambda: _query(base, 'carwatch_listener_messages_total{job="carwatch-mllp"}'),
+            log,
         )
+        assert float(sample["value"][1]) == 3.0
 
-        log = tmp_path / "prometheus.log"
-        base = f"http://127.0.0.1:{port}"
-        cmd = [
-            prometheus_bin,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ]
-        with server(cmd, log):
-            up = wait_for(
-                "the worker target to be up",
-                lambda: [r for r in _query(base, f'up{{job="{JOB}"}}') if r["value"][1] == "1"],
-                log,
+        def evaluated_rules() -> list[dict[str, Any]]:
+            groups = http_json(f"{base}/api/v1/rules")["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
+            done = all(
+                r["health"] == "ok" and not r["lastEvaluation"].startswith("0001") for r in rules
             )
-            assert up[0]["metric"] == {"__name__": "up", "job": JOB, "instance": exporter}
-            (sample,) = wait_for(
-                "a carwatch sample",
-                lambda: _query(base, 'carwatch_results_total{analyte="anc",outcome="accepted"}'),
-                log,
-            )
-            assert float(sample["value"][1]) == 3.0
+            return rules if rules and done else []
 
-            def evaluated_rules() -> list[dict[str, Any]]:
-                groups = http_json(f"{base}/api/v1/rules")["data"]["groups"]
-                rules = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
-                done = all(
-                    r["health"] == "ok" and not r["lastEvaluation"].startswith("0001")
-                    for r in rules
-                )
-                return rules if rules and done else []
+        rules = wait_for("every rule evaluated without error", evaluated_rules, log)
+        assert {r["name"] for r in rules} == EXPECTED_ALERTS
+        assert len(rules) == len(alert_rules())
 
-            rules = wait_for("every rule evaluated without error", evaluated_rules, log)
-            assert {r["name"] for r in rules} == EXPECTED_ALERTS
-            assert len(rules) == len(alert_rules())
-
-            # a healthy worker raises nothing (absent(up) may be pending before the 1st scrape)
-            wait_for(
-                "no pending or firing alert for a healthy worker",
-                lambda: http_json(f"{base}/api/v1/alerts")["data"]["alerts"] == [],
-                log,
-            )
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        # healthy processes raise nothing (absent(up) may be pending before the 1st scrape)
+        wait_for(
+            "no pending or firing alert for healthy processes",
+            lambda: http_json(f"{base}/api/v1/alerts")["data"]["alerts"] == [],
+            log,
+        )

@@ -1,184 +1,270 @@
-"""Loss of B-cell aplasia (``bca_loss``).
+"""Loss of B-cell aplasia (``bca_loss``) -- docs/clinical-spec.md section 1.
 
-Source: Westhafen 2025, "Risk factors for CAR T-cell failure" item 3, Table 1, Figure 3 (pooled
-ELIANA/ENSIGN). B-cell aplasia (BCA) is the in-vivo sign that functional CD19 CAR T-cells persist.
+Source: Westhafen 2025, "Relapsed/Refractory Disease", risk factor 3 (early loss of B-cell
+aplasia), Table 1 ("Short CAR persistence (loss of BCA)"), Figure 3. B-cell aplasia (BCA) is the
+in-vivo sign that functional CD19 CAR T-cells persist.
 
-Policy: ``bca_cd19_pct_threshold`` (default 1 %, 1-3 %), ``bca_cd19_abs_threshold_per_ul``
-(default 10 /µL, 10-50), ``bca_confirmations`` (2; 1 raises at once), ``bca_confirmation_min_days``
-(7), ``bca_immediate_multiple`` (2), ``early_loss_max_day`` (183).
+Policy: ``bca_cd19_pct_threshold`` (1 %, 1-3), ``bca_cd19_abs_threshold_per_ul`` (10 /µL, 10-50),
+``bca_confirmations`` (2; 1 raises at once), ``bca_confirmation_min_days`` (7),
+``bca_immediate_multiple`` (2), ``early_loss_max_day`` (183).
 
-- A specimen (same collection time) is *aplastic* when any CD19 result of it is below its
-  threshold, *qualifying* (B cells back) when every CD19 result of it is at or above.
-- BCA is established by the first aplastic specimen after day 0 (day ≥ 1).
-- Loss after establishment: a second qualifying specimen ≥ 7 days after the first, or at once one
-  result ≥ twice its threshold. An aplastic specimen in between cancels the pending loss.
+- BCA is established by the first aplastic specimen after day 0 (``streams.core.rules.bcell``).
+- Loss after establishment: a second qualifying specimen at least 7 days after the first (a
+  difference of day numbers: weekly samples drawn at different hours are a week apart), or at
+  once one result at ≥ twice its threshold. An aplastic specimen in between cancels the pending
+  loss.
 - The onset (first qualifying specimen) decides severity: day ≤ 183 critical, else warning.
-- Resolved when BCA is re-established (an aplastic specimen after the loss).
+- Resolved when BCA is re-established (an aplastic specimen after the loss), or by
+  ``hct_performed`` (donor B-cell recovery is expected), ``relapse`` (the response being
+  monitored is over) or ``end_of_follow_up``; after any of these no new loss is raised -- a
+  reinfusion after a relapse does not restart it.
+- The accumulator keeps what pruning must not lose: the last aplastic specimen (BCA established),
+  the pending onset, the open loss, and the first early loss ever (the basis
+  ``hct_consolidation`` builds on).
 """
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
-from streams.core.policy import Policy
+from schemas.vocab import ClinicalEventKind, RuleName, Severity
 from streams.core.rules.base import (
+    END_OF_FOLLOW_UP,
+    HCT_PERFORMED,
+    RELAPSE,
     REVIEW,
+    Basis,
     Cite,
-    EveryResultMatters,
+    Course,
     Finding,
+    Item,
+    Reads,
     RuleInput,
+    ScanRule,
     Texts,
+    course_sentence,
+    ending,
     episode_key,
 )
-from streams.core.state import StoredResult
+from streams.core.rules.bcell import (
+    CD19,
+    THRESHOLD_SETTINGS,
+    Cd19Specimen,
+    aplastic,
+    cd19_specimen,
+    cites,
+    describe,
+    threshold,
+    threshold_text,
+)
+from streams.core.state import ClinicalEventRecord
 
-CD19 = (Analyte.CD19_PCT, Analyte.CD19_ABS)
 REFERENCES = (
-    f"{REVIEW} -- 'Risk factors for CAR T-cell failure' item 3, Table 1, Figure 3",
-    "Pooled ELIANA/ENSIGN: 24-month EFS 14 % after loss of B-cell aplasia within 6 months; "
-    "HR for relapse 4.5 for loss within 1 year",
+    f"{REVIEW} -- section 'Relapsed/Refractory Disease', risk factor 3 \"Early Loss of B-cell "
+    'aplasia (BCA)": "Loss of BCA implies the absence of functional CAR T-cells, and if it occurs '
+    'within 6 months post-infusion, it is associated with a high risk of CD19-positive relapse."; '
+    "Figure 3 'Algorithm based on loss of B-cell aplasia (BCA) within 6 months of infusion'",
+    "Westhafen 2025, Table 1 'Risk Factors for CAR T-cell Therapy Failure', short CAR "
+    'persistence: "Pooled ELIANA/ENSIGN analysis (N = 143): loss of BCA within 1 y was associated '
+    "with increased relapse risk (HR 4.5, P < .001). Patients with loss of BCA within 6 mo had a "
+    '24-mo EFS of 14%."',
 )
-EARLY_RECOMMENDATION = (
-    "High risk of CD19-positive relapse. Evaluate marrow MRD (NGS where available). In "
-    "HCT-eligible patients without prior HCT there is reasonable evidence to recommend "
-    "consolidative HCT; reinfusion or maintenance therapy are options under study."
-)
-LATE_RECOMMENDATION = (
-    "B-cell recovery after 6 months alone does not necessarily imply relapse; evaluate MRD and "
-    "continue close monitoring."
+LATE_REFERENCE = (
+    "Westhafen 2025, section 'T-cell persistence': \"B-cell recovery alone does not necessarily "
+    'imply relapse"'
 )
 
-Specimen = tuple[datetime, list[tuple[Analyte, StoredResult]]]
+
+@dataclass
+class BcaLossAcc:
+    established: Cd19Specimen | None = None
+    onset: Cd19Specimen | None = None
+    confirmed: Cd19Specimen | None = None
+    stopped: ClinicalEventRecord | None = None
+    reinfusions: list[datetime] = field(default_factory=list)
+    #: the first loss with onset within 6 months (``hct_consolidation`` builds on it)
+    first_early_loss: Basis | None = None
 
 
-@dataclass(frozen=True)
-class BcaLossRule(EveryResultMatters):
-    name: RuleName = RuleName.BCA_LOSS
-    analytes: frozenset[Analyte] = frozenset(CD19)
-    events: frozenset[str] = frozenset({ClinicalEventKind.REINFUSION.value})
-    depends_on: frozenset[RuleName] = frozenset()
+class BcaLossRule(ScanRule[BcaLossAcc]):
+    name = RuleName.BCA_LOSS
+    reads = Reads(
+        analytes=CD19,
+        events=frozenset({ClinicalEventKind.REINFUSION, HCT_PERFORMED, RELAPSE, END_OF_FOLLOW_UP}),
+        settings=(
+            *THRESHOLD_SETTINGS,
+            "bca_confirmations",
+            "bca_confirmation_min_days",
+            "bca_immediate_multiple",
+            "early_loss_max_day",
+        ),
+    )
+    acc_type = BcaLossAcc
 
-    def evaluate(self, ctx: RuleInput) -> list[Finding]:
+    def start(self, ctx: RuleInput) -> BcaLossAcc:
+        return BcaLossAcc()
+
+    def feed(self, ctx: RuleInput, acc: BcaLossAcc, item: Item, out: list[Finding]) -> None:
+        if isinstance(item, Course):
+            self._course(ctx, acc, item, out)
+            return
+        specimen = cd19_specimen(item)
+        if specimen is None or acc.stopped is not None:
+            return
         policy = ctx.policy
-        findings: list[Finding] = []
-        established: Specimen | None = None
-        onset: Specimen | None = None
-        confirmed: Specimen | None = None
-        for specimen in _specimens(ctx):
-            aplastic = any(_below(policy, a, r) for a, r in specimen[1])
-            if aplastic:
-                if confirmed is not None and onset is not None:
-                    findings.append(_finding(ctx, established, onset, confirmed, specimen))
-                onset = confirmed = None
-                established = specimen
-            elif established is not None and confirmed is None:
-                if onset is None:
-                    onset = specimen
-                if _confirms(policy, onset, specimen):
-                    confirmed = specimen
-        if confirmed is not None and onset is not None:
-            findings.append(_finding(ctx, established, onset, confirmed, None))
-        return findings
+        if aplastic(policy, specimen):
+            if acc.confirmed is not None:
+                out.append(_finding(ctx, acc, resolved=(specimen.at, specimen, None)))
+            acc.onset = acc.confirmed = None
+            acc.established = specimen
+        elif acc.established is not None and acc.confirmed is None:
+            if acc.onset is None:
+                acc.onset = specimen
+            if _confirms(ctx, acc.onset, specimen):
+                acc.confirmed = specimen
+                if acc.first_early_loss is None and _early(ctx, acc.onset):
+                    evidence = [
+                        (c.analyte, c.result, c.note or "") for c in _evidence(acc, acc.confirmed)
+                    ]
+                    acc.first_early_loss = Basis(specimen.at, evidence)
+
+    def _course(self, ctx: RuleInput, acc: BcaLossAcc, item: Course, out: list[Finding]) -> None:
+        if acc.stopped is not None:
+            return
+        if item.kind is ClinicalEventKind.REINFUSION:
+            acc.reinfusions.append(item.at)
+            return
+        event = ending(item)
+        if event is None:
+            return
+        if acc.confirmed is not None:
+            out.append(_finding(ctx, acc, resolved=(event.at, None, event)))
+        acc.onset = acc.confirmed = None
+        acc.stopped = event
+
+    def open_findings(self, ctx: RuleInput, acc: BcaLossAcc) -> list[Finding]:
+        if acc.confirmed is None:
+            return []
+        return [_finding(ctx, acc, resolved=None)]
 
 
-def _specimens(ctx: RuleInput) -> list[Specimen]:
-    by_time: dict[datetime, list[tuple[Analyte, StoredResult]]] = {}
-    for analyte in CD19:
-        for result in ctx.results(analyte):
-            if result.value is not None and ctx.day_of(result) >= 1:
-                by_time.setdefault(result.collected_at, []).append((analyte, result))
-    return sorted(by_time.items(), key=lambda item: item[0])
+def _early(ctx: RuleInput, onset: Cd19Specimen) -> bool:
+    return ctx.day(onset.at) <= ctx.policy.early_loss_max_day
 
 
-def _threshold(policy: Policy, analyte: Analyte) -> float:
-    if analyte is Analyte.CD19_PCT:
-        return policy.bca_cd19_pct_threshold
-    return policy.bca_cd19_abs_threshold_per_ul
-
-
-def _below(policy: Policy, analyte: Analyte, result: StoredResult) -> bool:
-    return (result.value or 0.0) < _threshold(policy, analyte)
-
-
-def _confirms(policy: Policy, onset: Specimen, specimen: Specimen) -> bool:
+def _confirms(ctx: RuleInput, onset: Cd19Specimen, specimen: Cd19Specimen) -> bool:
+    policy = ctx.policy
     if policy.bca_confirmations == 1:
         return True
     multiple = policy.bca_immediate_multiple
-    if any((r.value or 0.0) >= multiple * _threshold(policy, a) for a, r in specimen[1]):
+    if any((r.value or 0.0) >= multiple * threshold(policy, a) for a, r in specimen.results):
         return True
-    return specimen[0] - onset[0] >= timedelta(days=policy.bca_confirmation_min_days)
+    return ctx.day(specimen.at) - ctx.day(onset.at) >= policy.bca_confirmation_min_days
 
 
-def _describe(ctx: RuleInput, specimen: Specimen) -> str:
-    values = ", ".join(
-        f"CD19+ {r.value:g} {'% of lymphocytes' if a is Analyte.CD19_PCT else 'cells/µL'}"
-        for a, r in specimen[1]
-    )
-    return f"{values} on day {ctx.day(specimen[0])}"
+def _evidence(acc: BcaLossAcc, confirmed: Cd19Specimen) -> list[Cite]:
+    assert acc.onset is not None
+    found: list[Cite] = []
+    if acc.established is not None:
+        found += cites(acc.established, "last specimen with B-cell aplasia")
+    found += cites(acc.onset, "onset: first specimen with B cells back")
+    if confirmed != acc.onset:
+        found += cites(confirmed, "confirming specimen")
+    return found
 
 
-def _finding(
-    ctx: RuleInput,
-    established: Specimen | None,
-    onset: Specimen,
-    confirmed: Specimen,
-    reestablished: Specimen | None,
-) -> Finding:
+Resolution = tuple[datetime, Cd19Specimen | None, ClinicalEventRecord | None]
+
+
+def _finding(ctx: RuleInput, acc: BcaLossAcc, resolved: Resolution | None) -> Finding:
+    onset, confirmed, established = acc.onset, acc.confirmed, acc.established
+    assert onset is not None and confirmed is not None
     policy = ctx.policy
-    onset_day = ctx.day(onset[0])
+    onset_day = ctx.day(onset.at)
     early = onset_day <= policy.early_loss_max_day
-    cites: list[Cite] = []
-    if established is not None:
-        cites += [Cite(a, r, "last specimen with B-cell aplasia") for a, r in established[1]]
-    cites += [Cite(a, r, "onset: first specimen with B cells back") for a, r in onset[1]]
-    if confirmed is not onset:
-        cites += [Cite(a, r, "confirming specimen") for a, r in confirmed[1]]
-    if reestablished is not None:
-        cites += [Cite(a, r, "B-cell aplasia re-established") for a, r in reestablished[1]]
+    evidence = _evidence(acc, confirmed)
+    if resolved is not None and resolved[1] is not None:
+        evidence += cites(resolved[1], "B-cell aplasia re-established")
+    reinfusions = [ctx.day(at) for at in acc.reinfusions]
 
     def texts() -> Texts:
-        summary = f"Loss of B-cell aplasia: {_describe(ctx, onset)} (onset)"
-        if confirmed is not onset:
-            summary += f", confirmed by {_describe(ctx, confirmed)}"
+        summary = f"Loss of B-cell aplasia: {describe(ctx, onset)} (onset)"
+        if confirmed != onset:
+            summary += f", confirmed by {describe(ctx, confirmed)}"
         if established is not None:
-            summary += f"; aplasia before: {_describe(ctx, established)}"
+            summary += f"; aplasia before: {describe(ctx, established)}"
         summary += f". Onset on day {onset_day}, " + (
-            "within 6 months (day ≤ 183)." if early else "after 6 months (day > 183)."
+            f"within 6 months (day ≤ {policy.early_loss_max_day})."
+            if early
+            else f"after 6 months (day > {policy.early_loss_max_day})."
         )
-        reinfusions = [e.at for e in ctx.events() if e.kind is ClinicalEventKind.REINFUSION]
         if reinfusions:
-            summary += (
-                " CAR T-cell reinfusion recorded on day "
-                + ", ".join(str(ctx.day(at)) for at in reinfusions)
-                + "."
+            summary += " CAR T-cell reinfusion recorded on day " + ", ".join(
+                str(day) for day in reinfusions
             )
-        if reestablished is not None:
-            summary += f" Resolved: aplasia re-established, {_describe(ctx, reestablished)}."
+            summary += "."
+        summary += ctx.risk_sentence()
+        if resolved is not None:
+            _, specimen, event = resolved
+            if specimen is not None:
+                summary += f" Resolved: aplasia re-established, {describe(ctx, specimen)}."
+            elif event is not None:
+                summary += f" Resolved: {course_sentence(ctx, event)}{_why_stopped(event)}."
         return Texts(
             summary=summary,
-            recommendation=EARLY_RECOMMENDATION if early else LATE_RECOMMENDATION,
+            recommendation=_recommendation(ctx, early),
             threshold=(
-                f"Aplasia: CD19+ < {policy.bca_cd19_pct_threshold:g} % of lymphocytes or "
-                f"< {policy.bca_cd19_abs_threshold_per_ul:g} cells/µL; loss confirmed by "
-                f"{policy.bca_confirmations} qualifying specimen(s) ≥ "
-                f"{policy.bca_confirmation_min_days} days apart, or one result ≥ "
-                f"{policy.bca_immediate_multiple:g}× threshold; critical if onset day ≤ "
+                f"{threshold_text(policy)}; loss confirmed by {policy.bca_confirmations} "
+                f"qualifying specimen(s), the second ≥ {policy.bca_confirmation_min_days} days "
+                "after the first (a difference of day numbers), or by one result ≥ "
+                f"{policy.bca_immediate_multiple:g}× its threshold; critical if onset day ≤ "
                 f"{policy.early_loss_max_day}"
             ),
         )
 
     return Finding(
         rule=RuleName.BCA_LOSS,
-        episode_key=episode_key(onset[0]),
-        episode_start=onset[0],
+        episode_key=episode_key(onset.at),
+        episode_start=onset.at,
         severity=Severity.CRITICAL if early else Severity.WARNING,
-        raised_at=confirmed[0],
-        resolved_at=None if reestablished is None else reestablished[0],
+        raised_at=confirmed.at,
+        resolved_at=None if resolved is None else resolved[0],
         signature="loss",
         texts=texts,
-        evidence=tuple(cites),
-        references=REFERENCES,
+        evidence=tuple(evidence),
+        references=REFERENCES if early else (*REFERENCES, LATE_REFERENCE),
+        context=ctx.risk_context(),
     )
+
+
+def _why_stopped(event: ClinicalEventRecord) -> str:
+    if event.kind is HCT_PERFORMED:
+        return "; donor B-cell recovery is expected after HCT, so B-cell aplasia is no longer monitored"
+    if event.kind is RELAPSE:
+        return "; the response being monitored is over"
+    return "; monitoring ended"
+
+
+def _recommendation(ctx: RuleInput, early: bool) -> str:
+    if not early:
+        return (
+            "B-cell recovery after 6 months alone does not necessarily imply relapse; evaluate "
+            "MRD and continue close monitoring."
+        )
+    enrollment = ctx.state.enrollment
+    assert enrollment is not None
+    text = "High risk of CD19-positive relapse. Evaluate marrow MRD (NGS where available)."
+    if enrollment.prior_hct:
+        text += (
+            " After a prior HCT the optimal approach has yet to be determined and requires "
+            "special consideration."
+        )
+    elif enrollment.hct_eligible is not False:
+        eligible = "" if enrollment.hct_eligible else " (if eligible for HCT)"
+        text += (
+            f" In HCT-eligible patients without prior HCT there is reasonable evidence to "
+            f"recommend consolidative HCT{eligible}."
+        )
+    return text + " Reinfusion or maintenance therapy are options under study."
 
 
 RULE = BcaLossRule()

@@ -1,22 +1,32 @@
-"""IEC-HS pattern (``iec_hs``): immune-effector cell-associated HLH-like syndrome.
+"""IEC-HS pattern (``iec_hs``) -- docs/clinical-spec.md section 4.
 
-Sources: Westhafen 2025, "Immune-effector cell associated HLH-like syndrome (IEC-HS)"; ASTCT
-consensus (Hines et al., Transplant Cell Ther 2023).
+Sources: Westhafen 2025, "Immune-effector cell associated Hemophagocytic Lymphohistiocytosis
+(HLH)-like syndrome (IEC-HS)"; ASTCT consensus (Hines MR, et al. Transplant Cell Ther
+2023;29(7):438.e1-438.e16).
 
 - Timing: only results collected on day ``iec_hs_earliest_day`` (7) or later count, or earlier
-  once a ``crs_resolved`` clinical event has been recorded (results at or after it).
+  once a ``crs_resolved`` clinical event has been recorded (results collected at or after it).
 - Ferritin criterion, for a counting ferritin: > 2 × baseline (the last ferritin on or before day
-  0; without one > 2 × ULN 300 ng/mL), or ≥ 2-fold rise over any earlier ferritin within 72 h. The
-  earlier value of a rise may predate the timing window: it is the comparator, not the finding.
-- Supporting categories, from counting results within ±7 days of a ferritin that meets the
-  criterion, each counted once: cytopenia (ANC or platelets fallen ≥ 50 % from their highest
-  counting value in the preceding 7 days), hypofibrinogenemia (< 150 mg/dL), transaminitis
-  (ALT or AST > 5 × ULN 40 U/L), hypertriglyceridemia (> 265 mg/dL). LDH > ULN 250 U/L is
-  context only.
-- Critical when the ferritin criterion and ≥ 1 category hold (at the collection time at which both
-  are known); ``updated`` as categories join; resolved when a ferritin falls below 50 % of the
-  episode's peak. A new episode needs a ferritin after the resolution ≥ 2 × the lowest ferritin
-  since the resolution (and the criteria again).
+  0; without one > 2 × ULN 300 ng/mL), or ≥ 2-fold rise over an earlier ferritin within 72 h
+  (elapsed hours). The earlier value of a rise may predate the timing window: it is the
+  comparator, not the finding. A censored ``> 40000 ng/mL`` counts with its limit.
+- Supporting categories, from counting results within 7 days (day numbers) before or after a
+  criterion ferritin, each counted once: cytopenia (ANC or platelets fallen ≥ 50 % from their
+  highest counting value in the preceding 7 days *and* by at least 250 /µL or 25 × 10³/µL --
+  rev. 2: noise within a profound aplasia is not a new cytopenia), hypofibrinogenemia
+  (< 150 mg/dL), transaminitis (ALT or AST > 5 × ULN 40 U/L), hypertriglyceridemia
+  (> 265 mg/dL). LDH > ULN 250 U/L is context only.
+- The episode -- and so its peak -- starts at the first criterion ferritin with a supporting
+  category within 7 days (rev. 2); an earlier criterion ferritin without support is context, not
+  the peak. Critical at the collection time at which both are known; ``updated`` as categories
+  join; resolved when a ferritin falls below 50 % of the episode's peak (a pattern completed only
+  after ferritin had already halved is raised and resolved), or at ``end_of_follow_up``.
+- A new episode needs a ferritin after the resolution at ≥ 2 × the lowest ferritin since the
+  resolution (the resolving one included), and the criteria again.
+- Two ferritins of one specimen are one observation, read as the higher (decision: the
+  conservative reading for a syndrome defined by hyperferritinemia).
+- The accumulator keeps the baseline, the open episode and the last 7 days of ferritins,
+  candidates and supporting results, so pruning loses nothing.
 """
 
 from dataclasses import dataclass, field
@@ -24,309 +34,430 @@ from datetime import datetime, timedelta
 
 from schemas.vocab import Analyte, ClinicalEventKind, RuleName, Severity
 from streams.core.policy import Policy
-from streams.core.rules.base import REVIEW, Cite, Finding, RuleInput, Texts, episode_key
-from streams.core.state import StoredResult
+from streams.core.rules.base import (
+    END_OF_FOLLOW_UP,
+    REVIEW,
+    Cite,
+    Course,
+    Finding,
+    Item,
+    Reads,
+    RuleInput,
+    ScanRule,
+    Specimen,
+    Texts,
+    course_sentence,
+    episode_key,
+)
+from streams.core.state import ClinicalEventRecord, StoredResult
+from streams.core.text import labelled, number, quantity
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Immune-effector cell associated HLH-like syndrome (IEC-HS)'",
-    "ASTCT IEC-HS consensus: Hines et al., Transplant Cell Ther 2023",
+    f"{REVIEW} -- section 'Immune-effector cell associated Hemophagocytic Lymphohistiocytosis "
+    "(HLH)-like syndrome (IEC-HS)': \"published ASTCT working group treatment recommendations "
+    "include a patient-tailored stepwise approach with anakinra with or without glucocorticoids, "
+    'followed by ruxolitinib, emapalumab or low-dose etoposide"',
+    "ASTCT IEC-HS consensus: Hines MR, et al. Immune Effector Cell-Associated Hemophagocytic "
+    "Lymphohistiocytosis-Like Syndrome. Transplant Cell Ther 2023;29(7):438.e1-438.e16",
 )
 RECOMMENDATION = (
-    "Evaluate for IEC-HS; ASTCT suggests a stepwise approach: anakinra ± glucocorticoids, then "
-    "ruxolitinib, emapalumab or low-dose etoposide."
+    "Evaluate for IEC-HS; the ASTCT working group recommends a patient-tailored stepwise "
+    "approach: anakinra with or without glucocorticoids, followed by ruxolitinib, emapalumab or "
+    "low-dose etoposide."
 )
 CYTOPENIA = "new or worsening cytopenia"
 FIBRINOGEN = "hypofibrinogenemia"
 TRANSAMINITIS = "transaminitis"
 TRIGLYCERIDES = "hypertriglyceridemia"
-SUPPORT_ANALYTES = (
-    Analyte.ANC,
-    Analyte.PLATELETS,
-    Analyte.FIBRINOGEN,
-    Analyte.ALT,
-    Analyte.AST,
-    Analyte.TRIGLYCERIDES,
+SUPPORT_ANALYTES = frozenset(
+    {
+        Analyte.ANC,
+        Analyte.PLATELETS,
+        Analyte.FIBRINOGEN,
+        Analyte.ALT,
+        Analyte.AST,
+        Analyte.TRIGLYCERIDES,
+    }
 )
 
 
 @dataclass
-class _Episode:
-    ferritins: list[Cite] = field(default_factory=list)
-    supports: dict[str, Cite] = field(default_factory=dict)
-    raised_at: datetime | None = None
-    peak: StoredResult | None = None
-    latest: StoredResult | None = None
-    resolved_by: StoredResult | None = None
-    resolved_at: datetime | None = None
+class Flag:
+    """A ferritin meeting the criterion, or a result meeting a supporting category."""
 
-    def has_fallen(self, ferritin: StoredResult, fraction: float) -> bool:
-        assert self.peak is not None
-        return (ferritin.value or 0.0) < fraction * (self.peak.value or 0.0)
-
-
-@dataclass(frozen=True)
-class IecHsRule:
-    name: RuleName = RuleName.IEC_HS
-    #: LDH is context only (read when another result triggers): it never changes a finding
-    analytes: frozenset[Analyte] = frozenset({Analyte.FERRITIN, *SUPPORT_ANALYTES})
-    events: frozenset[str] = frozenset({ClinicalEventKind.CRS_RESOLVED.value})
-    depends_on: frozenset[RuleName] = frozenset()
-
-    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
-        """A supporting result matters only near a ferritin: within the ±7-day support window
-        of it, plus the 7-day cytopenia look-back through which it can change a later result."""
-        if analyte is Analyte.FERRITIN:
-            return True
-        p = ctx.policy
-        reach = 86400 * (p.iec_hs_support_window_days + p.cytopenia_lookback_days + 1)
-        low, high = result.collected_ts - reach, result.collected_ts + reach
-        return any(
-            low <= f.collected_ts <= high for f in ctx.state.results.get(Analyte.FERRITIN, ())
-        )
-
-    def evaluate(self, ctx: RuleInput) -> list[Finding]:
-        ferritins = [r for r in ctx.results(Analyte.FERRITIN) if r.value is not None]
-        if not ferritins:
-            return []
-        counts = _timing(ctx)
-        baseline = _baseline(ctx, ferritins)
-        if not _any_ferritin_criterion(ctx.policy, ferritins, baseline, counts):
-            return []
-        supports = _supporting_results(ctx, counts)
-        episodes = _episodes(ctx.policy, ferritins, supports, baseline, counts)
-        return [_finding(ctx, e, baseline) for e in episodes]
-
-
-def _timing(ctx: RuleInput) -> "_Counts":
-    resolved = [e.at for e in ctx.events() if e.kind is ClinicalEventKind.CRS_RESOLVED]
-    return _Counts(ctx, ctx.policy.iec_hs_earliest_day, resolved[0] if resolved else None)
+    category: str
+    analyte: Analyte
+    result: StoredResult
+    note: str
 
 
 @dataclass
-class _Counts:
-    ctx: RuleInput
-    earliest_day: int
-    crs_resolved_at: datetime | None
-
-    def __call__(self, result: StoredResult) -> bool:
-        if self.ctx.day_of(result) >= self.earliest_day:
-            return True
-        return self.crs_resolved_at is not None and result.collected_at >= self.crs_resolved_at
-
-
-def _baseline(ctx: RuleInput, ferritins: list[StoredResult]) -> StoredResult | None:
-    before = [r for r in ferritins if ctx.day_of(r) <= 0]
-    return before[-1] if before else None
+class IecEpisode:
+    start: Flag
+    raised_at: datetime
+    peak: StoredResult
+    latest: StoredResult
+    #: criterion ferritins of the last 7 days (supports within 7 days of one join)
+    criteria: list[Flag]
+    supports: dict[str, Flag]
+    ldh: list[StoredResult] = field(default_factory=list)
 
 
-def _any_ferritin_criterion(
-    policy: Policy, ferritins: list[StoredResult], baseline: StoredResult | None, counts: "_Counts"
-) -> bool:
-    """Cheap pre-check: does any counting ferritin meet the criterion at all?"""
-    return any(
-        counts(f) and _meets_ferritin(policy, f, ferritins[:i], baseline) is not None
-        for i, f in enumerate(ferritins)
-    )
+@dataclass
+class IecAcc:
+    baseline: StoredResult | None = None
+    crs_resolved_at: datetime | None = None
+    #: ferritins of the last 7 days (rise comparators, the peak of a starting episode)
+    ferritins: list[StoredResult] = field(default_factory=list)
+    #: criterion ferritins of the last 7 days, waiting for a supporting category
+    candidates: list[Flag] = field(default_factory=list)
+    #: supporting results of the last 7 days
+    supports: list[Flag] = field(default_factory=list)
+    #: counting ANC and platelet results of the last 7 days (cytopenia look-back)
+    counts: list[tuple[Analyte, StoredResult]] = field(default_factory=list)
+    #: LDH above ULN of the last 7 days (context)
+    ldh: list[StoredResult] = field(default_factory=list)
+    episode: IecEpisode | None = None
+    lowest_since_resolution: float | None = None
+    stopped: ClinicalEventRecord | None = None
 
 
-def _supporting_results(ctx: RuleInput, counts: _Counts) -> list[tuple[str, Cite]]:
-    """Counting results that satisfy a supporting category on their own, in time order."""
-    policy = ctx.policy
-    found: list[tuple[str, Cite]] = []
-    for analyte in (Analyte.ANC, Analyte.PLATELETS):
-        history = [r for r in ctx.results(analyte) if r.value is not None and counts(r)]
-        for index, result in enumerate(history):
-            window = result.collected_at - timedelta(days=policy.cytopenia_lookback_days)
-            earlier = [r for r in history[:index] if r.collected_at >= window]
-            if not earlier:
-                continue
-            peak = max(earlier, key=lambda r: r.value or 0.0)
-            if (result.value or 0.0) <= (1 - policy.cytopenia_fall_fraction) * (peak.value or 0.0):
-                found.append((CYTOPENIA, Cite(analyte, result, f"fell ≥ 50 % from {peak.value:g}")))
-    checks = (
-        (Analyte.FIBRINOGEN, FIBRINOGEN, lambda v: v < policy.fibrinogen_low_mg_dl),
-        (
-            Analyte.ALT,
-            TRANSAMINITIS,
-            lambda v: v > policy.transaminase_multiple * policy.transaminase_uln_u_l,
+class IecHsRule(ScanRule[IecAcc]):
+    name = RuleName.IEC_HS
+    reads = Reads(
+        analytes=frozenset({Analyte.FERRITIN, Analyte.LDH, *SUPPORT_ANALYTES}),
+        events=frozenset({ClinicalEventKind.CRS_RESOLVED, END_OF_FOLLOW_UP}),
+        settings=(
+            "iec_hs_earliest_day",
+            "ferritin_uln_ng_ml",
+            "ferritin_baseline_multiple",
+            "ferritin_rise_multiple",
+            "ferritin_rise_window_hours",
+            "iec_hs_support_window_days",
+            "cytopenia_fall_fraction",
+            "cytopenia_lookback_days",
+            "cytopenia_min_fall_anc_per_ul",
+            "cytopenia_min_fall_plt_k_per_ul",
+            "fibrinogen_low_mg_dl",
+            "transaminase_uln_u_l",
+            "transaminase_multiple",
+            "triglycerides_high_mg_dl",
+            "ldh_uln_u_l",
+            "iec_hs_resolve_fraction",
+            "iec_hs_new_episode_multiple",
         ),
-        (
-            Analyte.AST,
-            TRANSAMINITIS,
-            lambda v: v > policy.transaminase_multiple * policy.transaminase_uln_u_l,
-        ),
-        (Analyte.TRIGLYCERIDES, TRIGLYCERIDES, lambda v: v > policy.triglycerides_high_mg_dl),
     )
-    for analyte, category, meets in checks:
-        for result in ctx.results(analyte):
-            if result.value is not None and counts(result) and meets(result.value):
-                found.append((category, Cite(analyte, result, category)))
-    found.sort(key=lambda item: item[1].result.collected_at)
+    acc_type = IecAcc
+
+    def start(self, ctx: RuleInput) -> IecAcc:
+        return IecAcc()
+
+    def feed(self, ctx: RuleInput, acc: IecAcc, item: Item, out: list[Finding]) -> None:
+        if acc.stopped is not None:
+            return
+        if isinstance(item, Course):
+            if item.kind is ClinicalEventKind.CRS_RESOLVED and acc.crs_resolved_at is None:
+                acc.crs_resolved_at = item.at
+            elif item.kind is END_OF_FOLLOW_UP:
+                if acc.episode is not None:
+                    out.append(_finding(ctx, acc, acc.episode, None, item.event))
+                acc.episode = None
+                acc.stopped = item.event
+            return
+        _forget_old(ctx, acc, item)
+        new_supports = _supports(ctx, acc, item)
+        acc.supports += new_supports
+        ferritin = item.highest(Analyte.FERRITIN)
+        if ferritin is not None:
+            _ferritin(ctx, acc, ferritin, item.day, out)
+        _join(ctx, acc, item, out)
+
+    def open_findings(self, ctx: RuleInput, acc: IecAcc) -> list[Finding]:
+        return [] if acc.episode is None else [_finding(ctx, acc, acc.episode, None, None)]
+
+
+def _counts(ctx: RuleInput, acc: IecAcc, result: StoredResult) -> bool:
+    if ctx.day_of(result) >= ctx.policy.iec_hs_earliest_day:
+        return True
+    return acc.crs_resolved_at is not None and result.collected_at >= acc.crs_resolved_at
+
+
+def _forget_old(ctx: RuleInput, acc: IecAcc, item: Specimen) -> None:
+    window = ctx.policy.iec_hs_support_window_days
+    lookback = ctx.policy.cytopenia_lookback_days
+
+    def recent(result: StoredResult, days: int) -> bool:
+        return item.day - ctx.day_of(result) <= days
+
+    # every list is in collection order: drop from the front while too old
+    while acc.ferritins and not recent(acc.ferritins[0], window):
+        del acc.ferritins[0]
+    while acc.candidates and not recent(acc.candidates[0].result, window):
+        del acc.candidates[0]
+    while acc.supports and not recent(acc.supports[0].result, window):
+        del acc.supports[0]
+    while acc.counts and not recent(acc.counts[0][1], lookback):
+        del acc.counts[0]
+    while acc.ldh and not recent(acc.ldh[0], window):
+        del acc.ldh[0]
+    criteria = acc.episode.criteria if acc.episode is not None else []
+    while criteria and not recent(criteria[0].result, window):
+        del criteria[0]
+
+
+def _supports(ctx: RuleInput, acc: IecAcc, item: Specimen) -> list[Flag]:
+    """This specimen's counting results that meet a supporting category on their own."""
+    p = ctx.policy
+    found: list[Flag] = []
+    transaminase_limit = p.transaminase_multiple * p.transaminase_uln_u_l
+    for analyte, result in item.results:
+        value = result.value
+        if value is None or not _counts(ctx, acc, result):
+            continue
+        if analyte in (Analyte.ANC, Analyte.PLATELETS):
+            flag = _cytopenia(ctx, acc, analyte, result)
+            acc.counts.append((analyte, result))
+        elif analyte is Analyte.FIBRINOGEN and value < p.fibrinogen_low_mg_dl:
+            flag = Flag(
+                FIBRINOGEN, analyte, result, f"below {number(p.fibrinogen_low_mg_dl)} mg/dL"
+            )
+        elif analyte in (Analyte.ALT, Analyte.AST) and value > transaminase_limit:
+            flag = Flag(TRANSAMINITIS, analyte, result, f"above {number(transaminase_limit)} U/L")
+        elif analyte is Analyte.TRIGLYCERIDES and value > p.triglycerides_high_mg_dl:
+            note = f"above {number(p.triglycerides_high_mg_dl)} mg/dL"
+            flag = Flag(TRIGLYCERIDES, analyte, result, note)
+        elif analyte is Analyte.LDH and value > p.ldh_uln_u_l:
+            acc.ldh.append(result)
+            if acc.episode is not None and _near(ctx, result, acc.episode.start.result):
+                acc.episode.ldh.append(result)
+            flag = None
+        else:
+            flag = None
+        if flag is not None:
+            found.append(flag)
     return found
 
 
-def _meets_ferritin(
-    policy: Policy, result: StoredResult, earlier: list[StoredResult], baseline: StoredResult | None
-) -> str | None:
+def _cytopenia(ctx: RuleInput, acc: IecAcc, analyte: Analyte, result: StoredResult) -> Flag | None:
+    p = ctx.policy
+    earlier = [r for a, r in acc.counts if a is analyte]
+    if not earlier:
+        return None
+    peak = max(earlier, key=lambda r: r.value or 0.0)
+    high, value = peak.value or 0.0, result.value or 0.0
+    floor = (
+        p.cytopenia_min_fall_anc_per_ul
+        if analyte is Analyte.ANC
+        else p.cytopenia_min_fall_plt_k_per_ul
+    )
+    if value > (1 - p.cytopenia_fall_fraction) * high or high - value < floor:
+        return None
+    unit = "/µL" if analyte is Analyte.ANC else "× 10³/µL"
+    note = (
+        f"fell from {quantity(analyte, peak)} (day {ctx.day_of(peak)}, accession "
+        f"{peak.accession or 'none'}): by ≥ {p.cytopenia_fall_fraction:.0%} and ≥ "
+        f"{number(floor)} {unit}"
+    )
+    return Flag(CYTOPENIA, analyte, result, note)
+
+
+def _criterion(ctx: RuleInput, acc: IecAcc, result: StoredResult) -> str | None:
+    """Why a ferritin meets the criterion (comparison value with its day and accession)."""
+    p = ctx.policy
     value = result.value or 0.0
-    reference = baseline.value if baseline is not None else policy.ferritin_uln_ng_ml
-    if value > policy.ferritin_baseline_multiple * (reference or 0.0):
-        if baseline is None:
-            return f"> {policy.ferritin_baseline_multiple:g} × ULN ({policy.ferritin_uln_ng_ml:g} ng/mL)"
-        return f"> {policy.ferritin_baseline_multiple:g} × baseline ({baseline.value:g} ng/mL)"
-    window = result.collected_at - timedelta(hours=policy.ferritin_rise_window_hours)
-    for prior in earlier:
+    baseline = acc.baseline
+    if baseline is not None:
+        if value > p.ferritin_baseline_multiple * (baseline.value or 0.0):
+            return (
+                f"> {p.ferritin_baseline_multiple:g} × baseline ({quantity(Analyte.FERRITIN, baseline)} "
+                f"on day {ctx.day_of(baseline)}, accession {baseline.accession or 'none'})"
+            )
+    elif value > p.ferritin_baseline_multiple * p.ferritin_uln_ng_ml:
+        return f"> {p.ferritin_baseline_multiple:g} × ULN ({number(p.ferritin_uln_ng_ml)} ng/mL; no baseline)"
+    window = result.collected_at - timedelta(hours=p.ferritin_rise_window_hours)
+    for prior in acc.ferritins:
         if (
             prior.collected_at >= window
             and prior.value
-            and value >= policy.ferritin_rise_multiple * prior.value
+            and value >= p.ferritin_rise_multiple * prior.value
         ):
-            return f"≥ {policy.ferritin_rise_multiple:g}-fold rise from {prior.value:g} ng/mL within 72 h"
+            return (
+                f"≥ {p.ferritin_rise_multiple:g}-fold rise within {p.ferritin_rise_window_hours:g} h "
+                f"from {quantity(Analyte.FERRITIN, prior)} (day {ctx.day_of(prior)}, accession "
+                f"{prior.accession or 'none'})"
+            )
     return None
 
 
-def _episodes(
-    policy: Policy,
-    ferritins: list[StoredResult],
-    supports: list[tuple[str, Cite]],
-    baseline: StoredResult | None,
-    counts: _Counts,
-) -> list[_Episode]:
-    """Walk ferritins and supporting results in collection order; see the module docstring."""
-    window = timedelta(days=policy.iec_hs_support_window_days)
-    timeline: list[tuple[datetime, int, StoredResult | None, tuple[str, Cite] | None]] = [
-        (f.collected_at, 0, f, None) for f in ferritins
-    ] + [(s[1].result.collected_at, 1, None, s) for s in supports]
-    timeline.sort(key=lambda item: (item[0], item[1]))
-    episodes: list[_Episode] = []
-    current = _Episode()
-    lowest_since_resolution: float | None = None
-    seen_supports: list[tuple[str, Cite]] = []
-    earlier_ferritins: list[StoredResult] = []
-    fraction = policy.iec_hs_resolve_fraction
-    for at, _, ferritin, support in timeline:
-        if support is not None:
-            seen_supports.append(support)
-        if ferritin is not None:
-            value = ferritin.value or 0.0
-            if current.peak is not None:
-                current.latest = ferritin
-            if current.raised_at is not None:
-                assert current.peak is not None
-                if value > (current.peak.value or 0.0):
-                    current.peak = ferritin
-                elif current.has_fallen(ferritin, fraction):
-                    current.resolved_by, current.resolved_at = ferritin, at
-                    episodes.append(current)
-                    current = _Episode()
-                    lowest_since_resolution = value
-                    earlier_ferritins.append(ferritin)
-                    continue
-            eligible = (
-                lowest_since_resolution is None
-                or current.raised_at is not None
-                or (value >= policy.iec_hs_new_episode_multiple * lowest_since_resolution)
-            )
-            why = _meets_ferritin(policy, ferritin, earlier_ferritins, baseline)
-            if eligible and why is not None and counts(ferritin):
-                current.ferritins.append(Cite(Analyte.FERRITIN, ferritin, f"ferritin {why}"))
-                if current.peak is None or value > (current.peak.value or 0.0):
-                    current.peak = ferritin
-            if lowest_since_resolution is not None and current.raised_at is None:
-                lowest_since_resolution = min(lowest_since_resolution, value)
-            earlier_ferritins.append(ferritin)
-        joined = False
-        for category, cite in seen_supports:
-            if category in current.supports:
-                continue
-            if any(
-                abs(cite.result.collected_at - f.result.collected_at) <= window
-                for f in current.ferritins
+def _ferritin(
+    ctx: RuleInput, acc: IecAcc, result: StoredResult, day: int, out: list[Finding]
+) -> None:
+    p = ctx.policy
+    value = result.value or 0.0
+    if day <= 0:
+        acc.baseline = result
+    episode = acc.episode
+    why = _criterion(ctx, acc, result) if _counts(ctx, acc, result) else None
+    acc.ferritins.append(result)
+    if episode is not None:
+        episode.latest = result
+        if value > (episode.peak.value or 0.0):
+            episode.peak = result
+        elif value < p.iec_hs_resolve_fraction * (episode.peak.value or 0.0):
+            out.append(_finding(ctx, acc, episode, result, None))
+            acc.episode = None
+            acc.lowest_since_resolution = value
+            return
+        if why is not None:
+            episode.criteria.append(Flag("ferritin", Analyte.FERRITIN, result, why))
+        return
+    lowest = acc.lowest_since_resolution
+    eligible = lowest is None or value >= p.iec_hs_new_episode_multiple * lowest
+    if lowest is not None:
+        acc.lowest_since_resolution = min(lowest, value)
+    if eligible and why is not None:
+        acc.candidates.append(Flag("ferritin", Analyte.FERRITIN, result, why))
+
+
+def _near(ctx: RuleInput, a: StoredResult, b: StoredResult) -> bool:
+    return abs(ctx.day_of(a) - ctx.day_of(b)) <= ctx.policy.iec_hs_support_window_days
+
+
+def _join(ctx: RuleInput, acc: IecAcc, item: Specimen, out: list[Finding]) -> None:
+    episode = acc.episode
+    if episode is not None:
+        for support in acc.supports:
+            if support.category not in episode.supports and any(
+                _near(ctx, support.result, c.result) for c in episode.criteria
             ):
-                current.supports[category] = cite
-                joined = True
-        if joined:
-            if current.raised_at is None:
-                current.raised_at = at
-            # the pattern completed only after ferritin had already halved: raised and resolved
-            latest = current.latest
-            if latest is not None and current.has_fallen(latest, fraction):
-                current.resolved_by, current.resolved_at = latest, at
-                episodes.append(current)
-                current = _Episode()
-                lowest_since_resolution = latest.value or 0.0
-    if current.raised_at is not None:
-        episodes.append(current)
-    return episodes
+                episode.supports[support.category] = support
+        return
+    for candidate in acc.candidates:
+        near = [s for s in acc.supports if _near(ctx, s.result, candidate.result)]
+        if near:
+            _start(ctx, acc, candidate, item, out)
+            return
 
 
-def _finding(ctx: RuleInput, episode: _Episode, baseline: StoredResult | None) -> Finding:
-    assert episode.raised_at is not None
-    assert episode.peak is not None
+def _start(
+    ctx: RuleInput, acc: IecAcc, candidate: Flag, item: Specimen, out: list[Finding]
+) -> None:
+    start_at = candidate.result.collected_at
+    criteria = [c for c in acc.candidates if c.result.collected_at >= start_at]
+    since = [r for r in acc.ferritins if r.collected_at >= start_at]
+    peak = max(since, key=lambda r: r.value or 0.0)
+    episode = IecEpisode(
+        start=candidate,
+        raised_at=item.at,
+        peak=peak,
+        latest=since[-1],
+        criteria=criteria,
+        supports={},
+        ldh=[r for r in acc.ldh if _near(ctx, r, candidate.result)],
+    )
+    for support in acc.supports:
+        if support.category not in episode.supports and any(
+            _near(ctx, support.result, c.result) for c in criteria
+        ):
+            episode.supports[support.category] = support
+    acc.candidates = []
+    acc.episode = episode
+    latest = episode.latest
+    if (latest.value or 0.0) < ctx.policy.iec_hs_resolve_fraction * (peak.value or 0.0):
+        # the pattern completed only after ferritin had already halved: raised and resolved
+        out.append(_finding(ctx, acc, episode, latest, None, resolved_at=item.at))
+        acc.episode = None
+        acc.lowest_since_resolution = latest.value or 0.0
+
+
+def _finding(
+    ctx: RuleInput,
+    acc: IecAcc,
+    episode: IecEpisode,
+    resolved_by: StoredResult | None,
+    ended: ClinicalEventRecord | None,
+    resolved_at: datetime | None = None,
+) -> Finding:
     policy = ctx.policy
-    first = episode.ferritins[0]
-    cites = [first]
+    start, peak = episode.start, episode.peak
+    cites: list[Cite] = []
+    baseline = acc.baseline
     if baseline is not None:
-        cites.insert(
-            0, Cite(Analyte.FERRITIN, baseline, "baseline ferritin (last on or before day 0)")
+        cites.append(
+            Cite(Analyte.FERRITIN, baseline, "baseline ferritin (last on or before day 0)")
         )
-    if episode.peak is not first.result:
-        cites.append(Cite(Analyte.FERRITIN, episode.peak, "peak ferritin of the episode"))
-    cites += list(episode.supports.values())
-    if episode.resolved_by is not None:
-        cites.append(Cite(Analyte.FERRITIN, episode.resolved_by, "ferritin < 50 % of peak"))
-    ldh = [
-        Cite(Analyte.LDH, r, "LDH above ULN (context, not counted)")
-        for r in ctx.results(Analyte.LDH)
-        if r.value is not None
-        and r.value > policy.ldh_uln_u_l
-        and abs(r.collected_at - first.result.collected_at)
-        <= timedelta(days=policy.iec_hs_support_window_days)
-    ]
+    cites.append(Cite(Analyte.FERRITIN, start.result, f"episode start: ferritin {start.note}"))
+    if peak != start.result:
+        cites.append(Cite(Analyte.FERRITIN, peak, "peak ferritin of the episode"))
+    supports = [episode.supports[c] for c in sorted(episode.supports)]
+    cites += [Cite(s.analyte, s.result, f"{s.category}: {s.note}") for s in supports]
+    if resolved_by is not None:
+        cites.append(Cite(Analyte.FERRITIN, resolved_by, "ferritin < 50 % of the episode's peak"))
+    context = tuple(
+        Cite(Analyte.LDH, r, "LDH above ULN (context, not counted)") for r in episode.ldh
+    )
     categories = sorted(episode.supports)
-    start = episode.raised_at
-    peak = episode.peak
+    if resolved_at is None:
+        resolved_at = (
+            resolved_by.collected_at
+            if resolved_by is not None
+            else (ended.at if ended is not None else None)
+        )
 
     def texts() -> Texts:
-        summary = (
-            f"IEC-HS pattern: ferritin {first.result.value:g} ng/mL on day "
-            f"{ctx.day_of(first.result)} ({first.note.removeprefix('ferritin ') if first.note else ''}) "
-            f"with {', '.join(categories)}; peak ferritin {peak.value:g} ng/mL."
+        support_text = "; ".join(
+            f"{s.category} ({labelled(s.analyte, s.result)} on day {ctx.day_of(s.result)}, "
+            f"{s.note})"
+            for s in supports
         )
-        if ldh:
-            summary += f" LDH above {policy.ldh_uln_u_l:g} U/L (context)."
-        if episode.resolved_by is not None:
+        summary = (
+            f"IEC-HS pattern: {labelled(Analyte.FERRITIN, start.result)} on day "
+            f"{ctx.day_of(start.result)} {start.note}, with {support_text}; peak "
+            f"{labelled(Analyte.FERRITIN, peak)} on day {ctx.day_of(peak)}."
+        )
+        if episode.ldh:
+            summary += f" LDH above {number(policy.ldh_uln_u_l)} U/L (context)."
+        if resolved_by is not None:
             summary += (
-                f" Resolved: ferritin {episode.resolved_by.value:g} ng/mL on day "
-                f"{ctx.day(episode.resolved_by.collected_at)} (< 50 % of peak)."
+                f" Resolved: {labelled(Analyte.FERRITIN, resolved_by)} on day "
+                f"{ctx.day_of(resolved_by)} (< {policy.iec_hs_resolve_fraction:.0%} of the peak)."
             )
+        elif ended is not None:
+            summary += f" Resolved: {course_sentence(ctx, ended)}."
         return Texts(
             summary=summary,
             recommendation=RECOMMENDATION,
-            threshold=(
-                f"From day {policy.iec_hs_earliest_day} (or after CRS resolved): ferritin > "
-                f"{policy.ferritin_baseline_multiple:g} × baseline (else × ULN "
-                f"{policy.ferritin_uln_ng_ml:g} ng/mL) or ≥ {policy.ferritin_rise_multiple:g}-fold "
-                f"within {policy.ferritin_rise_window_hours:g} h, plus ≥ 1 within ±"
-                f"{policy.iec_hs_support_window_days:g} days: ANC/platelets fall ≥ 50 %, fibrinogen "
-                f"< {policy.fibrinogen_low_mg_dl:g} mg/dL, ALT/AST > "
-                f"{policy.transaminase_multiple:g} × {policy.transaminase_uln_u_l:g} U/L, "
-                f"triglycerides > {policy.triglycerides_high_mg_dl:g} mg/dL"
-            ),
+            threshold=_threshold_text(policy),
         )
 
     return Finding(
         rule=RuleName.IEC_HS,
-        episode_key=episode_key(start),
-        episode_start=start,
+        episode_key=episode_key(start.result.collected_at),
+        episode_start=start.result.collected_at,
         severity=Severity.CRITICAL,
         raised_at=episode.raised_at,
-        resolved_at=episode.resolved_at,
+        resolved_at=resolved_at,
         signature="+".join(categories),
         texts=texts,
         evidence=tuple(cites),
         references=REFERENCES,
-        context=tuple(ldh),
+        context=context,
+    )
+
+
+def _threshold_text(policy: Policy) -> str:
+    return (
+        f"From day {policy.iec_hs_earliest_day} (or after CRS resolved): ferritin > "
+        f"{policy.ferritin_baseline_multiple:g} × baseline (else × ULN "
+        f"{number(policy.ferritin_uln_ng_ml)} ng/mL) or ≥ {policy.ferritin_rise_multiple:g}-fold "
+        f"within {policy.ferritin_rise_window_hours:g} h, plus ≥ 1 within ±"
+        f"{policy.iec_hs_support_window_days} days: ANC/platelets fall ≥ "
+        f"{policy.cytopenia_fall_fraction:.0%} (and ≥ {number(policy.cytopenia_min_fall_anc_per_ul)} "
+        f"/µL or ≥ {number(policy.cytopenia_min_fall_plt_k_per_ul)} × 10³/µL), fibrinogen < "
+        f"{number(policy.fibrinogen_low_mg_dl)} mg/dL, ALT/AST > {policy.transaminase_multiple:g} "
+        f"× {number(policy.transaminase_uln_u_l)} U/L, triglycerides > "
+        f"{number(policy.triglycerides_high_mg_dl)} mg/dL; resolved below "
+        f"{policy.iec_hs_resolve_fraction:.0%} of the peak"
     )
 
 

@@ -1,338 +1,437 @@
-"""Prolonged neutropenia / ICAHT (``prolonged_neutropenia``).
+"""Prolonged neutropenia / ICAHT (``prolonged_neutropenia``) -- docs/clinical-spec.md section 3.
 
-Sources: Westhafen 2025, "Immune effector cell-associated hematotoxicity (ICAHT)"; EHA/EBMT ICAHT
-consensus grading (Rejeski et al., Blood 2023;142:865).
+Sources: Westhafen 2025, "Immune effector cell-associated hematotoxicity (ICAHT)"; EHA/EBMT
+ICAHT consensus grading (Rejeski et al., Blood 2023;142(10):865-877).
 
-Episodes: one opens at an ANC ≤ 500 /µL (day ≥ 0) when none is open, and closes at *stable
-recovery*: a run of consecutive ANC results all > 500 with at least two results spanning at least 3
-calendar days (first and last day inclusive, matching the "stretch lasting 3 days" of the early
-count).
+Episodes. One opens at an ANC ≤ 500 /µL (day ≥ 0) when none is open. It closes at *stable
+recovery*: a run of consecutive ANC results all above the recovery limit, at least two results,
+covering at least 3 calendar days (first and last day inclusive, as the "stretch lasting 3 days"
+of the early count). The recovery limit is 500 /µL -- except, when the policy alerts at late
+grade 1 or 2 (``icaht_alert_grade`` 1 or 2), after day 30 it is that grade's late threshold
+(1500 or 1000 /µL), and two consecutive ANC after day 30 at or below it also open an episode
+(starting at the first of the two). Decision (rev. 2, item 5): a policy that asks for late grade 2
+must see an ANC of 800 /µL on days 45 and 52 as grade 2, which an episode that opens only at
+≤ 500 and recovers above 500 can never report. With the default (grade 3) the episode is exactly
+the consensus one.
 
-Early ICAHT (days 0-30), per episode, cumulative: each day from the episode's first ANC up to the day
-of the latest ANC (never beyond, never past day 30) takes the ANC in effect (lowest result of that
-day, else the last earlier result). Grade by the worse column: ≤ 500 for 1-6 days → 1, 7-13 → 2,
-14-30 → 3, all 31 days 0-30 → 4; ≤ 100 for 7-13 days → 3, ≥ 14 → 4. A stretch above 500 of < 3 days
-between two neutropenic days counts in the ≤ 500 column ("non-stable recovery").
+Early ICAHT (days 0-30), per episode, cumulative: each day from the episode's first ANC up to the
+day of the latest ANC (never beyond, never past day 30) takes the ANC in effect (the lowest result
+of that day, else the last earlier result). Grade by the worse column: ≤ 500 /µL for 1-6 days → 1,
+7-13 → 2, 14-30 → 3, all 31 days 0-30 → 4; ≤ 100 /µL for 7-13 days → 3, ≥ 14 → 4. A stretch above
+500 of < 3 days between two neutropenic days counts in the ≤ 500 column ("non-stable recovery").
+A day's value may still fall while its results arrive: grades are re-read after every result,
+and a grade is reached at the collection time of the result that made it known.
 
-Late ICAHT (after day 30): the two most recent consecutive ANC results, both after day 30, the less
-severe setting the grade: ≤ 1500 → 1, ≤ 1000 → 2, ≤ 500 → 3, ≤ 100 → 4.
+Two ANC values of one specimen are one observation, read as the lower (as the lowest result of a
+day is that day's value).
+
+Late ICAHT (after day 30): the two most recent ANC results, consecutive and both after day 30, the
+less severe setting the grade: ≤ 1500 → 1, ≤ 1000 → 2, ≤ 500 → 3, ≤ 100 → 4.
 
 The episode's grade is the highest early or late grade reached while it is open. Alert at
-``Policy.icaht_alert_grade`` (default 3; grade ≥ 3 critical, lower grades warning), ``updated`` when
-the grade rises, resolved at stable recovery. The platelet (T-ICAHT) early grade is context:
-< 50 × 10³/µL for 1-6 days → 1, ≥ 7 → 2; < 20 × 10³/µL for 1-13 days → 3, ≥ 14 → 4.
+``icaht_alert_grade`` (default 3; grade ≥ 3 critical, lower grades warning), ``updated`` when the
+grade rises, resolved at stable recovery or ``end_of_follow_up``. The platelet (T-ICAHT) early
+grade is context: < 50 × 10³/µL for 1-6 days → 1, ≥ 7 → 2; < 20 × 10³/µL for 1-13 days → 3,
+≥ 14 → 4 (platelets never change a finding, so they are not among the rule's ``reads``).
+The accumulator holds the open episode with its day counts, so pruning loses nothing.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.vocab import Analyte, RuleName, Severity
 from streams.core.policy import Policy
 from streams.core.rules.base import (
+    END_OF_FOLLOW_UP,
     REVIEW,
     Cite,
+    Course,
     Finding,
+    Item,
+    Reads,
     RuleInput,
+    ScanRule,
     Texts,
+    course_sentence,
     episode_key,
 )
-from streams.core.state import StoredResult
+from streams.core.state import ClinicalEventRecord, StoredResult
+from streams.core.text import day_count, labelled, number
 
 REFERENCES = (
-    f"{REVIEW} -- section 'Immune effector cell-associated hematotoxicity (ICAHT)'",
-    "EHA/EBMT ICAHT consensus grading: Rejeski et al., Blood 2023;142:865",
+    f"{REVIEW} -- section 'Immune effector cell-associated hematotoxicity (ICAHT)': "
+    '"Prolonged cytopenias (30-90 days), particularly neutropenia (<500/mm3) occur in a subset of '
+    "patients (approximately 10% of patients experience persistent cytopenia one year after "
+    'treatment)"',
+    "EHA/EBMT ICAHT consensus grading: Rejeski K, et al. Immune effector cell-associated "
+    "hematotoxicity: EHA/EBMT consensus grading and best practice recommendations. Blood "
+    "2023;142(10):865-877",
 )
 RECOMMENDATION = (
-    "Supportive care; consider G-CSF or thrombopoietin-receptor agonists; with prior HCT and "
-    "severe persistent cytopenia, a CD34+ selected stem-cell boost. Prolonged cytopenia "
+    "Supportive care; consider G-CSF or thrombopoietin-receptor agonists. Prolonged cytopenia "
     "(30-90 days) occurs in a subset; about 10 % have persistent cytopenia at one year."
 )
+PRIOR_HCT_RECOMMENDATION = (
+    " With prior HCT and severe persistent cytopenia, a CD34+ selected stem-cell boost has been "
+    "beneficial."
+)
 
-Dated = tuple[int, StoredResult]  # (day number, result)
+
+@dataclass
+class Tally:
+    """Day counts of the early columns over finalized days."""
+
+    count: int = 0
+    profound: int = 0
+    stretch: int = 0
+    seen: bool = False
+    first_day: int | None = None
+    last_day: int | None = None
+    first_profound: int | None = None
+    last_profound: int | None = None
+
+    def add(self, policy: Policy, day: int, value: float) -> None:
+        if value > policy.anc_neutropenia_per_ul:
+            self.stretch += 1
+            return
+        if self.seen and self.stretch < policy.icaht_nonstable_recovery_days:
+            self.count += self.stretch
+        self.count += 1
+        self.stretch, self.seen = 0, True
+        self.first_day = day if self.first_day is None else self.first_day
+        self.last_day = day
+        if value <= policy.anc_profound_per_ul:
+            self.profound += 1
+            self.first_profound = day if self.first_profound is None else self.first_profound
+            self.last_profound = day
+
+
+@dataclass
+class DayCounts:
+    """Early counting of one episode: finalized days, and the latest result day still open."""
+
+    day: int
+    low: float
+    last: float
+    final: Tally = field(default_factory=Tally)
+    done: bool = False
+
+    def advance(self, policy: Policy, day: int, value: float) -> None:
+        if self.done:
+            return
+        if day == self.day:
+            self.low, self.last = min(self.low, value), value
+            return
+        self.final.add(policy, self.day, self.low)
+        for carried in range(self.day + 1, min(day, policy.icaht_early_last_day + 1)):
+            self.final.add(policy, carried, self.last)
+        if day > policy.icaht_early_last_day:
+            self.done = True
+            return
+        self.day, self.low, self.last = day, value, value
+
+    def provisional(self, policy: Policy) -> Tally:
+        tally = dataclasses.replace(self.final)
+        if not self.done:
+            tally.add(policy, self.day, self.low)
+        return tally
+
+
+@dataclass
+class Reached:
+    grade: int
+    at: datetime
+    why: str
 
 
 @dataclass
 class NeutropeniaEpisode:
-    """An episode of ANC ≤ 500 /µL, with its grade history (day ≥ 0 results only)."""
-
-    results: list[Dated]
-    recovery: Dated | None = None
-    grade: int = 0
-    #: first time each grade was reached: grade → (collection time, explanation)
-    reached: dict[int, tuple[datetime, str]] = field(default_factory=dict)
-
-    @property
-    def start(self) -> StoredResult:
-        return self.results[0][1]
+    start: StoredResult
+    lowest: StoredResult
+    latest: StoredResult
+    counts: DayCounts | None
+    reached: list[Reached] = field(default_factory=list)
+    #: the two ANC results of the highest late grade reached
+    late_pair: list[StoredResult] = field(default_factory=list)
+    #: the trailing run of results above the recovery limit
+    above: list[StoredResult] = field(default_factory=list)
 
     @property
-    def recovery_result(self) -> StoredResult | None:
-        return None if self.recovery is None else self.recovery[1]
+    def grade(self) -> int:
+        return self.reached[-1].grade if self.reached else 0
 
-    @property
-    def last(self) -> StoredResult:
-        return self.results[-1][1]
-
-    def reach(self, grade: int, at: datetime, why: str) -> None:
-        if grade > self.grade:
-            for g in range(self.grade + 1, grade + 1):
-                self.reached.setdefault(g, (at, why))
-            self.grade = grade
+    def reach(self, grade: int, at: datetime, why: str) -> bool:
+        if grade <= self.grade:
+            return False
+        self.reached.append(Reached(grade, at, why))
+        return True
 
 
-def neutropenia_episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
-    """All ANC ≤ 500 episodes on the current history, graded (shared with ``monitoring_gap``)."""
-    return ctx.memo("neutropenia_episodes", lambda: _episodes(ctx))
+@dataclass
+class IcahtAcc:
+    episode: NeutropeniaEpisode | None = None
+    #: the latest ANC result (late pairs, and the anchor of a monitoring gap)
+    previous: StoredResult | None = None
+    stopped: ClinicalEventRecord | None = None
 
 
-def _episodes(ctx: RuleInput) -> list[NeutropeniaEpisode]:
-    policy = ctx.policy
-    limit = policy.anc_neutropenia_per_ul
-    results = ctx.results(Analyte.ANC)
-    if not any(r.value is not None and r.value <= limit for r in results):
-        return []
-    dated = [(ctx.day_of(r), r) for r in results if r.value is not None and ctx.day_of(r) >= 0]
-    episodes: list[NeutropeniaEpisode] = []
-    current: NeutropeniaEpisode | None = None
-    above: list[Dated] = []
-    for index, item in enumerate(dated):
-        _, result = item
-        value = result.value or 0.0
-        if current is None:
-            if value <= limit:
-                current = NeutropeniaEpisode(results=[item])
-                above = []
-                _grade_late(policy, current, dated, index)
-            continue
-        current.results.append(item)
-        if value <= limit:
-            above = []
-        else:
-            above.append(item)
-            if (
-                len(above) >= 2
-                and above[-1][0] - above[0][0] + 1 >= policy.icaht_stable_recovery_days
-            ):
-                current.recovery = item
-        _grade_late(policy, current, dated, index)
-        if current.recovery is not None:
-            episodes.append(current)
-            current = None
-            above = []
-    if current is not None:
-        episodes.append(current)
-    for episode in episodes:
-        _grade_early(policy, episode)
-    return episodes
+def late_limit(policy: Policy) -> float:
+    """Recovery limit after day 30, and the opening limit of a late low-grade episode."""
+    if policy.icaht_alert_grade <= 2:
+        return policy.late_icaht_anc_per_ul[policy.icaht_alert_grade - 1]
+    return policy.anc_neutropenia_per_ul
 
 
-def _grade_late(
-    policy: Policy, episode: NeutropeniaEpisode, dated: list[Dated], index: int
+class ProlongedNeutropeniaRule(ScanRule[IcahtAcc]):
+    name = RuleName.PROLONGED_NEUTROPENIA
+    reads = Reads(
+        analytes=frozenset({Analyte.ANC}),
+        events=frozenset({END_OF_FOLLOW_UP}),
+        settings=(
+            "icaht_alert_grade",
+            "anc_neutropenia_per_ul",
+            "anc_profound_per_ul",
+            "icaht_early_last_day",
+            "icaht_nonstable_recovery_days",
+            "icaht_stable_recovery_days",
+            "late_icaht_anc_per_ul",
+            "platelets_low_k_per_ul",
+            "platelets_profound_k_per_ul",
+        ),
+    )
+    acc_type = IcahtAcc
+
+    def start(self, ctx: RuleInput) -> IcahtAcc:
+        return IcahtAcc()
+
+    def feed(self, ctx: RuleInput, acc: IcahtAcc, item: Item, out: list[Finding]) -> None:
+        if acc.stopped is not None:
+            return
+        if isinstance(item, Course):
+            if item.kind is END_OF_FOLLOW_UP:
+                episode = acc.episode
+                if episode is not None and episode.grade >= ctx.policy.icaht_alert_grade:
+                    out.append(_finding(ctx, episode, None, item.event))
+                acc.episode = None
+                acc.stopped = item.event
+            return
+        result = item.lowest(Analyte.ANC)
+        if result is not None:
+            if item.day >= 0:
+                _result(ctx, acc, result, item.day, out)
+            acc.previous = result
+
+    def open_findings(self, ctx: RuleInput, acc: IcahtAcc) -> list[Finding]:
+        episode = acc.episode
+        if episode is None or episode.grade < ctx.policy.icaht_alert_grade:
+            return []
+        return [_finding(ctx, episode, None, None)]
+
+
+def _result(
+    ctx: RuleInput, acc: IcahtAcc, result: StoredResult, day: int, out: list[Finding]
 ) -> None:
-    if index == 0:
+    policy = ctx.policy
+    value = result.value or 0.0
+    previous = acc.previous
+    pair = (
+        previous
+        if day > policy.icaht_early_last_day
+        and previous is not None
+        and ctx.day_of(previous) > policy.icaht_early_last_day
+        else None
+    )
+    late = _late_grade(policy, max(value, pair.value or 0.0)) if pair is not None else 0
+    episode = acc.episode
+    if episode is None:
+        if value <= policy.anc_neutropenia_per_ul:
+            counts = DayCounts(day, value, value) if day <= policy.icaht_early_last_day else None
+            episode = NeutropeniaEpisode(result, result, result, counts)
+        elif (
+            pair is not None and policy.icaht_alert_grade <= 2 and late >= policy.icaht_alert_grade
+        ):
+            lowest = pair if (pair.value or 0.0) <= value else result
+            episode = NeutropeniaEpisode(pair, lowest, result, None)
+        else:
+            return
+        acc.episode = episode
+    else:
+        episode.latest = result
+        if value < (episode.lowest.value or 0.0):
+            episode.lowest = result
+        if episode.counts is not None:
+            episode.counts.advance(policy, day, value)
+    if episode.counts is not None:
+        tally = episode.counts.provisional(policy)
+        grade = _early_grade(policy, tally)
+        if grade:
+            episode.reach(grade, result.collected_at, _early_why(policy, grade, tally))
+    if (
+        late
+        and pair is not None
+        and episode.reach(late, result.collected_at, _late_why(ctx, late, pair, result))
+    ):
+        episode.late_pair = [pair, result]
+    limit = (
+        late_limit(policy) if day > policy.icaht_early_last_day else policy.anc_neutropenia_per_ul
+    )
+    if value <= limit:
+        episode.above = []
         return
-    (day_before, before), (day, latest) = dated[index - 1], dated[index]
-    if day_before <= policy.icaht_early_last_day or day <= policy.icaht_early_last_day:
-        return
-    less_severe = max(before.value or 0.0, latest.value or 0.0)
+    episode.above.append(result)
+    span = day - ctx.day_of(episode.above[0]) + 1
+    if len(episode.above) >= 2 and span >= policy.icaht_stable_recovery_days:
+        if episode.grade >= policy.icaht_alert_grade:
+            out.append(_finding(ctx, episode, result, None))
+        acc.episode = None
+
+
+def _late_grade(policy: Policy, less_severe: float) -> int:
     grade = 0
     for g, limit in enumerate(policy.late_icaht_anc_per_ul, start=1):
         if less_severe <= limit:
             grade = g
-    if grade:
-        why = (
-            f"late ICAHT grade {grade}: two consecutive ANC after day 30, "
-            f"{before.value:g} and {latest.value:g} /µL (days {day_before}, {day})"
-        )
-        episode.reach(grade, latest.collected_at, why)
+    return grade
 
 
-def _grade_early(policy: Policy, episode: NeutropeniaEpisode) -> None:
-    """Cumulative early count over the episode's days within 0-30, per the consensus table."""
-    last_day = min(episode.results[-1][0], policy.icaht_early_last_day)
-    days = _values_by_day(episode.results, last_day)
-    limit, profound = policy.anc_neutropenia_per_ul, policy.anc_profound_per_ul
-    count, count_profound, stretch, seen = 0, 0, 0, False
-    for day, (value, known_at) in days.items():
-        if value <= limit:
-            if seen and stretch < policy.icaht_nonstable_recovery_days:
-                count += stretch
-            count += 1
-            stretch, seen = 0, True
-            count_profound += value <= profound
-        else:
-            stretch += 1
-        grade = _early_grade(count, count_profound, full=count == policy.icaht_early_last_day + 1)
-        if grade:
-            why = (
-                f"early ICAHT grade {grade}: {count} days with ANC ≤ {limit:g} /µL and "
-                f"{count_profound} days ≤ {profound:g} /µL by day {day}"
-            )
-            episode.reach(grade, known_at, why)
-
-
-def _early_grade(days_500: int, days_100: int, full: bool) -> int:
-    if full or days_100 >= 14:
+def _early_grade(policy: Policy, tally: Tally) -> int:
+    full = tally.count >= policy.icaht_early_last_day + 1
+    if full or tally.profound >= 14:
         return 4
-    if days_500 >= 14 or days_100 >= 7:
+    if tally.count >= 14 or tally.profound >= 7:
         return 3
-    if days_500 >= 7:
+    if tally.count >= 7:
         return 2
-    return 1 if days_500 >= 1 else 0
+    return 1 if tally.count >= 1 else 0
 
 
-def _values_by_day(results: list[Dated], last_day: int) -> dict[int, tuple[float, datetime]]:
-    """Value in effect for each day from the first result's day to ``last_day``.
+def _early_why(policy: Policy, grade: int, tally: Tally) -> str:
+    why = (
+        f"early ICAHT grade {grade}: ANC ≤ {policy.anc_neutropenia_per_ul:g} /µL on "
+        f"{day_count(tally.count)} (first day {tally.first_day}, last day {tally.last_day})"
+    )
+    if tally.profound:
+        why += (
+            f", ≤ {policy.anc_profound_per_ul:g} /µL on {day_count(tally.profound)} "
+            f"(first day {tally.first_profound}, last day {tally.last_profound})"
+        )
+    return why
 
-    The lowest result of a day, else the last earlier result (the latest one by collection time);
-    with the collection time at which that day's value became known (its own lowest result, else
-    the next result, which revealed the carried-forward day). Nothing is carried past the latest.
-    """
-    lowest: dict[int, StoredResult] = {}
-    latest: dict[int, StoredResult] = {}
-    for day, result in results:
-        if day not in lowest or (result.value or 0.0) < (lowest[day].value or 0.0):
-            lowest[day] = result
-        latest[day] = result
-    days_with_results = sorted(lowest)
-    values: dict[int, tuple[float, datetime]] = {}
-    carried: StoredResult | None = None
-    following = 0
-    for day in range(results[0][0], last_day + 1):
-        while following < len(days_with_results) and days_with_results[following] <= day:
-            following += 1
-        if day in lowest:
-            values[day] = (lowest[day].value or 0.0, lowest[day].collected_at)
-            carried = latest[day]
-        elif carried is not None and following < len(days_with_results):
-            revealed_by = lowest[days_with_results[following]]
-            values[day] = (carried.value or 0.0, revealed_by.collected_at)
-    return values
+
+def _late_why(ctx: RuleInput, grade: int, first: StoredResult, second: StoredResult) -> str:
+    return (
+        f"late ICAHT grade {grade}: two consecutive ANC after day "
+        f"{ctx.policy.icaht_early_last_day}, {labelled(Analyte.ANC, first)} on day "
+        f"{ctx.day_of(first)} and {labelled(Analyte.ANC, second)} on day {ctx.day_of(second)}"
+    )
 
 
 def platelet_early_grade(ctx: RuleInput) -> tuple[int, int, int, StoredResult | None]:
     """T-ICAHT early grade (days 0-30): (grade, days < 50, days < 20, lowest platelet result)."""
     policy = ctx.policy
+    last_day = policy.icaht_early_last_day
     dated = [
         (ctx.day_of(r), r)
         for r in ctx.results(Analyte.PLATELETS)
-        if r.value is not None and ctx.day_of(r) >= 0
+        if r.value is not None and 0 <= ctx.day_of(r) <= last_day
     ]
-    if not dated or dated[0][0] > policy.icaht_early_last_day:
+    if not dated:
         return 0, 0, 0, None
-    days = _values_by_day(dated, min(dated[-1][0], policy.icaht_early_last_day))
-    low = sum(v < policy.platelets_low_k_per_ul for v, _ in days.values())
-    profound = sum(v < policy.platelets_profound_k_per_ul for v, _ in days.values())
+    lowest_of_day: dict[int, float] = {}
+    latest_of_day: dict[int, float] = {}
+    for day, result in dated:
+        value = result.value or 0.0
+        lowest_of_day[day] = min(lowest_of_day.get(day, value), value)
+        latest_of_day[day] = value
+    low = profound = 0
+    carried = 0.0
+    for day in range(dated[0][0], dated[-1][0] + 1):
+        value = lowest_of_day.get(day, carried)
+        carried = latest_of_day.get(day, carried)
+        low += value < policy.platelets_low_k_per_ul
+        profound += value < policy.platelets_profound_k_per_ul
     grade = 4 if profound >= 14 else 3 if profound >= 1 else 2 if low >= 7 else 1 if low else 0
-    early = [r for day, r in dated if day <= policy.icaht_early_last_day]
-    lowest = min(early, key=lambda r: r.value or 0.0)
+    lowest = min((r for _, r in dated), key=lambda r: r.value or 0.0)
     return grade, low, profound, lowest
 
 
-def open_episode_possible(ctx: RuleInput, result: StoredResult) -> bool:
-    """Can a neutropenia episode be open at ``result`` or be changed by it?
-
-    False only for an ANC > 500 appended after the latest ANC when, before it, either no ANC
-    ≤ 500 (day ≥ 0) exists or the trailing run of ANC > 500 already is a stable recovery: then
-    no episode is open, the result opens none, and earlier episodes end before it.
-    """
+def _finding(
+    ctx: RuleInput,
+    episode: NeutropeniaEpisode,
+    recovery: StoredResult | None,
+    ended: ClinicalEventRecord | None,
+) -> Finding:
     policy = ctx.policy
-    limit = policy.anc_neutropenia_per_ul
-    history = ctx.state.results.get(Analyte.ANC, [])
-    if (result.value or 0.0) <= limit or not history or history[-1] is not result:
-        return True
-    run: list[StoredResult] = []
-    for earlier in reversed(history[:-1]):
-        if earlier.value is None or not ctx.usable(earlier):
-            continue
-        if ctx.day_of(earlier) < 0:
-            break
-        if earlier.value <= limit:
-            return not _stable(ctx, run)
-        run.append(earlier)
-    return False
-
-
-def _stable(ctx: RuleInput, run_newest_first: list[StoredResult]) -> bool:
-    if len(run_newest_first) < 2:
-        return False
-    span = ctx.day(run_newest_first[0].collected_at) - ctx.day(run_newest_first[-1].collected_at)
-    return span + 1 >= ctx.policy.icaht_stable_recovery_days
-
-
-@dataclass(frozen=True)
-class ProlongedNeutropeniaRule:
-    name: RuleName = RuleName.PROLONGED_NEUTROPENIA
-    #: platelets are context only (read when an ANC result triggers): they never change a finding
-    analytes: frozenset[Analyte] = frozenset({Analyte.ANC})
-    events: frozenset[str] = frozenset()
-    depends_on: frozenset[RuleName] = frozenset()
-
-    def may_change(self, ctx: RuleInput, analyte: Analyte, result: StoredResult) -> bool:
-        return open_episode_possible(ctx, result)
-
-    def evaluate(self, ctx: RuleInput) -> list[Finding]:
-        alert_grade = ctx.policy.icaht_alert_grade
-        return [
-            _finding(ctx, episode)
-            for episode in neutropenia_episodes(ctx)
-            if episode.grade >= alert_grade
-        ]
-
-
-def _finding(ctx: RuleInput, episode: NeutropeniaEpisode) -> Finding:
-    policy = ctx.policy
-    raised_at, _ = episode.reached[policy.icaht_alert_grade]
-    _, why = episode.reached[episode.grade]
-    lowest = min((r for _, r in episode.results), key=lambda r: r.value or 0.0)
-    cites = [Cite(Analyte.ANC, episode.start, "episode start: first ANC ≤ 500 /µL")]
-    if lowest is not episode.start:
-        cites.append(Cite(Analyte.ANC, lowest, "lowest ANC of the episode"))
-    latest = episode.last if episode.recovery is None else episode.results[-2][1]
-    if latest is not episode.start and latest is not lowest:
-        cites.append(Cite(Analyte.ANC, latest, "latest ANC"))
-    if episode.recovery is not None:
-        cites.append(Cite(Analyte.ANC, episode.recovery[1], "stable recovery (> 500 /µL ≥ 3 days)"))
+    raised = next(r for r in episode.reached if r.grade >= policy.icaht_alert_grade)
+    why = episode.reached[-1].why
+    grade = episode.grade
+    cites = [Cite(Analyte.ANC, episode.start, "episode start")]
+    if episode.lowest != episode.start:
+        cites.append(Cite(Analyte.ANC, episode.lowest, "lowest ANC of the episode"))
+    shown = [episode.start, episode.lowest]
+    for result in episode.late_pair:
+        if result not in shown:
+            cites.append(Cite(Analyte.ANC, result, "late ICAHT pair (two consecutive ANC)"))
+            shown.append(result)
+    if recovery is None and episode.latest not in shown:
+        cites.append(Cite(Analyte.ANC, episode.latest, "latest ANC"))
+    if recovery is not None:
+        cites.append(Cite(Analyte.ANC, recovery, "stable recovery"))
     plt_grade, plt_low, plt_profound, plt_lowest = platelet_early_grade(ctx)
     context = (
         ()
         if plt_lowest is None
         else (Cite(Analyte.PLATELETS, plt_lowest, "lowest platelets day 0-30"),)
     )
+    enrollment = ctx.state.enrollment
+    assert enrollment is not None
+    start_day = ctx.day_of(episode.start)
 
     def texts() -> Texts:
         summary = (
-            f"ICAHT grade {episode.grade} ({why}); neutropenia since day "
-            f"{ctx.day(episode.start.collected_at)} (ANC {episode.start.value:g} /µL), lowest ANC "
-            f"{lowest.value:g} /µL on day {ctx.day_of(lowest)}."
+            f"ICAHT grade {grade} ({why}); neutropenia since day {start_day} "
+            f"({labelled(Analyte.ANC, episode.start)}), lowest "
+            f"{labelled(Analyte.ANC, episode.lowest)} on day {ctx.day_of(episode.lowest)}."
         )
         if plt_lowest is not None:
             summary += (
-                f" Platelets (T-ICAHT early grade {plt_grade}): {plt_low} days < "
-                f"{policy.platelets_low_k_per_ul:g} and {plt_profound} days < "
-                f"{policy.platelets_profound_k_per_ul:g} × 10³/µL in days 0-30."
+                f" Platelets (T-ICAHT early grade {plt_grade}): "
+                f"< {number(policy.platelets_low_k_per_ul)} × 10³/µL on {day_count(plt_low)} and "
+                f"< {number(policy.platelets_profound_k_per_ul)} × 10³/µL on "
+                f"{day_count(plt_profound)} in days 0-30."
             )
-        if episode.recovery is not None:
-            summary += f" Resolved: stable recovery by day {episode.recovery[0]}."
+        if recovery is not None:
+            summary += f" Resolved: stable recovery by day {ctx.day_of(recovery)}."
+        elif ended is not None:
+            summary += f" Resolved: {course_sentence(ctx, ended)}."
+        recommendation = RECOMMENDATION
+        if enrollment.prior_hct:
+            recommendation += PRIOR_HCT_RECOMMENDATION
         return Texts(
             summary=summary,
-            recommendation=RECOMMENDATION,
+            recommendation=recommendation,
             threshold=(
-                f"Alert at ICAHT grade ≥ {policy.icaht_alert_grade}. Early (days 0-30): days with "
-                f"ANC ≤ {policy.anc_neutropenia_per_ul:g} /µL 1-6 → 1, 7-13 → 2, 14-30 → 3, all 31 → 4; "
-                f"days ≤ {policy.anc_profound_per_ul:g} /µL 7-13 → 3, ≥ 14 → 4. Late (after day 30): "
-                "two consecutive ANC ≤ 1500/1000/500/100 → grade 1/2/3/4"
+                f"Alert at ICAHT grade ≥ {policy.icaht_alert_grade} (icaht_alert_grade). Early "
+                f"(days 0-30): days with ANC ≤ {policy.anc_neutropenia_per_ul:g} /µL 1-6 → 1, "
+                f"7-13 → 2, 14-30 → 3, all 31 → 4; days ≤ {policy.anc_profound_per_ul:g} /µL "
+                "7-13 → 3, ≥ 14 → 4. Late (after day 30): two consecutive ANC ≤ "
+                + "/".join(number(v) for v in policy.late_icaht_anc_per_ul)
+                + " /µL → grade 1/2/3/4"
             ),
         )
 
+    resolved_at = (
+        recovery.collected_at if recovery is not None else (ended.at if ended is not None else None)
+    )
     return Finding(
         rule=RuleName.PROLONGED_NEUTROPENIA,
         episode_key=episode_key(episode.start.collected_at),
         episode_start=episode.start.collected_at,
-        severity=Severity.CRITICAL if episode.grade >= 3 else Severity.WARNING,
-        raised_at=raised_at,
-        resolved_at=None if episode.recovery is None else episode.recovery[1].collected_at,
-        signature=f"grade={episode.grade}",
+        severity=Severity.CRITICAL if grade >= 3 else Severity.WARNING,
+        raised_at=raised.at,
+        resolved_at=resolved_at,
+        signature=f"grade={grade}",
         texts=texts,
         evidence=tuple(cites),
         references=REFERENCES,

@@ -177,6 +177,8 @@ async def test_the_carwatch_fhir_gateway_command(topics: Any, consume: Any, tmp_
                 "fhir-gateway",
                 "--port",
                 "0",
+                "--metrics-port",
+                "0",
                 "--broker",
                 f"kafka://{topics.bootstrap}",
                 "--labs-topic",

@@ -287,6 +287,8 @@ async def test_the_carwatch_mllp_command(topics: Any, consume: Any, tmp_path: Pa
                 "mllp",
                 "--port",
                 "0",
+                "--metrics-port",
+                "0",
                 "--broker",
                 f"kafka://{topics.bootstrap}",
                 "--labs-topic",

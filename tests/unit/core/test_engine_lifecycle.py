@@ -442,15 +442,34 @@ def test_every_record_delivered_twice_gives_the_same_alert_events():
     assert [a.model_dump_json() for a in run(doubled)] == [a.model_dump_json() for a in run(events)]
 
 
-def test_alert_id_depends_on_patient_and_policy_version_and_event_ids_are_unique():
+def test_alert_id_depends_on_patient_and_the_settings_the_rule_reads():
+    # rev. 2 / DESIGN.md: an alert id fingerprints the settings its rule reads, nothing else:
+    # another B-cell threshold changes the B-cell alerts' ids and no other alert's
     alerts = run(busy_patient().events)
     other_patient = run(busy_patient("P2").events)
     other_policy = run(busy_patient().events, Policy(bca_cd19_abs_threshold_per_ul=20.0))
     ids = {a.alert_id for a in alerts}
     assert ids.isdisjoint({a.alert_id for a in other_patient})
-    assert ids.isdisjoint({a.alert_id for a in other_policy})
+    by_rule = {(a.rule, a.episode_start): a.alert_id for a in alerts}
+    changed = {(a.rule, a.episode_start): a.alert_id for a in other_policy}
+    assert by_rule.keys() == changed.keys()
+    for key, identity in by_rule.items():
+        reads_threshold = key[0] in (RuleName.BCA_LOSS, RuleName.BCA_NOT_ESTABLISHED)
+        assert (identity != changed[key]) == reads_threshold, key
     assert len({a.event_id for a in alerts}) == len(alerts)
     assert {a.policy_version for a in alerts} == {DEFAULT_POLICY.version_tag}
+
+
+def test_unrelated_setting_changes_no_alert_id():
+    alerts = run(busy_patient().events)
+    unrelated = run(
+        busy_patient().events,
+        Policy(version="site-2", alert_on_preliminary=False, ldh_uln_u_l=260.0),
+    )
+    iec = RuleName.IEC_HS
+    assert {a.alert_id for a in alerts if a.rule is not iec} == {
+        a.alert_id for a in unrelated if a.rule is not iec
+    }
 
 
 # --- day numbers: calendar days in the policy's time zone -------------------------------------

@@ -15,7 +15,7 @@ from streams.delivery.webhook import (
     signature,
     verify,
 )
-from streams.metrics import PipelineMetrics
+from streams.metrics import ATTEMPT_RESULTS, DeliveryMetrics
 
 SECRET = b"shared-secret"
 BODY = b'{"alert_id": "a1", "action": "raised"}'
@@ -44,8 +44,8 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1, 2, 4, 4]
 
 
-def _deliverer(statuses: list[int | None]) -> tuple[WebhookDeliverer, list[float], PipelineMetrics]:
-    metrics = PipelineMetrics(CollectorRegistry())
+def _deliverer(statuses: list[int | None]) -> tuple[WebhookDeliverer, list[float], DeliveryMetrics]:
+    metrics = DeliveryMetrics(CollectorRegistry())
     slept: list[float] = []
     replies = iter(statuses)
 
@@ -66,11 +66,23 @@ def _deliverer(statuses: list[int | None]) -> tuple[WebhookDeliverer, list[float
     return deliverer, slept, metrics
 
 
-def _count(metrics: PipelineMetrics, outcome: str) -> float:
+def _count(metrics: DeliveryMetrics, outcome: str) -> float:
     value = metrics.registry.get_sample_value(
         "carwatch_alert_deliveries_total", {"channel": "webhook", "outcome": outcome}
     )
     return value or 0.0
+
+
+def _attempts(metrics: DeliveryMetrics) -> dict[str, float]:
+    """``carwatch_delivery_attempts_total`` by result (results never seen are left out)."""
+    found = {}
+    for result in ATTEMPT_RESULTS:
+        value = metrics.registry.get_sample_value(
+            "carwatch_delivery_attempts_total", {"channel": "webhook", "result": result}
+        )
+        if value:
+            found[result] = value
+    return found
 
 
 async def test_transient_failures_are_retried_until_delivered() -> None:
@@ -78,18 +90,21 @@ async def test_transient_failures_are_retried_until_delivered() -> None:
     assert await deliverer.deliver("a1:0", BODY)
     assert slept == [1, 2]
     assert (_count(metrics, "retried"), _count(metrics, "delivered")) == (2, 1)
+    assert _attempts(metrics) == {"no_response": 1, "retryable": 1, "delivered": 1}
 
 
 async def test_a_rejecting_receiver_fails_at_once_and_is_counted() -> None:
     deliverer, slept, metrics = _deliverer([400])
     assert not await deliverer.deliver("a1:0", BODY)
     assert slept == [] and _count(metrics, "failed") == 1
+    assert _attempts(metrics) == {"rejected": 1}
 
 
 async def test_retries_are_bounded() -> None:
     deliverer, slept, metrics = _deliverer([500, 500, 500, 500])
     assert not await deliverer.deliver("a1:0", BODY)
     assert slept == [1, 2, 4] and _count(metrics, "failed") == 1
+    assert _attempts(metrics) == {"retryable": 4}
 
 
 async def test_delivery_to_a_real_receiver_on_loopback() -> None:
@@ -114,7 +129,7 @@ async def test_delivery_to_a_real_receiver_on_loopback() -> None:
             urls=[f"http://127.0.0.1:{port}/hook"],
             secret=SECRET,
             send=send,
-            metrics=PipelineMetrics(CollectorRegistry()),
+            metrics=DeliveryMetrics(CollectorRegistry()),
             retry=RetryPolicy(attempts=3, first_delay_s=0.01),
         )
         assert await asyncio.wait_for(deliverer.deliver("a1:0", BODY), timeout=30)

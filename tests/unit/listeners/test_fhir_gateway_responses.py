@@ -20,7 +20,7 @@ from schemas.vocab import RejectReason
 from streams.ingest.fhir.observation import FhirConfig
 from streams.listeners.fhir_gateway import FhirGateway, expression_for
 from streams.listeners.publisher import BrokerUnavailable
-from streams.metrics import PipelineMetrics
+from streams.metrics import ListenerMetrics
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -63,9 +63,9 @@ def bundle(*resources: dict[str, Any], kind: str = "batch") -> dict[str, Any]:
 @pytest.fixture
 async def client(
     fhir_config: FhirConfig,
-) -> AsyncIterator[tuple[TestClient[Any, Any], FakePublisher, PipelineMetrics]]:
+) -> AsyncIterator[tuple[TestClient[Any, Any], FakePublisher, ListenerMetrics]]:
     publisher = FakePublisher()
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     gateway = FhirGateway(
         publisher, fhir_config, metrics=metrics, clock=lambda: NOW, max_body_bytes=64 * 1024
     )
@@ -73,7 +73,7 @@ async def client(
         yield test_client, publisher, metrics
 
 
-Client = tuple[TestClient[Any, Any], FakePublisher, PipelineMetrics]
+Client = tuple[TestClient[Any, Any], FakePublisher, ListenerMetrics]
 
 
 async def post(

@@ -25,7 +25,7 @@ from streams.listeners.mllp import (
     frame_too_large_ack,
 )
 from streams.listeners.publisher import BrokerUnavailable
-from streams.metrics import PipelineMetrics
+from streams.metrics import ListenerMetrics
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 MSH = "MSH|^~\\&|LIS|LAB|CARWATCH|HOSP|20260105120000+0100||ORU^R01^ORU_R01|CTRL-1|P|2.5.1"
@@ -150,7 +150,7 @@ async def test_aa_after_publishing_results() -> None:
 
 async def test_ae_publishes_good_results_and_dead_letters_the_rest() -> None:
     publisher = FakePublisher()
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     reply = await service(publisher, metrics=metrics).handle_message(
         msg(PID, OBR, ANC, ANC_BAD_UNIT, GLUCOSE)
     )
@@ -182,7 +182,7 @@ async def test_whole_message_rejection_is_dead_lettered_without_key() -> None:
 
 async def test_broker_unavailable_never_aa_and_nothing_counted() -> None:
     publisher = FakePublisher(fail=True)
-    metrics = PipelineMetrics(CollectorRegistry())
+    metrics = ListenerMetrics(CollectorRegistry())
     reply = await service(publisher, metrics=metrics).handle_message(msg(PID, OBR, ANC))
     ack = ack_of(reply.ack)
     assert str(ack.segment("MSA")) == f"MSA|AR|CTRL-1|{BROKER_DOWN_TEXT}"

@@ -1,6 +1,6 @@
 """The Faust table codec: exact round trips, compact states, clear errors on bad bytes."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from schemas.vocab import ClinicalEventKind
 from streams.core.engine import apply, tick
-from streams.core.policy import DEFAULT_POLICY
+from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.core.state import PatientState
 from streams.pipeline.state_codec import StateFormatError, decode_state, encode_state
 from streams.testing import DAY0, Timeline, at_day
@@ -42,8 +42,15 @@ def test_round_trip_keeps_every_field_of_a_rich_state() -> None:
     t.anc(day=2, per_ul=100, status="preliminary").igg(
         day=32, mg_dl=1, status="cancelled", accession="RICH-A2"
     )
-    state = _state_after(t.events, now=DAY0 + timedelta(days=90, microseconds=250))
-    state.pruned_before = {next(iter(state.results)): datetime(2025, 1, 1, tzinfo=UTC)}
+    t.lab("anc", day=3, value=100, comparator="<").event("relapse", day=300, detail="cd19_negative")
+    for day in range(40, 400, 7):  # long enough to be pruned under a 60-day window
+        t.igg(day=day, mg_dl=350).anc(day=day, per_ul=300).cd19_pct(day=day, pct=0.1)
+    policy = Policy(history_window_days=60, max_results_per_analyte=16)
+    state = PatientState.new("RICH")
+    for event in t.events:
+        apply(state, event, policy)
+    tick(state, DAY0 + timedelta(days=520, microseconds=250), policy)
+    assert state.cut is not None and state.carries and state.gaps
     decoded = decode_state(encode_state(state))
     assert decoded == state
     assert decoded.clock is not None and decoded.clock.tzinfo is not None
@@ -54,3 +61,33 @@ def test_unknown_format_and_corrupt_bytes_are_errors() -> None:
         decode_state(b'{"f": 99}')
     with pytest.raises(StateFormatError, match="corrupt"):
         decode_state(b"\x00not json")
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(st.sampled_from([(0, 700), (1, 300), (5, 900), (30, 250)]), min_size=40, max_size=40)
+)
+def test_a_state_stored_and_read_back_after_every_record_decides_the_same(values: list) -> None:
+    # the worker may decode a patient's state from the table for any batch: carries (pruning),
+    # gap records and alert ids must survive, and the rebuilt tails must decide the same
+    t = Timeline("STORED").infusion(risk_factors=["low_cell_dose"]).cd19_pct(day=14, pct=0.1)
+    for month, (cd19, igg) in enumerate(values, start=1):
+        t.cd19_pct(day=30 * month, pct=cd19 / 10).igg(day=30 * month + 1, mg_dl=igg)
+    policy = Policy(history_window_days=60, max_results_per_analyte=16)
+    kept = PatientState.new("STORED")
+    stored = encode_state(PatientState.new("STORED"))
+    kept_alerts, stored_alerts = [], []
+    for event in t.events:
+        kept_alerts += apply(kept, event, policy).alerts
+        state = decode_state(stored)
+        stored_alerts += apply(state, event, policy).alerts
+        stored = encode_state(state)
+    for when in (at_day(1300), at_day(1400)):
+        kept_alerts += tick(kept, when, policy)[1]
+        state = decode_state(stored)
+        stored_alerts += tick(state, when, policy)[1]
+        stored = encode_state(state)
+    assert [a.model_dump_json() for a in stored_alerts] == [
+        a.model_dump_json() for a in kept_alerts
+    ]
+    assert kept.cut is not None

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from schemas.alert import AlertEvent
+from schemas.alert import AlertEvent, RiskFactorNote
 from schemas.vocab import CANONICAL_UNIT, Analyte
 
 Documented = Callable[..., None]
@@ -28,6 +28,9 @@ def _check_documented(
     assert alert.references, "no references"
     assert any(reference in ref for ref in alert.references), alert.references
     for item in (*alert.evidence, *alert.context):
+        if isinstance(item, RiskFactorNote):
+            assert item.label, item
+            continue
         assert item.unit == CANONICAL_UNIT[item.analyte], item
         assert item.collected_at.tzinfo is not None, item
         assert item.accession, item

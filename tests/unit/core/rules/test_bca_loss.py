@@ -279,12 +279,20 @@ def test_mixed_specimen_with_a_result_at_twice_threshold_but_another_below_is_st
 
 
 def test_low_absolute_count_of_the_same_specimen_arriving_later_retracts_the_immediate_loss():
-    # 2.4 % alone was an immediate loss; the 6 /µL of the same specimen makes it aplastic
+    # 2.4 % alone was an immediate loss; the 6 /µL of the same specimen, sent in a later
+    # message, makes it aplastic
     t = patient_in_aplasia().cd19_pct(day=60, pct=2.4).cd19_abs(day=60, per_ul=6)
-    alerts = [a for a in run(t.events) if a.rule is BCA]
+    alerts = [a for a in run(t.events, apart=True) if a.rule is BCA]
     assert bca(alerts) == [("raised", "critical"), ("retracted", "critical")]
     assert alerts[1].alert_id == alerts[0].alert_id
     assert active(alerts) == {}
+
+
+def test_specimen_results_that_arrive_together_are_applied_together():
+    # rev. 2 "Same specimen": the % and the absolute count of one specimen, consecutive in one
+    # feed, are evaluated once -- half a specimen never raises a critical alert
+    t = patient_in_aplasia().cd19_pct(day=60, pct=2.4).cd19_abs(day=60, per_ul=6)
+    assert bca(run(t.events)) == []
 
 
 # --- establishment: only an aplastic specimen after day 0 --------------------------------------

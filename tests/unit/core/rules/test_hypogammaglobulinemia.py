@@ -138,3 +138,32 @@ def test_late_earlier_low_igg_keeps_one_alert_for_the_rest_of_the_episode():
     assert [a.action for a in alerts].count(AlertAction.RAISED) == 1
     assert AlertAction.RETRACTED not in [a.action for a in alerts]
     assert list(active(alerts)) == [alerts[0].alert_id]
+
+
+# --- rev. 2: IVIG 28-day window ---------------------------------------------------------------
+
+
+def test_rev2_ivig_dose_within_28_days_is_stated_as_the_explanation():
+    t = patient().event("ivig_given", day=30).igg(day=58, mg_dl=350)
+    (alert,) = only(run(t.events))
+    assert "Last IVIG dose 28 days before this IgG (day 30)" in alert.summary
+
+
+def test_rev2_ivig_dose_older_than_28_days_is_not_offered_as_an_explanation():
+    t = patient().event("ivig_given", day=30).igg(day=59, mg_dl=350)
+    (alert,) = only(run(t.events))
+    assert "reflects the infusion" not in alert.summary
+    assert "No IVIG dose in the 28 days before this IgG (last dose day 30)" in alert.summary
+
+
+def test_rev2_resolution_by_an_igg_soon_after_a_dose_says_so():
+    t = patient().igg(day=30, mg_dl=300).event("ivig_given", day=35).igg(day=45, mg_dl=700)
+    alerts = only(run(t.events))
+    assert hypo(alerts) == [("raised", "warning"), ("resolved", "warning")]
+    assert "Last IVIG dose 10 days before this IgG (day 35)" in alerts[1].summary
+
+
+def test_rev2_ivig_window_is_a_policy_setting():
+    t = patient().event("ivig_given", day=30).igg(day=50, mg_dl=350)
+    (alert,) = only(run(t.events, Policy(ivig_effect_days=14)))
+    assert "reflects the infusion" not in alert.summary

@@ -42,7 +42,7 @@ def test_ferritin_above_twice_baseline_with_low_fibrinogen_is_critical(documente
     assert iec(alerts) == RAISED
     alert = alerts[0]
     assert alert.event_time == at_day(10)
-    assert "> 2 × baseline (400 ng/mL)" in alert.summary
+    assert "> 2 × baseline (400 ng/mL on day -2, accession P1-A1)" in alert.summary
     assert "hypofibrinogenemia" in alert.summary
     documented(
         alert,
@@ -72,7 +72,7 @@ def test_without_a_baseline_ferritin_must_exceed_twice_the_uln_of_300(ferritin, 
     result = only(run(t.events))
     assert iec(result) == (RAISED if alerts else [])
     if alerts:
-        assert "ULN (300 ng/mL)" in result[0].summary
+        assert "ULN (300 ng/mL; no baseline)" in result[0].summary
 
 
 def test_high_baseline_replaces_the_uln_as_reference():
@@ -88,7 +88,7 @@ def test_baseline_is_the_last_ferritin_on_or_before_day_0():
     t.ferritin(day=10, ng_ml=501).fibrinogen(day=10, mg_dl=120)
     alerts = only(run(t.events))
     assert iec(alerts) == RAISED
-    assert "baseline (250 ng/mL)" in alerts[0].summary
+    assert "baseline (250 ng/mL on day 0" in alerts[0].summary
 
 
 def test_ferritin_on_day_1_is_not_a_baseline():
@@ -104,7 +104,7 @@ def test_rapid_2_fold_rise_within_72_hours_meets_the_ferritin_criterion():
     t.fibrinogen(day=11, mg_dl=120)
     alerts = only(run(t.events))
     assert iec(alerts) == RAISED
-    assert "2-fold rise from 250 ng/mL within 72 h" in alerts[0].summary
+    assert "2-fold rise within 72 h from 250 ng/mL (day 8, accession P1-A1)" in alerts[0].summary
 
 
 def test_2_fold_rise_over_73_hours_does_not_meet_the_criterion():
@@ -312,14 +312,17 @@ def test_lowest_ferritin_since_resolution_keeps_falling():
 
 
 def test_late_earlier_supporting_result_is_an_update_of_the_open_alert():
-    # ferritin day 10, ALT day 12 → raised on day 12; a fibrinogen of day 10 arrives late
+    # ferritin day 10, ALT day 12 → raised on day 12; a fibrinogen of day 10 arrives late.
+    # rev. 2: the episode starts at the criterion ferritin (day 10) either way; the late
+    # category joins as an update of the same alert.
     t = patient().ferritin(day=10, ng_ml=3000).lab(Analyte.ALT, day=12, value=300)
     t.fibrinogen(day=10, mg_dl=120)  # the day-10 fibrinogen, reported late
     alerts = only(run(t.events))
     assert [a.action for a in alerts] == [AlertAction.RAISED, AlertAction.UPDATED]
     raised, updated = alerts
     assert updated.alert_id == raised.alert_id
-    assert updated.episode_start < raised.episode_start
+    assert updated.episode_start == raised.episode_start == at_day(10)
+    assert "hypofibrinogenemia" in updated.summary and "hypofibrinogenemia" not in raised.summary
     assert list(active(alerts)) == [raised.alert_id]
 
 
@@ -348,3 +351,53 @@ def test_pattern_completed_after_ferritin_already_halved_is_not_left_open():
     assert iec(alerts) == [*RAISED, ("resolved", "critical")]
     assert alerts[1].alert_id == alerts[0].alert_id
     assert active(alerts) == {}
+
+
+# --- rev. 2: cytopenia floor, episode and peak start ----------------------------------------------
+
+
+def test_rev2_iec_hs_cytopenia_floor_noise_in_profound_aplasia_is_not_a_new_cytopenia():
+    # ANC 40 → 20 halves, but by 20 /µL: not a new cytopenia (policy floor 250 /µL)
+    t = patient().ferritin(day=-2, ng_ml=400).anc(day=8, per_ul=40).ferritin(day=10, ng_ml=3000)
+    t.anc(day=10, per_ul=20)
+    assert iec(run(t.events)) == []
+
+
+def test_rev2_iec_hs_cytopenia_floor_a_fall_of_250_per_ul_counts():
+    t = patient().ferritin(day=-2, ng_ml=400).anc(day=8, per_ul=500).ferritin(day=10, ng_ml=3000)
+    t.anc(day=10, per_ul=250)
+    alerts = only(run(t.events))
+    assert iec(alerts) == RAISED
+    assert "new or worsening cytopenia" in alerts[0].summary
+
+
+def test_rev2_iec_hs_platelet_floor_is_25_thousand():
+    t = patient().ferritin(day=-2, ng_ml=400).platelets(day=8, k_per_ul=40)
+    t.ferritin(day=10, ng_ml=3000).platelets(day=10, k_per_ul=16)
+    assert iec(run(t.events)) == []
+    t.platelets(day=11, k_per_ul=14)  # 40 → 14: 26 × 10³/µL and ≥ 50 %
+    assert iec(run(t.events)) == RAISED
+
+
+def test_rev2_iec_hs_episode_and_peak_start_at_the_first_supported_criterion_ferritin():
+    # day 8: 5000 meets the criterion alone (no support within 7 days); day 20: 2000 with low
+    # fibrinogen starts the episode -- its peak is 2000, not the unsupported 5000
+    t = patient().ferritin(day=-2, ng_ml=400).ferritin(day=8, ng_ml=5000)
+    t.ferritin(day=20, ng_ml=2000).fibrinogen(day=20, mg_dl=100)
+    t.ferritin(day=24, ng_ml=1100)  # above half of 2000: still open (below half of 5000)
+    alerts = only(run(t.events))
+    assert iec(alerts) == RAISED
+    assert alerts[0].episode_start == at_day(20)
+    assert "peak ferritin 2000 ng/mL" in alerts[0].summary
+    t.ferritin(day=26, ng_ml=900)
+    assert iec(run(t.events)) == [("raised", "critical"), ("resolved", "critical")]
+
+
+def test_rev2_iec_hs_comparison_values_carry_their_date_and_accession():
+    t = patient().ferritin(day=-1, ng_ml=400).ferritin(day=9, ng_ml=300)
+    t.ferritin(day=11, ng_ml=700).fibrinogen(day=11, mg_dl=100)
+    (alert,) = only(run(t.events))
+    assert "2-fold rise within 72 h from 300 ng/mL (day 9, accession P1-A2)" in alert.summary
+    baseline = patient().ferritin(day=-1, ng_ml=300).ferritin(day=11, ng_ml=700)
+    (alert,) = only(run(baseline.fibrinogen(day=11, mg_dl=100).events))
+    assert "> 2 × baseline (300 ng/mL on day -1, accession P1-A1)" in alert.summary

@@ -68,7 +68,8 @@ def test_no_cd19_for_36_days_raises_an_info_gap(documented):
     alerts = gaps(run(followed().events, now=at_day(46)), "CD19")
     assert gap_actions(alerts) == [("raised", "info")]
     alert = alerts[0]
-    assert alert.event_time == at_day(45)  # overdue since 35 days after the last CD19
+    # rev. 2 intervals: day 45 is 35 days after day 10; the gap exceeds 35 days from day 46 on
+    assert alert.event_time == at_day(46, hour=0)
     assert alert.decided_at == at_day(46)
     assert "more than 35 days since day 10" in alert.summary
     assert "CD19" in alert.recommendation
@@ -112,13 +113,14 @@ def test_after_the_first_year_the_igg_gap_is_90_days():
 
 
 def test_gap_is_counted_from_day_0_when_there_is_no_result_since():
-    # baseline CD19 and IgG before the infusion do not restart the count after day 0
+    # baseline CD19 and IgG before the infusion do not restart the count after day 0; rev. 2:
+    # "more than 35 days" is a difference of day numbers, so the whole of day 35 is no gap
     t = Timeline("P1").infusion(day=0).cd19_pct(day=-5, pct=20).igg(day=-5, mg_dl=700)
-    assert gaps(run(t.events, now=DAY0 + timedelta(days=35))) == []
-    alerts = gaps(run(t.events, now=DAY0 + timedelta(days=35, hours=1)))
+    assert gaps(run(t.events, now=at_day(35, hour=23))) == []
+    alerts = gaps(run(t.events, now=at_day(36, hour=0)))
     assert gap_actions(alerts) == [("raised", "info")]
     assert "since day 0 (infusion)" in alerts[0].summary
-    assert alerts[0].event_time == DAY0 + timedelta(days=35)
+    assert alerts[0].event_time == at_day(36, hour=0)
 
 
 def test_igg_gap_from_day_0_needs_more_than_60_days():
@@ -200,14 +202,32 @@ def test_ticking_again_does_not_raise_the_same_gap_twice():
     assert patient.tick(at_day(60)) == []
 
 
-def test_late_result_showing_the_gap_never_lasted_retracts_it():
+def test_late_cd19_collected_inside_the_gap_resolves_it():
+    # rev. 2, section 7: a gap resolves only when the missing analyte arrives -- late or not,
+    # it is resolved (the missing result arrived), never retracted
     patient = Patient(followed(igg_day=40))
     patient.send_new()
     (raised,) = gaps(patient.tick(at_day(50)), "CD19")
     patient.timeline.cd19_pct(day=30, pct=0.1)  # collected on day 30, reported late
-    (retracted,) = gaps(patient.send_new())
-    assert (retracted.action.value, retracted.severity.value) == ("retracted", "info")
-    assert retracted.alert_id == raised.alert_id
+    (resolved,) = gaps(patient.send_new())
+    assert (resolved.action.value, resolved.severity.value) == ("resolved", "info")
+    assert resolved.alert_id == raised.alert_id
+    assert resolved.event_time == at_day(30)
+
+
+def test_late_results_of_other_analytes_between_ticks_never_touch_a_gap():
+    # rev. 2: the first release retracted a CD19 gap when a late IgG arrived, and the next tick
+    # raised it again. One gap is one episode: one raised, no retraction, however many ticks.
+    patient = Patient(followed(igg_day=40))
+    patient.send_new()
+    alerts = patient.tick(at_day(50))
+    for day in range(20, 60, 5):
+        patient.timeline.igg(day=day - 10, mg_dl=700)  # collected before the gap began: late
+        patient.timeline.anc(day=day - 12, per_ul=2500)
+        alerts += patient.send_new()
+        alerts += patient.tick(at_day(day + 40))
+    cd19 = gaps(alerts, "CD19")
+    assert gap_actions(cd19) == [("raised", "info")]
 
 
 # --- the clock: only tick moves it ---------------------------------------------------------

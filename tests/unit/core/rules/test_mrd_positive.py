@@ -146,3 +146,61 @@ def test_late_earlier_detected_mrd_keeps_one_alert_for_the_rest_of_the_episode()
     assert [a.action for a in alerts].count(AlertAction.RAISED) == 1
     assert AlertAction.RETRACTED not in [a.action for a in alerts]
     assert list(active(alerts)) == [alerts[0].alert_id]
+
+
+# --- rev. 2: resolved only by an equally or more sensitive negative ----------------------------
+
+
+def test_rev2_mrd_less_sensitive_negative_does_not_resolve_an_ngs_positive():
+    t = patient().mrd(day=60, fraction=2.7e-6, detected=True, method="ngs", sensitivity=1e-6)
+    t.mrd(day=90, fraction=None, detected=False, method="flow", sensitivity=1e-4)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("updated", "critical")]
+    assert "not detected at 10⁻⁴ does not exclude the NGS-detected disease" in alerts[1].summary
+    assert len(active(alerts)) == 1
+
+
+def test_rev2_mrd_equally_sensitive_negative_resolves():
+    t = patient().mrd(day=60, fraction=None, detected=True, method="flow", sensitivity=1e-4)
+    t.mrd(day=90, fraction=None, detected=False, method="flow", sensitivity=1e-4)
+    assert mrd(run(t.events)) == [("raised", "critical"), ("resolved", "critical")]
+
+
+def test_rev2_mrd_unknown_sensitivity_counts_as_the_methods_floor():
+    # NGS positive without a stated sensitivity (10⁻⁶) is not cleared by flow without one (10⁻⁴)
+    t = patient().mrd(day=60, fraction=1e-5, detected=True, method="ngs")
+    t.mrd(day=90, fraction=None, detected=False, method="flow")
+    t.mrd(day=120, fraction=None, detected=False, method="ngs")
+    assert mrd(run(t.events)) == [
+        ("raised", "critical"),
+        ("updated", "critical"),
+        ("resolved", "critical"),
+    ]
+
+
+def test_rev2_mrd_the_most_sensitive_positive_of_the_episode_sets_the_bar():
+    t = patient().mrd(day=60, fraction=None, detected=True, method="flow", sensitivity=1e-4)
+    t.mrd(day=75, fraction=3e-6, detected=True, method="ngs", sensitivity=1e-6)
+    t.mrd(day=90, fraction=None, detected=False, method="flow", sensitivity=1e-4)
+    assert [a for a in mrd(run(t.events)) if a[0] == "resolved"] == []
+
+
+def test_rev2_mrd_level_reads_as_a_power_of_ten_and_a_percentage():
+    t = patient().mrd(day=60, fraction=2.7e-6, detected=True, method="ngs", sensitivity=1e-6)
+    (alert,) = only(run(t.events))
+    assert "2.7 × 10⁻⁶ (0.00027 %)" in alert.summary
+    assert alert.evidence[0].value == 2.7e-6
+
+
+def test_rev2_mrd_relapse_resolves_and_no_new_alert_follows():
+    t = patient().mrd(day=60, fraction=1e-3, detected=True)
+    t.event("relapse", day=80, detail="lineage_switch").mrd(day=100, fraction=0.2, detected=True)
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("resolved", "critical")]
+    assert "relapse recorded on day 80 (lineage_switch)" in alerts[1].summary
+
+
+def test_two_assays_of_one_specimen_positive_and_negative_read_as_detected():
+    t = patient().mrd(day=60, fraction=None, detected=False, method="flow", sensitivity=1e-4)
+    t.mrd(day=60, fraction=5e-6, detected=True, method="ngs", sensitivity=1e-6)
+    assert mrd(run(t.events)) == [("raised", "critical")]

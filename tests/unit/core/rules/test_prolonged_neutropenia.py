@@ -71,7 +71,7 @@ def test_14_days_of_anc_at_or_below_500_is_grade_3_critical(documented):
     assert grade_in(alert) == 3
     assert alert.event_time == at_day(14)
     assert alert.episode_start == at_day(1)
-    assert "14 days with ANC ≤ 500" in alert.summary
+    assert "ANC ≤ 500 /µL on 14 days (first day 1, last day 14)" in alert.summary
     documented(alert, analytes={Analyte.ANC}, collected={at_day(1), at_day(14)})
     assert {(e.value, e.unit) for e in alert.evidence} == {(400.0, "/uL")}
     assert "G-CSF" in alert.recommendation
@@ -109,7 +109,7 @@ def test_7_days_of_anc_at_or_below_100_is_grade_3_critical():
     alerts = only(run(daily_anc(patient(), 1, 7, 100).events))
     assert icaht(alerts) == [("raised", "critical")]
     assert grade_in(alerts[0]) == 3
-    assert "7 days ≤ 100" in alerts[0].summary
+    assert "≤ 100 /µL on 7 days (first day 1, last day 7)" in alerts[0].summary
 
 
 def test_anc_of_101_is_not_profound_neutropenia():
@@ -217,7 +217,7 @@ def test_non_stable_recovery_does_not_count_in_the_100_column():
     assert icaht(run(t.events)) == []
     alerts = only(run(t.events, FROM_GRADE_2))
     assert icaht(alerts) == [("raised", "warning")]
-    assert "5 days ≤ 100" in alerts[0].summary
+    assert "≤ 100 /µL on 5 days" in alerts[0].summary
     # the 7th day ≤ 100 is day 9
     alerts = only(run(daily_anc(t, 8, 9, 50).events))
     assert icaht(alerts) == [("raised", "critical")]
@@ -396,3 +396,48 @@ def test_late_earlier_anc_keeps_one_alert_for_the_rest_of_the_episode():
     assert [a.action for a in alerts].count(AlertAction.RAISED) == 1
     assert AlertAction.RETRACTED not in [a.action for a in alerts]
     assert list(active(alerts)) == [alerts[0].alert_id]
+
+
+# --- rev. 2 item 5: late grades 1-2 reportable ------------------------------------------------
+
+
+def test_rev2_late_icaht_grade_2_is_reported_when_the_policy_asks_for_grade_2():
+    # ANC 800 on days 45 and 52: two consecutive ANC after day 30, both ≤ 1000 → late grade 2
+    t = patient().anc(day=20, per_ul=2000).anc(day=45, per_ul=800).anc(day=52, per_ul=800)
+    alerts = only(run(t.events, FROM_GRADE_2))
+    assert icaht(alerts) == [("raised", "warning")]
+    assert alerts[0].event_time == at_day(52)
+    assert alerts[0].episode_start == at_day(45)
+    assert "late ICAHT grade 2" in alerts[0].summary
+    assert icaht(run(t.events)) == []  # the default (grade 3) never reports grade 2
+
+
+def test_rev2_late_low_grade_episode_recovers_above_the_grade_threshold():
+    # under grade 2 the late episode closes only at ANC > 1000 for 3 days
+    t = patient().anc(day=45, per_ul=800).anc(day=52, per_ul=800)
+    t.anc(day=55, per_ul=900).anc(day=58, per_ul=950)  # > 500 but ≤ 1000: not recovered
+    assert icaht(run(t.events, FROM_GRADE_2)) == [("raised", "warning")]
+    t.anc(day=60, per_ul=1200).anc(day=63, per_ul=1300)
+    assert icaht(run(t.events, FROM_GRADE_2)) == [("raised", "warning"), ("resolved", "warning")]
+
+
+def test_rev2_late_grade_1_under_a_grade_1_policy():
+    t = patient().anc(day=45, per_ul=1400).anc(day=52, per_ul=1500)
+    assert icaht(run(t.events, FROM_GRADE_1)) == [("raised", "warning")]
+
+
+def test_rev2_icaht_evidence_never_says_1_days():
+    t = patient().anc(day=5, per_ul=300)
+    (alert,) = only(run(t.events, FROM_GRADE_1))
+    assert "1 day " in alert.summary and "1 days" not in alert.summary
+
+
+def test_rev2_cd34_boost_only_mentioned_with_prior_hct():
+    def alert(prior_hct: bool):
+        t = Timeline("P1").infusion(day=0, prior_hct=prior_hct)
+        for day in range(1, 15):
+            t.anc(day=day, per_ul=300)
+        return only(run(t.events))[0]
+
+    assert "CD34+" not in alert(False).recommendation
+    assert "CD34+" in alert(True).recommendation
