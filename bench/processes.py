@@ -5,6 +5,7 @@ within a second with ``ChildDied`` carrying the child's last log lines, instead 
 its timeout (issue 14).
 """
 
+import asyncio
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -123,7 +125,7 @@ class Worker:
         self.env.setdefault("CARWATCH_WEB_PORT", str(free_port()))
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+                [sys.executable, "-m", "streams.cli", "worker", "--log-level", "info"],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -288,3 +290,21 @@ def read_all(bootstrap: str, topic: str, partitions: int, idle: float = 3.0) -> 
         return records
     finally:
         consumer.close()
+
+
+async def produce(bootstrap: str, topic: str, lines: Iterable[tuple[bytes, bytes]]) -> None:
+    """Publish (key, value) pairs in order, as fast as the broker takes them (a backlog)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        pending = []
+        for key, value in lines:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()

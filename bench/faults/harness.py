@@ -177,45 +177,41 @@ def replay(path: Path, policy: Path | None, now: datetime | None = None) -> list
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def without_wall_clock(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k not in WALL_CLOCK}
-
-
 def compare(
     expected: list[dict[str, Any]], produced: list[dict[str, Any]], report: FaultReport
 ) -> None:
-    """Lost, spurious, surviving duplicates and per-patient order, after dropping re-deliveries
-    by ``event_id``."""
+    """After dropping re-deliveries by ``event_id``: lost (expected, never seen), surviving
+    duplicates (another event with an expected event's content), spurious (anything else
+    unexpected, or an expected ``event_id`` with other content), per-patient order."""
     seen: dict[str, dict[str, Any]] = {}
-    kept: list[dict[str, Any]] = []
     for event in produced:
         if event["event_id"] in seen:
             report.redelivered += 1
-            continue
-        seen[event["event_id"]] = event
-        kept.append(event)
+        else:
+            seen[event["event_id"]] = event
     wanted = {e["event_id"]: e for e in expected}
     report.expected, report.produced = len(expected), len(produced)
     report.rules = Counter(e["rule"] for e in expected)
     report.lost = [describe(e) for i, e in wanted.items() if i not in seen]
-    report.spurious = [describe(e) for i, e in seen.items() if i not in wanted]
-    report.duplicates = [
-        describe(seen[i])
-        for i, e in wanted.items()
-        if i in seen and without_wall_clock(seen[i]) != without_wall_clock(e)
-    ]
-    same_event: Counter[tuple[str, str, str, str]] = Counter(
-        (e["alert_id"], e["action"], e["event_time"], e["severity"]) for e in kept
-    )
-    report.duplicates += [
-        f"alert {a} {action} at {t} ({s}) twice"
-        for (a, action, t, s), n in same_event.items()
-        if n > 1
-    ]
-    mine, theirs = by_patient(kept), by_patient(expected)
+    contents = Counter(content(e) for e in expected)
+    for event_id, event in seen.items():
+        if event_id in wanted:
+            if content(event) != content(wanted[event_id]):
+                report.spurious.append(f"{describe(event)} differs from the replay's")
+        elif contents[content(event)] > 0:
+            report.duplicates.append(describe(event))
+        else:
+            report.spurious.append(describe(event))
+    mine, theirs = by_patient(list(seen.values())), by_patient(expected)
     report.out_of_order = [
         pid for pid, ids in theirs.items() if [i for i in mine.get(pid, []) if i in wanted] != ids
     ]
+
+
+def content(event: dict[str, Any]) -> str:
+    """An alert event without its ``event_id`` and the wall-clock fields."""
+    kept = {k: v for k, v in event.items() if k != "event_id" and k not in WALL_CLOCK}
+    return json.dumps(kept, sort_keys=True)
 
 
 def by_patient(events: list[dict[str, Any]]) -> dict[str, list[str]]:

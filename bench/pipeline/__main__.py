@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from bench.engine.cohort import cohort as year_cohort
-from bench.processes import REPO, Broker, Worker, wait_until, worker_env
+from bench.processes import REPO, Broker, Worker, produce, wait_until, worker_env
 from streams import synthetic
 from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
@@ -134,20 +134,7 @@ class Bench:
         return name, self.broker.topics(name)
 
     async def fill(self, topic: str, lines: list[Line]) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.broker.bootstrap, linger_ms=10, max_batch_size=256 * 1024
-        )
-        await producer.start()
-        try:
-            pending = []
-            for key, value in lines:
-                pending.append(await producer.send(topic, value, key=key))
-                if len(pending) >= 5000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
+        await produce(self.broker.bootstrap, topic, lines)
 
     # -- baselines --------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from bench.engine.cohort import cohort
@@ -32,6 +31,7 @@ from bench.processes import (
     Offsets,
     Worker,
     partitions_of,
+    produce,
     tail,
     wait_until,
     worker_env,
@@ -45,22 +45,9 @@ class Stalled(RuntimeError):
     pass
 
 
-async def publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        pending = []
-        for line in lines:
-            key = PATIENT_ID.search(line).group(1)  # type: ignore[union-attr]
-            pending.append(await producer.send(topic, line, key=key))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+def publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    keyed = ((PATIENT_ID.search(line).group(1), line) for line in lines)  # type: ignore[union-attr]
+    asyncio.run(produce(bootstrap, topic, keyed))
 
 
 def cohort_lines(run: int, results: int) -> tuple[list[bytes], list[bytes]]:
@@ -94,9 +81,9 @@ class Soak:
 
     def drain(self, run: int, results: int) -> float:
         infusions, labs = cohort_lines(run, results)
-        asyncio.run(publish(self.broker.bootstrap, self.topics["clinical"], infusions))
+        publish(self.broker.bootstrap, self.topics["clinical"], infusions)
         self.wait_drained(time.monotonic())
-        asyncio.run(publish(self.broker.bootstrap, self.topics["labs"], labs))
+        publish(self.broker.bootstrap, self.topics["labs"], labs)
         started = time.monotonic()
         self.wait_drained(started)
         return len(labs) / (time.monotonic() - started)

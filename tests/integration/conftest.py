@@ -10,13 +10,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,21 +25,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+# the integration tests' broker and free ports are the benchmarks' (re-exported for the tests)
+from bench.processes import Broker as Broker
+from bench.processes import ChildDied
+from bench.processes import free_port as free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
-
-
-@dataclass(frozen=True)
-class Broker:
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"kafka://127.0.0.1:{self.port}"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="session")
@@ -50,29 +42,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             pytest.fail(message)
         pytest.skip(message)
     port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
-    env = {
-        **os.environ,
-        "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(port + 1),
-        "CARWATCH_STATE_DIR": str(tmp_path_factory.mktemp("kafka")),
-        "CARWATCH_PARTITIONS": str(PARTITIONS),
-    }
-    script = str(REPO / "scripts" / "broker.sh")
-    up = subprocess.run(
-        ["bash", script, "up"], env=env, capture_output=True, text=True, timeout=300
-    )
-    if up.returncode != 0:
-        pytest.fail(f"broker.sh up failed:\n{up.stdout}\n{up.stderr}")
+    session = Broker(port, tmp_path_factory.mktemp("kafka"), PARTITIONS)
     try:
-        yield Broker(port)
+        session.up()
+    except ChildDied as exc:
+        pytest.fail(str(exc))
+    try:
+        yield session
     finally:
-        subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=90)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        with suppress(ChildDied):  # a broker that will not stop must not fail the session
+            session.down()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_short_fault_run_loses_invents_and_doubles_nothing(broker: object) -> None:
     # ``broker`` only makes sure Java and the jars are there; this run restarts its own broker.
-    plan = FaultPlan(patients=200, rate=300, kills=3, broker_restarts=1, store="rocksdb://")
+    plan = FaultPlan(patients=240, rate=300, kills=3, broker_restarts=1, store="rocksdb://")
     run = FaultRun(plan, port=free_port(), controller_port=free_port())
     report = run.run()
     summary = "\n".join(report.lines())
