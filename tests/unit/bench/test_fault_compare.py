@@ -46,10 +46,16 @@ def test_the_same_event_under_another_id_is_a_surviving_duplicate() -> None:
     assert report.duplicates and not report.spurious and not report.ok
 
 
-def test_an_expected_id_with_other_content_is_spurious() -> None:
+def test_an_expected_id_with_another_decision_is_spurious() -> None:
     expected = [event("e1")]
     report = verdict(expected, [{**expected[0], "severity": "warning"}])
     assert report.spurious and not report.lost
+
+
+def test_other_words_for_the_same_decision_are_counted_not_failed() -> None:
+    expected = [event("e1", summary="ANC 80 and platelets 30 /nL")]
+    report = verdict(expected, [{**expected[0], "summary": "ANC 80"}])
+    assert report.ok and report.texts_differ == 1
 
 
 def test_a_patient_s_events_out_of_order_are_reported() -> None:
