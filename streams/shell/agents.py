@@ -233,7 +233,11 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
         raised = 0
         for start in range(0, len(entries), TICK_SLICE):
             async with lock:
-                out = monitor.tick(now, entries[start : start + TICK_SLICE], states)
+                still = owned()  # a rebalance between two slices takes partitions away
+                part = [
+                    e for e in entries[start : start + TICK_SLICE] if still is None or e[1] in still
+                ]
+                out = monitor.tick(now, part, states)
                 await deliver(out)
             raised += len(out.alert_events)
             await asyncio.sleep(0)
