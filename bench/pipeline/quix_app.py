@@ -29,7 +29,7 @@ STATE_KEY = "patient"
 
 def step(value: bytes, key: Any, timestamp: int, headers: Any, state: State) -> list[bytes]:
     """One record: the same decode, normalise and ``apply_all`` as ``Monitor.process``."""
-    event = decode_record(value)
+    event: Any = decode_record(value)
     if isinstance(event, LabResult):
         event = normalise_lab_result(event, DEFAULT_POLICY)
     if isinstance(event, Rejection | Unmapped):

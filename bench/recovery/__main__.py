@@ -24,28 +24,31 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
 
 from bench.engine.cohort import cohort
 from bench.processes import Broker, Worker, wait_until, worker_env
-from schemas.lab_result import LabResult
-from schemas.records import decode_record
-from streams.core.engine import apply_all
 from streams.core.policy import DEFAULT_POLICY
 from streams.core.state import PatientState
-from streams.ingest.normalise import normalise_lab_result
-from streams.pipeline.store import pack
+from streams.metrics import PipelineMetrics
+from streams.pipeline.monitor import InRecord, Monitor
+from streams.pipeline.store import DictStore, PatientStates, pack, unpack
 from streams.shell.topics import TABLE
 
 
 def template_states(templates: int) -> list[PatientState]:
-    states: dict[str, PatientState] = {}
-    for line in cohort(templates):
-        event = decode_record(line)
-        if isinstance(event, LabResult):
-            event = normalise_lab_result(event, DEFAULT_POLICY)
-        state = states.setdefault(event.patient_id, PatientState.new(event.patient_id))  # type: ignore[union-attr]
-        apply_all(state, [event], DEFAULT_POLICY)  # type: ignore[list-item]
-    return list(states.values())
+    """Year-long patients run through the worker's own batch code."""
+    monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
+    store = DictStore()
+    states = PatientStates(store)
+    lines = list(cohort(templates))
+    for start in range(0, len(lines), 1000):
+        batch = [
+            InRecord(None, line, None, 0, n, None)
+            for n, line in enumerate(lines[start : start + 1000])
+        ]
+        monitor.process(batch, states).persist(states)
+    return [unpack(value) for value in store.data.values()]
 
 
 def write_changelog(broker: Broker, topic: str, patients: int, templates: int) -> tuple[int, float]:

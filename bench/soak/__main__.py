@@ -78,6 +78,7 @@ class Soak:
             CARWATCH_DATA_DIR=str(broker.state.parent / self.name),
         )
         self.worker = Worker(self.name, env, broker.state.parent / f"{self.name}.log").start()
+        wait_until(lambda: bool(self.worker.metrics()), 120, "the worker", [self.worker])
 
     def drain(self, run: int, results: int) -> float:
         infusions, labs = cohort_lines(run, results)
@@ -151,9 +152,6 @@ def main() -> int:
         for mode in args.modes.split(","):
             soak = Soak(broker, mode, mode == "chunked", args.stall)
             try:
-                wait_until(
-                    lambda s=soak: bool(s.worker.metrics()), 120, "the worker", [soak.worker]
-                )
                 for run in range(1, args.runs + 1):
                     rate = soak.drain(run, args.results)
                     print(
