@@ -1,4 +1,4 @@
-.PHONY: setup test test-unit lint lock schemas docs bench bench-pipeline bench-fuzz demo broker-up broker-down broker-status
+.PHONY: setup test test-unit lint lock schemas docs bench bench-pipeline bench-fuzz bench-faults bench-soak bench-recovery demo broker-up broker-down broker-status
 
 PYTHON ?= python3
 VENV := .venv
@@ -76,10 +76,21 @@ DURATION ?=
 demo:
 	DURATION=$(DURATION) bash scripts/demo.sh
 
-# Worker vs plain-Kafka throughput and latency on a local broker (bench/pipeline/__main__.py).
+# Worker vs plain-Kafka loop vs Quix Streams, history, 1 vs 2 workers, latency (bench/pipeline).
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 
 # Fuzz the HL7, FHIR and NDJSON parse paths with 12,000 mutated inputs each (bench/fuzz).
 bench-fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz
+
+# Issue 12's full runs, each on its own broker: SIGKILLs, broker restarts and a rebalance checked
+# against carwatch replay; five 1M-result backlogs per delivery mode; recovery of 100,000 patients.
+bench-faults: $(STAMP)
+	$(BIN)/python -m bench.faults
+
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+bench-recovery: $(STAMP)
+	$(BIN)/python -m bench.recovery

@@ -38,6 +38,11 @@ fi
 # One consumer group for all demo runs: a new run resumes where the last stopped (its patients
 # recovered from the changelog) instead of re-reading every earlier run's records.
 export CARWATCH_APP_ID="${CARWATCH_APP_ID:-carwatch-demo}"
+# The production store: RocksDB (rocksdict) under var/demo/worker, a static group member (a
+# restarted demo worker resumes at once).
+export CARWATCH_STORE="${CARWATCH_STORE:-rocksdb://}"
+export CARWATCH_DATA_DIR="${CARWATCH_DATA_DIR:-$REPO_DIR/var/demo/worker}"
+export CARWATCH_GROUP_INSTANCE_ID="${CARWATCH_GROUP_INSTANCE_ID:-demo-worker}"
 
 [[ -z $DURATION || $DURATION =~ ^[1-9][0-9]*$ ]] || {
   echo "demo.sh: DURATION must be a positive number of seconds" >&2
@@ -47,10 +52,10 @@ export CARWATCH_APP_ID="${CARWATCH_APP_ID:-carwatch-demo}"
 say() { echo "demo.sh: $*" >&2; }
 
 if [[ ! -x $VENV/bin/carwatch ]] ||
-  ! "$VENV/bin/python" -c "import sqlalchemy, alembic, jinja2, plotly, argon2" 2>/dev/null; then
-  say "creating $VENV and installing the package (one-time) ..."
+  ! "$VENV/bin/python" -c "import rocksdict, sqlalchemy, alembic, jinja2, plotly, argon2" 2>/dev/null; then
+  say "creating $VENV and installing the package with the RocksDB store (one-time) ..."
   [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q -e "$REPO_DIR"
+  "$VENV/bin/pip" install -q -e "$REPO_DIR[rocksdict]"
 fi
 CARWATCH="$VENV/bin/carwatch"
 mkdir -p "$LOG_DIR"

@@ -13,9 +13,11 @@ Every process of the pipeline reads the same names, so one environment configure
   and FHIR body before it is answered; not compacted, kept ``inbound_retention_hours``.
 - Store: ``memory://`` (default: development and tests; the table is rebuilt from its changelog on
   every start) or, for production, ``rocksdb://`` with the rocksdict driver
-  (``pip install 'carwatch[rocksdict]'``; Faust picks rocksdict whenever it is installed, never
-  the stale faust-streaming-rocksdb): state under ``CARWATCH_DATA_DIR``, so a restart reads only
-  the changelog tail.
+  (``pip install 'carwatch[rocksdict]'``; the shell names the rocksdict driver, never the stale
+  faust-streaming-rocksdb): state under ``CARWATCH_DATA_DIR``, so a restart reads only the
+  changelog tail. ``rocksdict://`` is not a store URL faust-streaming accepts.
+- ``group_instance_id``: Kafka static group membership; a worker restarted under the same id
+  resumes its partitions at once instead of after the session timeout. One id per worker.
 - Every listener binds to 127.0.0.1 unless configured: the Faust web server (``web_host``,
   ``web_port``) and the Prometheus endpoint (``metrics_host``, ``metrics_port``). In a container
   set ``CARWATCH_METRICS_HOST=0.0.0.0`` so that probes and Prometheus reach the pod. Each process
@@ -82,6 +84,10 @@ class Settings(BaseSettings):
     store: Literal["memory://", "rocksdb://"] = "memory://"
     #: Faust's data directory (the rocksdict store lives under it); created with its parents.
     data_dir: Path = Path("var/worker")
+    #: Kafka ``group.instance.id`` of this worker (static membership); unique per worker.
+    group_instance_id: str | None = Field(default=None, min_length=1)
+    #: Decoded patient states kept in memory per worker (about 40 KB each after a year).
+    state_cache_size: int = Field(default=10_000, ge=1)
 
     #: Lab results (``LabResult``), keyed by patient id.
     labs_topic: str = "carwatch.labs"
@@ -198,22 +204,6 @@ class Settings(BaseSettings):
                 str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
             )
         return context
-
-    def faust_credentials(self) -> Any:
-        """``broker_credentials`` for ``faust.App`` (None for plaintext)."""
-        import faust
-
-        context = self.ssl_context()
-        if self.sasl_mechanism is not None:
-            return faust.SASLCredentials(
-                username=self.sasl_username,
-                password=self.sasl_password.get_secret_value() if self.sasl_password else None,
-                ssl_context=context,
-                mechanism=self.sasl_mechanism,
-            )
-        if context is not None:
-            return faust.SSLCredentials(context)
-        return None
 
     def kafka_python_config(self) -> dict[str, Any]:
         """Connection keyword arguments for kafka-python clients (producer, consumer, admin)."""

@@ -1,107 +1,146 @@
-"""Benchmark the streaming pipeline on a local broker, with same-run baselines.
+"""Benchmark the streaming pipeline on a local broker, with same-run baselines (issue 12).
 
-    python -m bench.pipeline [--enrolled-patients 1200] [--hospital-records 200000]
+    python -m bench.pipeline                       # everything, full size
+    python -m bench.pipeline --phases latency --latency-seconds 60   # one phase, shorter
 
 One run, one broker (started here by scripts/broker.sh on its own port and state directory,
-stopped at the end), the same messages for every figure:
+stopped at the end). Every phase puts a patient's records, ``infusion`` included, on one input
+topic keyed by patient id, so every consumer sees them in the same order:
 
-(a) worker throughput -- ``carwatch worker`` (real Faust worker, memory store) drains a
-    pre-filled topic: an enrolled-patient stream, and a hospital-wide feed (90 % never infused);
-(b) baselines on the same topics -- raw aiokafka consume, and a plain aiokafka loop running the
-    very same batch code (``streams.pipeline.monitor.Monitor``) with a dict as state and alerts produced;
-(c) produce-to-alert latency through the worker at a steady 1,000 results/s (time from the
-    producer's send to the alert event's arrival at a consumer of the alerts topic).
-
-Targets (issue #3): worker ≥ 50 % of the plain loop; ≥ 20,000 results/s on the 90 %-not-enrolled
-feed; p99 < 250 ms at 1,000/s. Not part of the test command.
+``throughput`` -- the same messages drained by (1) raw aiokafka consume (the ceiling), (2) the
+    plain aiokafka loop running the very same batch code (``Monitor``) with a dict as store,
+    alerts produced and acknowledged before states are written (what the worker does), (3)
+    ``carwatch worker``, (4) a Quix Streams 3.x application running the same per-record step with
+    its RocksDB state (``bench/pipeline/quix_app.py``, in a venv of its own under var/bench/),
+    for the enrolled stream and for a hospital-wide feed (90 % never infused). Targets: worker >=
+    1.5 x Quix and >= 70 % of the plain loop.
+``history`` -- the worker's results/s on the same new results for patients who already carry a
+    month of history and for patients who carry a year. Target: year >= 80 % of month.
+``scale`` -- one worker against two in the same consumer group (static members) on the enrolled
+    stream: what a second worker buys on this machine.
+``latency`` -- produce -> alert at a steady 1,000 results/s for five minutes over patients with a
+    year of history, default settings (the tick timer runs every 60 s); one result in thirty
+    raises or resolves an alert. Target p99 < 250 ms.
 """
 
 import argparse
 import asyncio
 import json
 import os
-import signal
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+import tomllib
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.engine.cohort import cohort as year_cohort
+from bench.processes import REPO, Broker, Worker, produce, wait_until, worker_env
 from streams import synthetic
 from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
-from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
-from streams.pipeline.store import DictStore
-from streams.pipeline.topics import ensure_topics
-from streams.settings import Settings
+from streams.pipeline.monitor import LABS, InRecord, Monitor
+from streams.pipeline.store import DictStore, PatientStates
 
-REPO = Path(__file__).resolve().parents[2]
-PARTITIONS = 8
+QUIX_VENV = REPO / "var" / "bench" / "quix-venv"
+QUIX_EXTRA = "quix"  # pyproject.toml's extra with the Quix Streams release
+Line = tuple[bytes, bytes]  # (key, value)
+
+
+def line_of(record: dict[str, Any]) -> Line:
+    return record["patient_id"].encode(), json.dumps(record, separators=(",", ":")).encode()
+
+
+def key_of(value: bytes) -> bytes:
+    return value[value.index(b'"patient_id":"') + 14 :].split(b'"', 1)[0]
+
+
+def iso(moment: datetime) -> str:
+    return synthetic.iso(moment)
+
+
+# -- workloads --------------------------------------------------------------------------------
+
+
+def enrolled_stream(patients: int) -> list[Line]:
+    return [line_of(r) for r in synthetic.cohort(patients, prefix="BEN")]
+
+
+def hospital_stream(records: int) -> list[Line]:
+    enrolled = synthetic.cohort(max(1, records // 10 // 17), prefix="BHF")
+    return [line_of(r) for r in synthetic.hospital_feed(enrolled, 0.9)]
+
+
+def history(patients: int, days: int) -> tuple[list[Line], dict[bytes, datetime]]:
+    """Year-long patients (``bench.engine.cohort``) cut to their first ``days``; and where each
+    patient's history ends."""
+    lines: list[Line] = []
+    ends: dict[bytes, datetime] = {}
+    for value in year_cohort(patients):
+        record = json.loads(value)
+        key = record["patient_id"].encode()
+        moment = datetime.fromisoformat(record.get("collected_at") or record["infused_at"])
+        if record["type"] == "infusion":
+            ends[key] = moment + timedelta(days=days)
+            lines.append((key, value))
+        elif moment <= ends[key]:
+            lines.append((key, value))
+    return lines, ends
+
+
+def follow_up(ends: dict[bytes, datetime], per_patient: int) -> list[Line]:
+    """``per_patient`` routine results for each patient after the end of its history."""
+    panel = (("anc", "/uL", 2500), ("platelets", "10*3/uL", 180), ("alc", "/uL", 1200))
+    lines = []
+    for n in range(per_patient):
+        for key, end in ends.items():
+            analyte, unit, value = panel[n % len(panel)]
+            at = end + timedelta(hours=6 * (n + 1))
+            record = {
+                "type": "lab_result",
+                "patient_id": key.decode(),
+                "analyte": analyte,
+                "value": value,
+                "unit": unit,
+                "collected_at": iso(at),
+                "status": "final",
+                "accession": f"{key.decode()}-f{n}",
+                "source": "bench",
+            }
+            lines.append(line_of(record))
+    return lines
+
+
+# -- the bench --------------------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"kafka://127.0.0.1:{port}"
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.tmp = Path(tempfile.mkdtemp(prefix="carwatch-bench-"))
+    def __init__(self, broker: Broker, tmp: Path) -> None:
+        self.broker = broker
+        self.tmp = tmp
+        self.workers: list[Worker] = []
 
-    def topics(self, name: str) -> dict[str, str]:
-        names = {
-            "labs": f"{name}.labs",
-            "clinical": f"{name}.clinical",
-            "alerts": f"{name}.alerts",
-            "deadletter": f"{name}.deadletter",
-        }
-        ensure_topics(Settings(broker_url=self.url), names.values(), partitions=PARTITIONS)
-        return names
+    def topics(self) -> tuple[str, dict[str, str]]:
+        name = f"b-{uuid.uuid4().hex[:6]}"
+        return name, self.broker.topics(name)
 
-    # -- producing --------------------------------------------------------------------------
+    async def fill(self, topic: str, lines: list[Line]) -> None:
+        await produce(self.broker.bootstrap, topic, lines)
 
-    async def fill(self, topics: dict[str, str], records: list[dict[str, Any]]) -> None:
-        """Produce ``records`` in order; a clinical record is acknowledged before what follows."""
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, linger_ms=10, max_batch_size=256 * 1024
-        )
-        await producer.start()
-        try:
-            pending = []
-            for record in records:
-                clinical = synthetic.topic_of(record) == "clinical"
-                topic = topics["clinical" if clinical else "labs"]
-                value = json.dumps(record, separators=(",", ":")).encode()
-                future = await producer.send(topic, value, key=record["patient_id"].encode())
-                if clinical:
-                    await future
-                else:
-                    pending.append(future)
-                if len(pending) >= 5000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
+    # -- baselines --------------------------------------------------------------------------
 
-    # -- baselines ----------------------------------------------------------------------------
-
-    async def raw_consume(self, topics: dict[str, str], total: int) -> float:
+    async def raw_consume(self, topic: str, total: int) -> float:
         consumer = AIOKafkaConsumer(
-            topics["labs"],
-            topics["clinical"],
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
+            topic, bootstrap_servers=self.broker.bootstrap, auto_offset_reset="earliest"
         )
         await consumer.start()
         try:
@@ -117,138 +156,183 @@ class Bench:
             await consumer.stop()
 
     async def plain_loop(self, topics: dict[str, str], total: int) -> float:
-        """consume → decode → apply → produce, no framework (same ``Monitor`` code)."""
+        """consume → ``Monitor.process`` → produce, acknowledged → write states; no framework."""
         consumer = AIOKafkaConsumer(
-            topics["labs"],
-            topics["clinical"],
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
+            topics["labs"], bootstrap_servers=self.broker.bootstrap, auto_offset_reset="earliest"
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=5)
         await consumer.start()
         await producer.start()
         monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
-        store = DictStore()
-        labels = {topics["labs"]: LABS, topics["clinical"]: CLINICAL_TOPIC}
+        states = PatientStates(DictStore())
         try:
             got, started = 0, None
             while got < total:
-                batch = await consumer.getmany(timeout_ms=2000, max_records=2000)
+                batch = await consumer.getmany(timeout_ms=2000, max_records=5000)
                 if not batch:
                     break
                 started = started or time.perf_counter()
                 records = [
-                    InRecord(
-                        r.key,
-                        r.value,
-                        labels.get(r.topic),
-                        r.partition,
-                        r.offset,
-                        r.timestamp / 1000.0,
-                    )
+                    InRecord(r.key, r.value, LABS, r.partition, r.offset, r.timestamp / 1000.0)
                     for rs in batch.values()
                     for r in rs
                 ]
                 got += len(records)
-                out = monitor.process(records, store)
-                for key, value in out.alerts:
-                    await producer.send(topics["alerts"], value, key=key)
-                for dl_key, value in out.deadletters:
-                    await producer.send(topics["deadletter"], value, key=dl_key)
-                out.persist(store)
-            await producer.flush()
+                out = monitor.process(records, states)
+                sent = [await producer.send(topics["alerts"], v, key=k) for k, v in out.alerts]
+                sent += [
+                    await producer.send(topics["deadletter"], v, key=k) for k, v in out.deadletters
+                ]
+                await asyncio.gather(*sent)
+                out.persist(states)
             return got / (time.perf_counter() - (started or time.perf_counter()))
         finally:
             await consumer.stop()
             await producer.stop()
 
-    # -- the worker ---------------------------------------------------------------------------
-
-    def start_worker(
-        self, name: str, topics: dict[str, str]
-    ) -> tuple[subprocess.Popen[bytes], int]:
-        metrics_port = _free_port()
-        env = {
-            **os.environ,
-            "CARWATCH_BROKER_URL": self.url,
-            "CARWATCH_APP_ID": name,
-            "CARWATCH_PARTITIONS": str(PARTITIONS),
-            "CARWATCH_LABS_TOPIC": topics["labs"],
-            "CARWATCH_CLINICAL_TOPIC": topics["clinical"],
-            "CARWATCH_ALERTS_TOPIC": topics["alerts"],
-            "CARWATCH_DEADLETTER_TOPIC": topics["deadletter"],
-            "CARWATCH_BROKER_SESSION_TIMEOUT_SECONDS": "8",
-            "CARWATCH_TICK_INTERVAL_SECONDS": "3600",
-            "CARWATCH_METRICS_PORT": str(metrics_port),
-            "CARWATCH_WEB_PORT": str(_free_port()),
-        }
-        log = (self.tmp / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+    def quix(self, name: str, topics: dict[str, str], total: int) -> float:
+        python = ensure_quix_venv()
+        done = subprocess.run(
+            [
+                str(python),
+                str(REPO / "bench" / "pipeline" / "quix_app.py"),
+                "--bootstrap",
+                self.broker.bootstrap,
+                "--group",
+                f"{name}-quix",
+                "--input",
+                topics["labs"],
+                "--alerts",
+                f"{topics['alerts']}",
+                "--expect",
+                str(total),
+                "--state-dir",
+                str(self.tmp / f"{name}-quix"),
+            ],
             cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
-        log.close()
-        return process, metrics_port
+        if done.returncode != 0:
+            raise RuntimeError(f"the Quix application failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return float(result["records"]) / float(result["seconds"])
 
-    def worker_throughput(self, name: str, topics: dict[str, str], total: int) -> float:
-        launched = time.perf_counter()
-        process, port = self.start_worker(name, topics)
+    # -- the worker -------------------------------------------------------------------------
+
+    def start_worker(self, name: str, topics: dict[str, str], **extra: str) -> Worker:
+        env = worker_env(
+            self.broker,
+            name,
+            topics,
+            CARWATCH_DATA_DIR=str(self.tmp / name),
+            CARWATCH_BROKER_SESSION_TIMEOUT_SECONDS="8",
+            **extra,
+        )
+        worker = Worker(name, env, self.tmp / f"{name}.log").start()
+        self.workers.append(worker)
+        wait_until(lambda: bool(worker.metrics()), 120, "the worker's metrics", [worker])
+        return worker
+
+    def drain_rate(self, worker: Worker, topic: str, lines: list[Line], before: float = 0) -> float:
+        """Results/s of a running ``worker`` over ``lines``, timed from the start of filling
+        ``topic`` with them (the fill is many times faster than the worker) until consumed."""
+        started = time.perf_counter()
+        asyncio.run(self.fill(topic, lines))
+        total = before + len(lines)
+        wait_until(lambda: (worker.consumed() or 0) >= total, 3600, "the backlog", [worker], 0.05)
+        return len(lines) / (time.perf_counter() - started)
+
+    def ready_worker(self, name: str, topics: dict[str, str]) -> Worker:
+        """A worker with its partitions assigned (its first record consumed)."""
+        worker = self.start_worker(name, topics)
+        asyncio.run(self.fill(topics["labs"], [line_of({"type": "bench", "patient_id": "-"})]))
+        wait_until(lambda: (worker.consumed() or 0) >= 1, 120, "the first record", [worker])
+        return worker
+
+    def worker_throughput(self, name: str, topics: dict[str, str], lines: list[Line]) -> float:
+        worker = self.ready_worker(name, topics)
         try:
-            # Timed from the first scrape that shows part of the backlog consumed; when the whole
-            # backlog drains before such a scrape, from the worker's launch (start-up included:
-            # the figure then under-states, never over-states, throughput).
-            up: float | None = None
-            first: tuple[float, float] | None = None
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                consumed = _consumed(port)
-                now = time.perf_counter()
-                if consumed is None:
-                    time.sleep(0.1)
-                    continue
-                if up is None:
-                    up = now
-                if consumed and first is None and consumed < total:
-                    first = (now, consumed)
-                if consumed >= total:
-                    start, before = first if first is not None else (launched, 0.0)
-                    return (consumed - before) / (now - start)
-                time.sleep(0.05)
-            raise RuntimeError(f"worker {name} did not finish (see {self.tmp})")
+            return self.drain_rate(worker, topics["labs"], lines, before=1)
         finally:
-            _stop(process)
+            worker.stop()
 
-    def latency(self, rate: float, seconds: float) -> list[float]:
-        name = f"lat-{uuid.uuid4().hex[:6]}"
-        topics = self.topics(name)
-        process, port = self.start_worker(name, topics)
+    def workers_throughput(self, count: int, lines: list[Line]) -> float:
+        """Results/s of ``count`` workers in one group draining ``lines`` (filled while they
+        run, as in ``drain_rate``)."""
+        name, topics = self.topics()
+        group = [
+            self.start_worker(
+                f"{name}-{n}", topics, CARWATCH_APP_ID=name, CARWATCH_GROUP_INSTANCE_ID=f"w{n}"
+            )
+            for n in range(count)
+        ]
         try:
-            _wait(lambda: _consumed(port) is not None, 90)
-            time.sleep(3)  # partitions assigned
-            return asyncio.run(self._latency(topics, rate, seconds))
+            warm = [line_of({"type": "bench", "patient_id": f"-{n}"}) for n in range(64)]
+            asyncio.run(self.fill(topics["labs"], warm))
+            wait_until(
+                lambda: (
+                    sum(w.consumed() or 0 for w in group) >= len(warm)
+                    and all(w.consumed() for w in group)
+                ),
+                120,
+                "every worker's first record",
+                group,
+            )
+            started = time.perf_counter()
+            asyncio.run(self.fill(topics["labs"], lines))
+            total = len(warm) + len(lines)
+            wait_until(
+                lambda: sum(w.consumed() or 0 for w in group) >= total,
+                3600,
+                "the backlog",
+                group,
+                0.05,
+            )
+            return len(lines) / (time.perf_counter() - started)
         finally:
-            _stop(process)
+            for worker in group:
+                worker.stop()
 
-    async def _latency(self, topics: dict[str, str], rate: float, seconds: float) -> list[float]:
-        # 2,000 patients: each gets at most ~10 results in a 20 s run. With 200, every patient
-        # would collect ~50 alert episodes (one IgG flip a day) within 100 days -- far beyond any
-        # clinical course -- and the per-record cost grows with a patient's history and alerts,
-        # so the worker falls behind after ~10 s: that measures the workload, not the pipeline.
-        patients = 2000
-        day0 = datetime.now(UTC) - timedelta(days=400)
+    def worker_with_history(self, days: int, patients: int, per_patient: int) -> float:
+        name, topics = self.topics()
+        lines, ends = history(patients, days)
+        worker = self.ready_worker(name, topics)
+        try:
+            self.drain_rate(worker, topics["labs"], lines, before=1)
+            new = follow_up(ends, per_patient)
+            return self.drain_rate(worker, topics["labs"], new, before=1 + len(lines))
+        finally:
+            worker.stop()
+
+    def latency(self, patients: int, rate: float, seconds: float) -> list[float]:
+        name, topics = self.topics()
+        lines, ends = history(patients, 365)
+        worker = self.ready_worker(name, topics)
+        try:
+            self.drain_rate(worker, topics["labs"], lines, before=1)
+            return asyncio.run(self._latency(worker, topics, ends, rate, seconds))
+        finally:
+            worker.stop()
+
+    async def _latency(
+        self,
+        worker: Worker,
+        topics: dict[str, str],
+        ends: dict[bytes, datetime],
+        rate: float,
+        seconds: float,
+    ) -> list[float]:
         sent_at: dict[tuple[str, str], float] = {}
         received: list[float] = []
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap)
         await consumer.start()
-        tps = [TopicPartition(topics["alerts"], p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topics["alerts"], p) for p in range(self.broker.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0)
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=0)
         await producer.start()
 
         async def collect() -> None:
@@ -263,165 +347,162 @@ class Bench:
                             received.append(now - sent)
 
         collector = asyncio.create_task(collect())
-        for p in range(patients):  # enrol first
-            infusion = {
-                "type": "infusion",
-                "patient_id": f"LAT-{p:04d}",
-                "infused_at": synthetic.iso(day0),
-                "hct_eligible": False,
-            }
-            await producer.send_and_wait(
-                topics["clinical"],
-                json.dumps(infusion).encode(),
-                key=infusion["patient_id"].encode(),
-            )
-        await asyncio.sleep(2)
+        keys = list(ends)
+        rng = random.Random(5)
+        low: set[bytes] = set()
         started = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
+        for i in range(int(rate * seconds)):
             delay = started + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            pid = f"LAT-{i % patients:04d}"
-            step = i // patients
-            collected = synthetic.iso(day0 + timedelta(days=1 + step, hours=i % 12))
-            # IgG alternating below / above 400 mg/dL: every result raises or resolves an alert
+            worker.check()
+            key = keys[i % len(keys)]
+            step = i // len(keys)
+            collected = iso(ends[key] + timedelta(days=1 + step, minutes=i % 600))
             record = {
                 "type": "lab_result",
-                "patient_id": pid,
-                "analyte": "igg",
-                "value": 350 if step % 2 == 0 else 450,
-                "unit": "mg/dL",
+                "patient_id": key.decode(),
+                "analyte": "alc",
+                "value": 1200,
+                "unit": "/uL",
                 "collected_at": collected,
-                "accession": f"{pid}-{step}",
+                "status": "final",
+                "accession": f"{key.decode()}-l{i}",
                 "source": "bench",
             }
-            sent_at[(pid, collected)] = time.time()
-            await producer.send(topics["labs"], json.dumps(record).encode(), key=pid.encode())
+            if rng.random() < 1 / 30:  # IgG across 400 mg/dL: raises or resolves an alert
+                record.update(analyte="igg", unit="mg/dL", value=450 if key in low else 300)
+                low ^= {key}
+                sent_at[(key.decode(), collected.replace("+00:00", "Z"))] = time.time()
+            await producer.send(topics["labs"], json.dumps(record).encode(), key=key)
         await producer.flush()
-        await asyncio.sleep(3)
+        await asyncio.sleep(5)
         collector.cancel()
         await producer.stop()
         await consumer.stop()
         return received
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- the Quix venv ----------------------------------------------------------------------------
 
 
-def _consumed(port: int) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "carwatch_messages_consumed":
-            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
-    return total
+def ensure_quix_venv() -> Path:
+    """``var/bench/quix-venv`` with this project and its ``quix`` extra (created once)."""
+    python = QUIX_VENV / "bin" / "python"
+    stamp = QUIX_VENV / ".carwatch-installed"
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirement = " ".join(wanted["optional-dependencies"][QUIX_EXTRA])
+    if stamp.exists() and stamp.read_text() == requirement:
+        return python
+    print(f"creating {QUIX_VENV} (this project and {requirement}) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{REPO}[{QUIX_EXTRA}]"], check=True)
+    stamp.write_text(requirement)
+    return python
 
 
-def _wait(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out")
-        time.sleep(0.2)
+# -- the report -------------------------------------------------------------------------------
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _broker(port: int, state: Path, command: str) -> None:
-    env = {
-        **os.environ,
-        "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(port + 1),
-        "CARWATCH_STATE_DIR": str(state),
-        "CARWATCH_PARTITIONS": str(PARTITIONS),
-    }
-    subprocess.run(["bash", str(REPO / "scripts" / "broker.sh"), command], env=env, check=True)
-
-
-def _rows(results: dict[str, float]) -> Iterator[str]:
+def rows(results: dict[str, float]) -> Iterator[str]:
     for name, value in results.items():
-        yield f"  {name:<58} {value:>12,.0f}"
+        yield f"  {name:<62} {value:>12,.1f}"
+
+
+def throughput(bench: Bench, label: str, lines: list[Line], quix: bool) -> dict[str, float]:
+    name, topics = bench.topics()
+    print(f"filling {label}: {len(lines):,} records ...", flush=True)
+    asyncio.run(bench.fill(topics["labs"], lines))
+    total = len(lines)
+    found = {
+        f"raw aiokafka consume, {label} (msg/s)": asyncio.run(
+            bench.raw_consume(topics["labs"], total)
+        )
+    }
+    plain = asyncio.run(bench.plain_loop(topics, total))
+    found[f"plain loop consume→step→produce, {label} (results/s)"] = plain
+    worker = bench.worker_throughput(f"{name}-w", bench.broker.topics(f"{name}-w"), lines)
+    found[f"carwatch worker, {label} (results/s)"] = worker
+    found[f"worker / plain loop, {label} (%)"] = 100 * worker / plain
+    if quix:
+        peer = bench.quix(name, topics, total)
+        found[f"Quix Streams 3.28, {label} (results/s)"] = peer
+        found[f"worker / Quix Streams, {label} (x)"] = worker / peer
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=39092)
-    parser.add_argument("--enrolled-patients", type=int, default=1200)
-    parser.add_argument("--hospital-records", type=int, default=200_000)
-    parser.add_argument("--latency-seconds", type=float, default=20)
-    parser.add_argument(
-        "--only-latency", action="store_true", help="Skip the throughput phases (a quick look)."
-    )
+    parser.add_argument("--port", type=int, default=39092, help="broker port (controller +1)")
+    parser.add_argument("--phases", default="throughput,history,scale,latency")
+    parser.add_argument("--enrolled-patients", type=int, default=6000)
+    parser.add_argument("--hospital-records", type=int, default=100_000)
+    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams peer")
+    parser.add_argument("--history-patients", type=int, default=2000)
+    parser.add_argument("--history-results", type=int, default=15, help="new results per patient")
+    parser.add_argument("--latency-patients", type=int, default=2000)
+    parser.add_argument("--latency-seconds", type=float, default=300)
+    parser.add_argument("--rate", type=float, default=1000)
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
 
-    state = Path(tempfile.mkdtemp(prefix="carwatch-bench-kafka-"))
-    _broker(args.port, state, "up")
-    bench = Bench(args.port)
+    tmp = Path(tempfile.mkdtemp(prefix="carwatch-bench-"))
+    broker = Broker(args.port, tmp / "kafka")
+    broker.up()
+    bench = Bench(broker, tmp)
+    results: dict[str, float] = {}
+    latencies: list[float] = []
     try:
-        now = datetime.now(UTC)
-        enrolled = synthetic.cohort(args.enrolled_patients, now, prefix="BEN")
-        mixed_enrolled = synthetic.cohort(
-            max(1, args.hospital_records // 10 // 17), now, prefix="BHF"
-        )
-        hospital = synthetic.hospital_feed(mixed_enrolled, 0.9, now)
-        streams = {"enrolled": enrolled, "hospital (90% not enrolled)": hospital}
-        if args.only_latency:
-            streams = {}
-        results: dict[str, float] = {}
-        for label, records in streams.items():
-            name = f"b-{uuid.uuid4().hex[:6]}"
-            topics = bench.topics(name)
-            print(f"filling {label}: {len(records):,} records ...", flush=True)
-            asyncio.run(bench.fill(topics, records))
-            # the baselines run first: the worker's commits then do not help or hurt them
-            results[f"raw aiokafka consume, {label} (msg/s)"] = asyncio.run(
-                bench.raw_consume(topics, len(records))
+        if "throughput" in phases:
+            results |= throughput(
+                bench, "enrolled", enrolled_stream(args.enrolled_patients), not args.no_quix
             )
-            plain = asyncio.run(bench.plain_loop(topics, len(records)))
-            results[f"plain loop decode→apply→produce, {label} (results/s)"] = plain
-            worker = bench.worker_throughput(name, topics, len(records))
-            results[f"carwatch worker, {label} (results/s)"] = worker
-            results[f"worker / plain loop, {label} (%)"] = 100 * worker / plain
-        print("measuring latency at 1,000 results/s ...", flush=True)
-        latencies = bench.latency(1000, args.latency_seconds)
-        print()
-        print("CAR-T Watch pipeline benchmark (one broker, same messages; 2 cores)")
-        for row in _rows(results):
-            print(row)
+            results |= throughput(
+                bench,
+                "hospital 90% not enrolled",
+                hospital_stream(args.hospital_records),
+                not args.no_quix,
+            )
+        if "history" in phases:
+            print("measuring the worker with a month and a year of history ...", flush=True)
+            month = bench.worker_with_history(31, args.history_patients, args.history_results)
+            year = bench.worker_with_history(365, args.history_patients, args.history_results)
+            results["worker, new results over a month of history (results/s)"] = month
+            results["worker, new results over a year of history (results/s)"] = year
+            results["year / month of history (%)"] = 100 * year / month
+        if "latency" in phases:
+            print(
+                f"measuring latency at {args.rate:,.0f} results/s for {args.latency_seconds:.0f} s ...",
+                flush=True,
+            )
+            latencies = bench.latency(args.latency_patients, args.rate, args.latency_seconds)
+    finally:
+        for worker in bench.workers:
+            worker.stop()
+        broker.down()
+    print()
+    print("CAR-T Watch pipeline benchmark (one broker, same messages per phase)")
+    for row in rows(results):
+        print(row)
+    if "latency" in phases:
         if latencies:
             print(
-                f"  produce→alert latency at 1,000/s: n={len(latencies):,}  "
+                f"  produce→alert at {args.rate:,.0f}/s over a year of history: n={len(latencies):,}  "
                 f"p50={1000 * statistics.median(latencies):.0f} ms  "
-                f"p99={1000 * _percentile(latencies, 0.99):.0f} ms  "
+                f"p95={1000 * percentile(latencies, 0.95):.0f} ms  "
+                f"p99={1000 * percentile(latencies, 0.99):.0f} ms  "
                 f"max={1000 * max(latencies):.0f} ms"
             )
         else:
             print("  produce→alert latency: no alerts received")
-        print(f"  (worker logs in {bench.tmp})")
-    finally:
-        _broker(args.port, state, "down")
+    print(f"  (logs in {tmp})")
 
 
 if __name__ == "__main__":

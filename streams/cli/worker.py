@@ -1,8 +1,6 @@
-"""``carwatch worker``: the Faust worker (streams/shell/)."""
+"""``carwatch worker``: the Faust worker (``streams.shell``)."""
 
-import os
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
@@ -13,9 +11,6 @@ from streams.cli.common import (
     settings_from_env,
 )
 from streams.core.policy import PolicyError
-
-if TYPE_CHECKING:
-    pass
 
 
 @click.command()
@@ -30,6 +25,13 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
         settings.load_policy()
     except PolicyError as exc:
         raise UsageFailure(str(exc)) from exc
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"CARWATCH_DATA_DIR {str(settings.data_dir)!r} cannot be created: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from exc
     if settings.create_topics:
         try:
             ensure_topics(settings)
@@ -37,10 +39,6 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
             raise click.ClickException(str(exc)) from exc
     sys.setswitchinterval(settings.gil_switch_interval_seconds)
 
-    import faust
+    from streams.shell.app import run_worker
 
-    if metrics_port is not None:  # streams.shell.app reads its settings from the environment
-        os.environ["CARWATCH_METRICS_PORT"] = str(metrics_port)
-    from streams.shell.app import app
-
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    run_worker(settings, loglevel)

@@ -1,7 +1,9 @@
-"""The monitor agent: Kafka records in, ``apply`` per record, alert events out. No clinical logic.
+"""The monitor: a batch of Kafka records in, alert events, dead letters and states out.
 
-Per batch (``Monitor.process``, framework-free so the benchmark's plain-Kafka baseline runs the
-very same code):
+No clinical logic and no framework: the Faust agent (``streams.shell.agents``) and the
+benchmarks' plain aiokafka loop run this same code.
+
+Per batch (``Monitor.process``):
 
 1. Decode every record (``decode_record``), normalise lab results; what cannot be read goes to
    ``carwatch.deadletter`` as a ``DeadLetter`` (raw text, reasons, source topic; keyed by the
@@ -9,8 +11,9 @@ very same code):
 2. Group by patient. A patient with no table entry and no ``infusion`` in the batch is not
    enrolled: the records are counted ``not_enrolled`` and nothing else happens -- no state is
    decoded, built or written (a hospital feed is ~90 % such records).
-3. For every other patient: read the state once, ``apply`` each record in order, write the state
-   once. Order: a patient's records from one topic keep their log order; records from the two
+3. For every other patient: take the decoded state (``PatientStates``: decoded once while the
+   partition is owned, not per batch), ``apply_all`` the patient's records in order (so results of
+   one specimen are applied together), encode and write the state once. Order: a patient's records from one topic keep their log order; records from the two
    input topics are merged by Kafka timestamp (ties: clinical first), which restores the order
    the sources sent them in whenever both are in the batch. Across batches Kafka gives no order
    between two topics; sources send a patient's ``infusion`` before the labs it enrols
@@ -18,7 +21,7 @@ very same code):
 4. Every alert event is sent to ``carwatch.alerts`` keyed by patient id, with ``decided_at`` set
    to this worker's wall clock.
 
-A record that makes ``apply`` raise (a bug, never expected) is dead-lettered and the patient's
+A record that makes the engine raise (a bug, never expected) is dead-lettered and the patient's
 batch is re-run from the stored state without it, so one poison record neither stops the
 partition nor leaves a half-applied state.
 
@@ -44,13 +47,12 @@ from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
 from schemas.records import Rejection, decode_record
 from schemas.vocab import Outcome, RejectReason, RuleName, Severity
-from streams.core.engine import PatientEvent, apply, apply_all, tick
+from streams.core.engine import PatientEvent, StepResult, apply_all, tick
 from streams.core.policy import Policy
-from streams.core.state import AlertStatus, PatientState
+from streams.core.state import PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
 from streams.metrics import CLINICAL, UNKNOWN_ANALYTE, PipelineMetrics
-from streams.pipeline.state_codec import decode_state, encode_state
-from streams.pipeline.store import StateStore
+from streams.pipeline.store import OpenAlerts, PatientStates, open_alerts
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ LABS = "carwatch.labs"
 CLINICAL_TOPIC = "carwatch.clinical"
 ALERTS = "carwatch.alerts"
 DEADLETTER = "carwatch.deadletter"
-
-OpenAlerts = tuple[tuple[RuleName, Severity], ...]
 
 
 @dataclass(slots=True)
@@ -83,24 +83,28 @@ class InRecord:
 class Outgoing:
     """What one batch produces. ``alerts``/``deadletters`` as (key, value bytes) to send.
 
-    ``states`` are the patients' new table entries. Callers send the alerts and dead letters
-    *first* and only then ``persist`` the states: a state that says an alert was announced must
-    never reach the changelog ahead of the alert itself. Interrupted in between, a restart
-    re-processes the records (offsets are committed after both) and re-sends byte-identical
-    events, which subscribers drop by ``event_id``: at least once, never lost.
+    ``states`` are the patients' new states (key, partition, state, origin). Callers send the
+    alerts and dead letters, wait until the broker has acknowledged them, and only then
+    ``persist`` the states: a state that says an alert was announced must never reach the store
+    (RocksDB writes at once) or the changelog ahead of the alert itself, else a crash in between
+    loses the alert for good (the re-processed record is then a duplicate). Interrupted before
+    the write, a restart re-processes the records (offsets are committed after both) and
+    re-sends the events, which subscribers drop by ``event_id``: at least once, never lost. A
+    caller that cannot persist (the send failed) must ``PatientStates.forget`` the cached states
+    the batch updated.
     """
 
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    states: list[tuple[bytes, bytes, Any]] = field(default_factory=list)
+    states: list[tuple[bytes, int, PatientState, Any]] = field(default_factory=list)
     alert_events: list[AlertEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     records: int = 0
 
-    def persist(self, store: "StateStore") -> None:
-        for key, value, origin in self.states:
-            store.put(key, value, origin)
+    def persist(self, states: PatientStates) -> None:
+        for key, partition, state, origin in self.states:
+            states.put(key, partition, state, origin)
 
 
 @dataclass(slots=True)
@@ -166,12 +170,6 @@ class AlertIndex:
         return total
 
 
-def open_alerts(state: PatientState) -> OpenAlerts:
-    return tuple(
-        sorted((a.rule, a.severity) for a in state.alerts.values() if a.status is AlertStatus.OPEN)
-    )
-
-
 class Monitor:
     """Framework-free batch processing (module docstring); the Faust agent is a shell around it."""
 
@@ -190,7 +188,7 @@ class Monitor:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[InRecord], store: StateStore) -> Outgoing:
+    def process(self, records: Sequence[InRecord], states: PatientStates) -> Outgoing:
         started = time.perf_counter()
         out = Outgoing(records=len(records))
         counts: Counter[tuple[str, str]] = Counter()  # (analyte label, outcome)
@@ -220,7 +218,7 @@ class Monitor:
                     _Decoded(record, decoded, topic, _collected_at(decoded))
                 )
         for patient_id, group in groups.items():
-            self._patient(patient_id, group, store, out, counts, deadlettered)
+            self._patient(patient_id, group, states, out, counts, deadlettered)
         self._flush_counts(counts, consumed, rejected, deadlettered)
         if saw_lab:
             self.metrics.last_result_timestamp.set(self.wall_clock())
@@ -247,7 +245,7 @@ class Monitor:
         self,
         patient_id: str,
         group: list[_Decoded],
-        store: StateStore,
+        states: PatientStates,
         out: Outgoing,
         counts: Counter[tuple[str, str]],
         deadlettered: Counter[str],
@@ -255,36 +253,18 @@ class Monitor:
         key = patient_id.encode()
         origin = group[0].record.origin
         partition = group[0].record.partition
-        stored = store.get(key, origin)
-        if stored is None and not any(isinstance(d.event, Infusion) for d in group):
+        state = states.get(key, partition, origin)
+        if state is None and not any(isinstance(d.event, Infusion) for d in group):
             for item in group:
                 counts[(_analyte_label(item.event), Outcome.NOT_ENROLLED.value)] += 1
             out.outcomes[Outcome.NOT_ENROLLED] += len(group)
             return
+        before = open_alerts(state) if state is not None else ()
         ordered = _merge(group)
-        poisoned: set[int] = set()
-        while True:
-            state = decode_state(stored) if stored is not None else PatientState.new(patient_id)
-            active = [item for index, item in enumerate(ordered) if index not in poisoned]
-            try:
-                # all of the patient's records at once: a specimen's results apply together
-                results = list(
-                    zip(
-                        active,
-                        apply_all(state, [i.event for i in active], self.policy),
-                        strict=True,
-                    )
-                )
-                break
-            except Exception as exc:  # a bug in the engine: find the record, keep going
-                log.exception(
-                    "apply raised %s for a batch from %s; locating the record",
-                    type(exc).__name__,
-                    ordered[0].topic,
-                )
-                poisoned.add(self._poison(stored, patient_id, ordered, poisoned))
-        for index in sorted(poisoned):
-            item = ordered[index]
+        state, results, poisoned = self._apply(
+            state or PatientState.new(patient_id), ordered, states, key, partition
+        )
+        for item in poisoned:
             rejection = Rejection.of(
                 RejectReason.INVALID_FIELD,
                 "the record could not be processed (internal error; see the worker log)",
@@ -294,35 +274,64 @@ class Monitor:
             out.outcomes[Outcome.REJECTED] += 1
             deadlettered[item.topic] += 1
             self._dead_letter(out, item.record, item.topic, rejection)
-        before = _open_before(stored)
         for item, result in results:
             counts[(_analyte_label(item.event), result.outcome.value)] += 1
             out.outcomes[result.outcome] += 1
             if result.alerts:
                 self._announce(item, result.alerts, key, out)
         if state.enrollment is not None:
-            out.states.append((key, encode_state(state), origin))
+            out.states.append((key, partition, state, origin))
             after = open_alerts(state)
             if after != before or key not in self.index.entries:
                 self.index.update(key, partition, after)
 
-    def _poison(
+    def _apply(
         self,
-        stored: bytes | None,
-        patient_id: str,
-        ordered: list["_Decoded"],
-        poisoned: set[int],
-    ) -> int:
-        """The index of the first record that makes ``apply`` raise, applied one by one."""
-        state = decode_state(stored) if stored is not None else PatientState.new(patient_id)
-        for index, item in enumerate(ordered):
-            if index in poisoned:
-                continue
+        state: PatientState,
+        ordered: list[_Decoded],
+        states: PatientStates,
+        key: bytes,
+        partition: int,
+    ) -> tuple[PatientState, list[tuple[_Decoded, StepResult]], list[_Decoded]]:
+        """``apply_all`` the records; on an engine error, find and drop the poison records.
+
+        Each retry starts from the stored state: a failed ``apply_all`` may have changed the
+        cached one half-way.
+        """
+        poisoned: list[_Decoded] = []
+        items = ordered
+        while True:
             try:
-                apply(state, item.event, self.policy)
+                applied = apply_all(state, [item.event for item in items], self.policy)
+                return state, list(zip(items, applied, strict=True)), poisoned
+            except Exception as exc:  # a bug in the engine: keep the partition going
+                log.exception(
+                    "the engine raised %s on a patient's batch; isolating the record",
+                    type(exc).__name__,
+                )
+            origin = ordered[0].record.origin
+            culprit = self._culprit(items, states, key, partition, origin)
+            poisoned.append(culprit)
+            items = [item for item in items if item is not culprit]
+            state = states.reload(key, partition, origin) or PatientState.new(state.patient_id)
+
+    def _culprit(
+        self,
+        items: list[_Decoded],
+        states: PatientStates,
+        key: bytes,
+        partition: int,
+        origin: Any,
+    ) -> _Decoded:
+        """The first record that makes the engine raise when applied one by one (else the
+        last: the failure needed the records together)."""
+        state = states.reload(key, partition, origin) or PatientState.new(key.decode())
+        for item in items:
+            try:
+                apply_all(state, [item.event], self.policy)
             except Exception:
-                return index
-        return max(set(range(len(ordered))) - poisoned)  # only together: drop the last
+                return item
+        return items[-1]
 
     def _announce(
         self, item: _Decoded, alerts: list[AlertEvent], key: bytes, out: Outgoing
@@ -387,21 +396,26 @@ class Monitor:
     # -- wall clock ---------------------------------------------------------------------------
 
     def tick(
-        self, now: datetime, entries: Iterable[tuple[bytes, int, Any]], store: StateStore
+        self, now: datetime, entries: Iterable[tuple[bytes, int, Any]], states: PatientStates
     ) -> Outgoing:
-        """``tick(state, now)`` for each (key, partition, origin); writes back what changed."""
+        """``tick(state, now)`` for each (key, partition, origin); returns what changed.
+
+        A tick that raises nothing leaves the state as stored (its clock included), as when
+        states were decoded afresh for every tick: only states with news are written.
+        """
         out = Outgoing()
         decided_at = now
         for key, partition, origin in entries:
-            stored = store.get(key, origin)
-            if stored is None:
+            state = states.get(key, partition, origin)
+            if state is None:
                 self.index.update(key, partition, None)
                 continue
-            state = decode_state(stored)
+            clock = state.clock
             _, alerts = tick(state, now, self.policy)
             if not alerts:
+                state.clock = clock
                 continue
-            out.states.append((key, encode_state(state), origin))
+            out.states.append((key, partition, state, origin))
             self.index.update(key, partition, open_alerts(state))
             for alert in alerts:
                 event = alert.model_copy(update={"decided_at": decided_at})
@@ -429,10 +443,6 @@ class Monitor:
 class _Rejected:
     rejection: Rejection
     analyte: str
-
-
-def _open_before(stored: bytes | None) -> OpenAlerts:
-    return open_alerts(decode_state(stored)) if stored is not None else ()
 
 
 def _merge(group: list[_Decoded]) -> list[_Decoded]:

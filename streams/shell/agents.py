@@ -1,48 +1,49 @@
-"""The Faust agent, tick timer and hooks around ``streams.pipeline.monitor.Monitor`` (thin)."""
+"""The Faust agent, tick timer and hooks around ``streams.pipeline.monitor.Monitor`` (thin).
 
+Per batch: records in → ``Monitor.process`` → alerts and dead letters sent → *wait until the
+broker has acknowledged them* → states written to the table (``Outgoing`` says why this order).
+The agent and the tick timer share one lock: both update the cached states, and a state one of
+them updated must not be written by the other before its alerts are acknowledged.
+
+Patients are indexed (``AlertIndex``: open alerts for the gauges, keys for the tick) from the
+table itself once its partitions are recovered, from each value's open-alert summary, and kept
+up to date by the batches; a revoked partition leaves the index and the state cache with its
+patients.
+"""
+
+import asyncio
 import logging
-import weakref
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from aiokafka.partitioner import murmur2
+from faust.types import TP, AppT, EventT
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from streams.metrics import PipelineMetrics
-from streams.pipeline.monitor import (
-    CLINICAL_TOPIC,
-    LABS,
-    InRecord,
-    Monitor,
-    Outgoing,
-    open_alerts,
-)
-from streams.pipeline.state_codec import decode_state
+from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor, Outgoing
+from streams.pipeline.state_codec import StateFormatError
+from streams.pipeline.store import PatientStates, open_alerts_of
+from streams.settings import Settings
+from streams.shell.chunking import Chunk, bound_to, flow_of, partition_event
+from streams.shell.topics import PatientTable, Topics
 
 log = logging.getLogger(__name__)
 
-
-@contextmanager
-def bound_to(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event while a table entry is read or written.
-
-    Faust's table takes the changelog partition, and rocksdict its per-partition store, from the
-    current event; in a batch that spans partitions the right one is the patient's own record.
-    """
-    from faust import streams as faust_streams
-
-    var = faust_streams._current_event
-    token = var.set(weakref.ref(event) if event is not None else None)
-    try:
-        yield
-    finally:
-        var.reset(token)
+#: Patients ticked under one hold of the lock: batches get their turn in between.
+TICK_SLICE = 256
+#: Seconds without a batch, while input records wait, after which the worker logs its
+#: consumer's state (assignment, paused partitions, lag) once per period.
+STALL_SECONDS = 30.0
 
 
 class TableStore:
+    """``StateStore`` over the Faust table; each access bound to the record's partition."""
+
     def __init__(self, table: Any) -> None:
         self.table = table
 
@@ -56,15 +57,14 @@ class TableStore:
             self.table[key] = value
 
 
-def _records_of(events: Sequence[Any], labels: dict[str, str]) -> list[InRecord]:
-    from streams.shell.chunking import Chunk
-
+def records_of(events: Sequence[EventT], labels: dict[str, str]) -> list[InRecord]:
+    """The monitor's records of a batch of events (a chunk event holds many records)."""
     records: list[InRecord] = []
     for event in events:
         value = event.value
         message = event.message
+        topic = labels.get(message.topic)
         if isinstance(value, Chunk):
-            topic = labels.get(message.topic)
             records.extend(
                 InRecord(
                     r.key,
@@ -78,18 +78,74 @@ def _records_of(events: Sequence[Any], labels: dict[str, str]) -> list[InRecord]
                 for r in value.records
             )
         else:
+            key = message.key if message.key is not None else event.key
             records.append(
                 InRecord(
-                    message.key if message.key is not None else event.key,
-                    value,
-                    labels.get(message.topic),
-                    message.partition,
-                    message.offset,
-                    message.timestamp,
-                    event,
+                    key, value, topic, message.partition, message.offset, message.timestamp, event
                 )
             )
     return records
+
+
+class Lag:
+    """``carwatch_consumer_lag_messages`` from the high-water marks of the batches' partitions,
+    and the stall report: when no batch came for ``STALL_SECONDS`` while records wait."""
+
+    def __init__(self, app: AppT, metrics: PipelineMetrics, labels: dict[str, str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.labels = labels
+        self.by_tp: dict[TP, int] = {}
+        self.processed: dict[TP, int] = {}
+        self.last_batch = time.monotonic()
+
+    def track(self, records: Sequence[InRecord]) -> None:
+        self.last_batch = time.monotonic()
+        last: dict[TP, int] = {}
+        for record in records:
+            if record.origin is not None:
+                last[record.origin.message.tp] = record.offset
+        self.processed.update(last)
+        try:
+            for tp, offset in last.items():
+                highwater = self.app.consumer.highwater(tp)
+                if highwater is not None:
+                    self.by_tp[tp] = max(0, highwater - offset - 1)
+        except Exception:  # no consumer (agent.test_context): lag is not known
+            return
+        per_topic: Counter[str] = Counter()
+        for tp, n in self.by_tp.items():
+            per_topic[self.labels.get(tp.topic, LABS)] += n
+        for topic in (LABS, CLINICAL_TOPIC):
+            self.metrics.consumer_lag.labels(topic).set(per_topic[topic])
+
+    def forget(self, revoked: Set[TP]) -> None:
+        for tp in [tp for tp in self.by_tp if tp in revoked]:
+            del self.by_tp[tp]
+        for tp in [tp for tp in self.processed if tp in revoked]:
+            del self.processed[tp]
+
+    def stall(self) -> str | None:
+        """One line on the consumer when records wait and no batch came for a while."""
+        idle = time.monotonic() - self.last_batch
+        if idle < STALL_SECONDS or self.app.rebalancing:
+            return None
+        consumer = self.app.consumer
+        waiting = {}
+        for tp in consumer.assignment():
+            if tp.topic in self.labels:
+                highwater = consumer.highwater(tp)
+                done = self.processed.get(tp, -1)
+                if highwater is not None and highwater > done + 1:
+                    waiting[f"{tp.topic}[{tp.partition}]"] = highwater - done - 1
+        if not waiting:
+            return None
+        self.last_batch = time.monotonic()  # once per period
+        return (
+            f"no batch for {idle:.0f} s while {sum(waiting.values())} input records wait: "
+            f"waiting={waiting} {flow_of(consumer)} "
+            f"assigned={sorted(f'{tp.topic}[{tp.partition}]' for tp in consumer.assignment())}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,28 +153,24 @@ class Pipeline:
     """What ``register`` put on the app: the agent, the timer, the monitor and its metrics."""
 
     monitor: Monitor
+    states: PatientStates
     metrics: PipelineMetrics
     registry: CollectorRegistry
     agent: Any
     timer: Any
 
 
-def register(app_module: Any) -> Pipeline:
-    """Define the agent, the timer and the hooks on the app of ``streams.shell.app``."""
-    import faust
-    from faust.types import TP
-
-    app = app_module.app
-    settings = app_module.settings
-    policy = settings.load_policy()
+def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable) -> Pipeline:
+    """Define the agent, the timer and the hooks on ``app``."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = PipelineMetrics(registry)
-    monitor = Monitor(policy, metrics)
-    store = TableStore(app_module.patient_state)
+    monitor = Monitor(settings.load_policy(), metrics)
+    states = PatientStates(TableStore(table), settings.state_cache_size)
     labels = {settings.labs_topic: LABS, settings.clinical_topic: CLINICAL_TOPIC}
     take = 2 * settings.partitions if settings.chunked_delivery else settings.batch_size
-    lag: dict[TP, int] = {}
+    lock = asyncio.Lock()
+    lag = Lag(app, metrics, labels)
 
     def owned() -> set[int] | None:
         if not app.consumer_generation_id:
@@ -129,92 +181,116 @@ def register(app_module: Any) -> Pipeline:
             if tp.topic == settings.labs_topic
         }
 
-    def send(out: Outgoing) -> None:
-        for key, value in out.alerts:
-            app_module.alerts_topic.send_soon(key=key, value=value)
-        for dl_key, value in out.deadletters:
-            app_module.deadletter_topic.send_soon(key=dl_key, value=value)
-
-    def track_lag(records: Sequence[InRecord]) -> None:
-        last: dict[TP, int] = {}
-        for record in records:
-            if record.origin is not None:
-                last[record.origin.message.tp] = record.offset
+    async def deliver(out: Outgoing) -> None:
+        """Send, wait for the broker's acknowledgement, then write the states."""
         try:
-            for tp, offset in last.items():
-                highwater = app.consumer.highwater(tp)
-                if highwater is not None:
-                    lag[tp] = max(0, highwater - offset - 1)
-        except Exception:  # no consumer (tests): lag is not known
-            return
-        per_topic: Counter[str] = Counter()
-        for tp, n in lag.items():
-            per_topic[labels.get(tp.topic, LABS)] += n
-        for topic in (LABS, CLINICAL_TOPIC):
-            metrics.consumer_lag.labels(topic).set(per_topic[topic])
+            sent = [topics.alerts.send_soon(key=k, value=v) for k, v in out.alerts]
+            sent += [topics.deadletter.send_soon(key=k, value=v) for k, v in out.deadletters]
+            if sent:
+                await asyncio.gather(*sent)
+        except BaseException:
+            states.forget()  # updated in memory, not written: the store is the truth again
+            raise
+        out.persist(states)
 
-    @app.agent(app_module.inputs, name="monitor")
+    early_commits: dict[int, asyncio.Task[bool]] = {}
+
+    def commit_first_batch() -> None:
+        """Commit right after the first batch of an assignment, not a commit interval later: a
+        restarted worker shows progress within seconds, and one that keeps crashing soon after
+        its start still moves forward. (The batch's events are acknowledged when the agent asks
+        for the next batch, hence the task.)"""
+        generation = app.consumer_generation_id
+        if generation and generation not in early_commits:
+            early_commits.clear()
+            early_commits[generation] = asyncio.ensure_future(commit_soon())
+
+    async def commit_soon() -> bool:
+        await asyncio.sleep(0.05)
+        return bool(await app.consumer.commit())
+
+    @app.agent(topics.inputs, name="monitor")
     async def monitor_agent(stream: Any) -> AsyncIterator[Outgoing]:
         async for events in stream.take_events(take, within=settings.batch_timeout_seconds):
-            records = _records_of(events, labels)
-            out = monitor.process(records, store)
-            send(out)
-            out.persist(store)  # after the alerts: see ``Outgoing``
-            track_lag(records)
+            records = records_of(events, labels)
+            async with lock:
+                out = monitor.process(records, states)
+                await deliver(out)
+            lag.track(records)
             monitor.publish_gauges(owned())
             yield out
+            commit_first_batch()
 
     @app.timer(interval=settings.tick_interval_seconds)
     async def tick_patients() -> None:
         partitions = owned()
         now = datetime.now(UTC)
-        origins: dict[int, Any] = {}
-
-        def origin(partition: int) -> Any:
-            if partition not in origins:
-                message = faust.types.Message(
-                    settings.labs_topic, partition, -1, now.timestamp(), 0, None, None, None, None
-                )
-                origins[partition] = faust.Event(app, None, None, None, message)
-            return origins[partition]
-
-        entries = [(k, p, origin(p)) for k, p in monitor.index.keys(partitions)]
-        out = monitor.tick(now, entries, store)
-        send(out)
-        out.persist(store)  # after the alerts: see ``Outgoing``
+        origins = {
+            p: partition_event(app, settings.labs_topic, p, now.timestamp())
+            for p in (partitions if partitions is not None else range(settings.partitions))
+        }
+        entries = [(k, p, origins[p]) for k, p in monitor.index.keys(partitions)]
+        raised = 0
+        for start in range(0, len(entries), TICK_SLICE):
+            async with lock:
+                still = owned()  # a rebalance between two slices takes partitions away
+                part = [
+                    e for e in entries[start : start + TICK_SLICE] if still is None or e[1] in still
+                ]
+                out = monitor.tick(now, part, states)
+                await deliver(out)
+            raised += len(out.alert_events)
+            await asyncio.sleep(0)
         monitor.publish_gauges(partitions)
-        if out.alert_events:
-            log.info("tick: %d alert events", len(out.alert_events))
+        if raised:
+            log.info("tick: %d alert events", raised)
 
-    async def on_changelog(event: Any) -> None:
-        # Must not raise: Faust's recovery loop stops at the first exception of a callback.
-        key, value, partition = event.message.key, event.message.value, event.message.partition
-        if key is None:
-            return
-        try:
-            state = None if value is None else decode_state(bytes(value))
-        except Exception as exc:
-            log.error(
-                "unreadable patient state in the changelog (partition %d): %s",
-                partition,
-                type(exc).__name__,
-            )
-            return
-        monitor.index.update(bytes(key), partition, None if state is None else open_alerts(state))
+    @app.timer(interval=STALL_SECONDS / 3)
+    async def report_stall() -> None:
+        report = lag.stall()
+        if report is not None:
+            log.warning("stalled: %s", report)
 
-    app_module.changelog_listeners.append(on_changelog)
+    recovery_began = [time.monotonic()]
 
-    @app.on_partitions_revoked.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        recovery_began[0] = time.monotonic()
+        metrics.recovery_in_progress.set(1)
+
+    cast(Any, app.on_partitions_assigned).connect(on_assigned)
+
+    async def on_recovered(active: Set[TP]) -> None:
+        """Index the patients of the recovered partitions from the table; the recovery ends
+        with it (``carwatch_table_recovery_seconds``: assignment to ready)."""
+        partitions = {tp.partition for tp in active}
+        monitor.index.forget(partitions)
+        unreadable = 0
+        for n, (key, value) in enumerate(table.items()):
+            partition = _partition_of(bytes(key), settings.partitions)
+            if partition not in partitions:
+                continue
+            try:
+                monitor.index.update(bytes(key), partition, open_alerts_of(bytes(value)))
+            except StateFormatError:
+                unreadable += 1
+            if n % 2000 == 1999:
+                await asyncio.sleep(0)
+        if unreadable:
+            log.error("%d unreadable patient states in the table", unreadable)
+        monitor.publish_gauges(owned())
+        metrics.recovery_seconds.set(time.monotonic() - recovery_began[0])
+        metrics.recovery_in_progress.set(0)
+
+    table.on_recovered = on_recovered
+
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.labs_topic}
         monitor.index.forget(gone)
-        for tp in [tp for tp in lag if tp in revoked]:
-            del lag[tp]
+        states.forget(gone)
+        lag.forget(revoked)
         monitor.publish_gauges(owned())
 
-    @app.on_rebalance_complete.connect
-    async def on_rebalanced(sender: Any, **kwargs: Any) -> None:
-        monitor.publish_gauges(owned())
+    cast(Any, app.on_partitions_revoked).connect(on_revoked)
 
     @app.task
     async def serve_metrics() -> None:
@@ -225,4 +301,10 @@ def register(app_module: Any) -> Pipeline:
         start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
-    return Pipeline(monitor, metrics, registry, monitor_agent, tick_patients)
+    return Pipeline(monitor, states, metrics, registry, monitor_agent, tick_patients)
+
+
+def _partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), which every producer of the inputs uses
+    (DESIGN.md: topics keyed by patient id), so the table's partition of a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -1,50 +1,46 @@
-"""The Faust application: topics, the ``patient_state`` table, and how records reach the agent.
+"""The Faust application, built by ``create_app(settings)``; importing this module builds nothing.
 
-``faust -A streams.shell.app worker`` or ``carwatch worker`` runs it; settings come from ``CARWATCH_*``
-(``streams.settings``). Choices, and why (DESIGN.md "Real components", FACTS.md):
+``carwatch worker`` runs ``run_worker(settings)``; ``faust -A streams.shell.app worker`` finds
+``app`` here, built from ``CARWATCH_*`` on first access (a module ``__getattr__``). Choices, and
+why (DESIGN.md "Real components", FACTS.md, docs/capacity.md):
 
 - ``processing_guarantee="at_least_once"``: alert ids are deterministic, so a record processed
-  twice re-sends byte-identical events that subscribers drop by ``event_id``; Faust's
-  exactly-once mode has open duplicate and crash reports.
-- Input topics (``carwatch.labs``, ``carwatch.clinical``) and the table's changelog have the same
-  partition count and are keyed by patient id: one patient's records, state and changelog live
-  on one partition of one worker (co-partitioning). Values are raw bytes; the agent decodes.
+  twice re-sends events that subscribers drop by ``event_id``; Faust's exactly-once mode has open
+  duplicate and crash reports.
+- Static group membership (``CARWATCH_GROUP_INSTANCE_ID``, Kafka's ``group.instance.id``): a
+  worker restarted under the same id gets its partitions back at once instead of waiting for the
+  session timeout to expire the dead member (10-30 s). Each worker of a group needs its own id
+  (two workers under one id fence each other); unset, membership is dynamic. Faust's assignor
+  asserts that a member's URL is the one it joined with, and a static member that rejoins gets
+  its previous assignment back: the URL is therefore derived from the id alone, never from a
+  port that may change between restarts (the worker would otherwise stop consuming, silently).
 - ``web_tables_enabled=False``: Faust's ``/table`` endpoint would serve patient state over HTTP.
   The web server binds to ``CARWATCH_WEB_HOST`` (127.0.0.1) explicitly: ``faust worker`` would
   otherwise listen on 0.0.0.0.
-- The table's values are ``streams.pipeline.state_codec`` bytes (``value_serializer="raw"``).
-
-Chunked delivery (``ChunkingConsumer``): Faust hands every Kafka record through its consumer,
-conductor, channel queue and stream one by one, at about 50 µs of Python per record on this
-hardware -- five times the cost of decoding and checking the record itself, and a ceiling near
-20,000 records/s however the agent batches. With ``CARWATCH_CHUNKED_DELIVERY`` (default) the
-consumer delivers each fetched run of records of one input partition as *one* message whose value
-is a ``Chunk``. Offsets stay exact for at-least-once: the chunk's message carries the offset of
-its last record, and only when the agent acknowledges the chunk (after processing it) are the
-offsets before it marked done -- the commit can never pass a record that was not processed.
-Everything else (changelog recovery, other topics) goes through Faust's normal path.
+- Stores: ``memory://`` (tests; rebuilt from the changelog on every start) or ``rocksdb://`` with
+  the rocksdict driver (production; state under ``CARWATCH_DATA_DIR``, a restart reads only the
+  changelog's tail). ``rocksdict://`` is no store URL faust-streaming accepts.
+- Chunked delivery: ``streams.shell.chunking``.
 """
 
-import logging
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from faust.types import EventT
 
 from streams.settings import Settings
 from streams.shell import agents
 from streams.shell.chunking import ChunkingTransport
-
-log = logging.getLogger(__name__)
+from streams.shell.topics import PatientTable, Topics, declare_table, declare_topics
 
 
 class CarwatchApp(faust.App):
-    """``faust.App`` with the chunking consumer for ``chunked_topics``."""
+    """``faust.App`` with the chunking consumer for ``chunked_topics``, and the shell's parts."""
 
     chunked_topics: frozenset[str] = frozenset()
     chunk_size: int = 1000
+    shell_topics: Topics
+    patient_state: PatientTable
+    pipeline: agents.Pipeline
 
     def _new_transport(self) -> Any:
         if not self.chunked_topics:
@@ -53,13 +49,16 @@ class CarwatchApp(faust.App):
 
 
 def create_app(settings: Settings) -> CarwatchApp:
+    """A new app with its topics, table, agent, timer and hooks (raises ``PolicyError``)."""
     app = CarwatchApp(
         settings.app_id,
         broker=settings.broker_url,
-        broker_credentials=settings.faust_credentials(),
+        broker_credentials=credentials(settings),
         broker_session_timeout=settings.broker_session_timeout_seconds,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_seconds,
         broker_commit_interval=settings.commit_interval_seconds,
+        consumer_group_instance_id=settings.group_instance_id,
+        canonical_url=canonical_url(settings),
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",
@@ -77,68 +76,51 @@ def create_app(settings: Settings) -> CarwatchApp:
         # Chunks are large: a short queue keeps memory bounded while the agent catches up.
         stream_buffer_maxsize=64 if settings.chunked_delivery else 4096,
         table_standby_replicas=0,
+        Table=PatientTable,
     )
     if settings.chunked_delivery:
         app.chunked_topics = frozenset((settings.labs_topic, settings.clinical_topic))
         app.chunk_size = settings.batch_size
+    app.shell_topics = declare_topics(app, settings)
+    app.patient_state = declare_table(app, settings)
+    app.pipeline = agents.register(app, settings, app.shell_topics, app.patient_state)
     return app
 
 
-settings = Settings()
-app = create_app(settings)
-
-#: Both inputs, consumed by one agent: a patient's lab results and clinical events sit on the
-#: same partition number of the two topics, so one worker sees all of a patient's records.
-inputs = app.topic(
-    settings.labs_topic,
-    settings.clinical_topic,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
-alerts_topic = app.topic(
-    settings.alerts_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
-deadletter_topic = app.topic(
-    settings.deadletter_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
-
-#: Called with every changelog record the table recovers (``streams.shell.agents`` indexes them).
-changelog_listeners: list[Callable[[EventT], Awaitable[None]]] = []
+def canonical_url(settings: Settings) -> str:
+    """The URL Faust announces to the group (module docstring: static membership)."""
+    if settings.group_instance_id is not None:
+        return f"http://{settings.group_instance_id}.carwatch.invalid"
+    return f"http://{settings.web_host}:{settings.web_port}"
 
 
-async def _on_changelog_event(event: EventT) -> None:
-    for listener in changelog_listeners:
-        await listener(event)
+def credentials(settings: Settings) -> Any:
+    """``broker_credentials`` for ``faust.App`` (None for plaintext)."""
+    context = settings.ssl_context()
+    if settings.sasl_mechanism is not None:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
-#: Patient id (UTF-8 bytes) → ``streams.pipeline.state_codec`` bytes; enrolled patients only. Its
-#: changelog ``<app id>-patient_state-changelog`` has the inputs' partition count.
-patient_state = app.Table(
-    "patient_state",
-    key_type=bytes,  # bytes → the "raw" serializer for keys and values
-    value_type=bytes,
-    partitions=settings.partitions,
-    on_changelog_event=_on_changelog_event,
-)
+def run_worker(settings: Settings, loglevel: str) -> None:
+    """Run the worker until it is stopped (``faust.Worker`` handles the signals)."""
+    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
 
-# The agent, the timer and the startup hooks (``faust -A streams.shell.app`` finds them on ``app``).
-pipeline = agents.register(sys.modules[__name__])
 
-__all__ = [
-    "alerts_topic",
-    "app",
-    "deadletter_topic",
-    "inputs",
-    "patient_state",
-    "pipeline",
-    "settings",
-]
+_built: dict[str, CarwatchApp] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``app`` for ``faust -A streams.shell.app``: built from ``CARWATCH_*`` on first access."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if "app" not in _built:
+        _built["app"] = create_app(Settings())
+    return _built["app"]

@@ -1,11 +1,38 @@
-"""Chunked delivery: input-topic records handed to the agent one fetched run at a time."""
+"""Where the shell relies on Faust's internals: chunked delivery and binding table access.
 
-from collections.abc import AsyncIterator, Sequence
+Everything here uses private parts of faust-streaming (pinned in pyproject.toml);
+``tests/unit/shell/test_chunking.py`` fails when a release changes any of them.
+
+Chunked delivery (``ChunkingConsumer``): Faust hands every Kafka record through its consumer,
+conductor, channel queue and stream one by one, at about 50 µs of Python per record on this
+hardware -- five times the cost of decoding and checking the record itself, and a ceiling near
+20,000 records/s however the agent batches (``stream.take``/``take_events``, the public API, batch
+*after* that path). With ``CARWATCH_CHUNKED_DELIVERY`` (default) the consumer delivers each
+fetched run of records of one input partition as *one* message whose value is a ``Chunk``.
+Offsets stay exact for at-least-once: the chunk's message carries the offset of its last record,
+and only when the agent acknowledges the chunk (after processing it) are the offsets before it
+marked done -- the commit can never pass a record that was not processed. Everything else
+(changelog recovery, other topics) goes through Faust's normal path. Relies on: the driver's
+``Consumer.getmany`` / ``_wait_next_records`` / ``_to_message`` / ``flow_active`` /
+``perform_seek`` / ``_buffered_partitions``, and the base consumer's ``_read_offset``, ``_gap``
+and ``_committed_offset`` bookkeeping that ``ack`` and ``_new_offset`` do.
+
+Table binding (``bound_to``, ``partition_event``): Faust's table takes the changelog partition,
+and rocksdict its per-partition database, from the *current event* (a context variable). A batch
+spans partitions, and the tick timer has no event at all, so the shell binds each read and write
+to an event of the patient's own partition.
+"""
+
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import faust
+from faust import streams as faust_streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message
+from faust.types import TP, AppT, EventT, Message
 
 
 class ChunkedApp(Protocol):
@@ -89,3 +116,34 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
 
 class ChunkingTransport(faust_aiokafka.Transport):
     Consumer = ChunkingConsumer
+
+
+@contextmanager
+def bound_to(event: EventT | None) -> Iterator[None]:
+    """Make ``event`` Faust's current event while a table entry is read or written."""
+    var = faust_streams._current_event
+    token = var.set(weakref.ref(event) if event is not None else None)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def partition_event(app: AppT, topic: str, partition: int, timestamp: float) -> EventT:
+    """An event of ``topic``/``partition`` that stands for no record (for ``bound_to``)."""
+    message = Message(topic, partition, -1, timestamp, 0, None, None, None, None)
+    return faust.Event(app, None, None, None, message)
+
+
+def flow_of(consumer: Any) -> dict[str, Any]:
+    """What Faust's consumer holds back, for the stall report (diagnostics only)."""
+
+    def names(tps: Any) -> list[str]:
+        return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps or ())
+
+    return {
+        "flow_active": getattr(consumer, "flow_active", None),
+        "paused": names(getattr(consumer, "_paused_partitions", None)),
+        "buffer_full": names(getattr(consumer, "_buffered_partitions", None)),
+        "active": names(getattr(consumer, "_active_partitions", None)),
+    }

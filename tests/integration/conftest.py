@@ -10,14 +10,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,21 +25,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+# the integration tests' broker and free ports are the benchmarks' (re-exported for the tests)
+from bench.processes import Broker as Broker
+from bench.processes import ChildDied
+from bench.processes import free_port as free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
-
-
-@dataclass(frozen=True)
-class Broker:
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"kafka://127.0.0.1:{self.port}"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 def require_java() -> None:
@@ -55,24 +46,16 @@ def require_java() -> None:
 def running_broker(port: int, controller: int, state: Path, **extra: str) -> Iterator[Broker]:
     """scripts/broker.sh up on these ports and state dir (``extra``: its other settings), and
     down afterwards."""
-    env = {
-        **os.environ,
-        "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(controller),
-        "CARWATCH_STATE_DIR": str(state),
-        "CARWATCH_PARTITIONS": str(PARTITIONS),
-        **extra,
-    }
-    script = str(REPO / "scripts" / "broker.sh")
-    up = subprocess.run(
-        ["bash", script, "up"], env=env, capture_output=True, text=True, timeout=300
-    )
-    if up.returncode != 0:
-        pytest.fail(f"broker.sh up failed:\n{up.stdout}\n{up.stderr}")
+    started = Broker(port, state, PARTITIONS, controller, extra)
     try:
-        yield Broker(port)
+        started.up()
+    except ChildDied as exc:
+        pytest.fail(str(exc))
+    try:
+        yield started
     finally:
-        subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=90)
+        with suppress(ChildDied):  # a broker that will not stop must not fail the session
+            started.down()
 
 
 @pytest.fixture(scope="session")
@@ -81,12 +64,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     port = int(os.environ.get("CARWATCH_TEST_KAFKA_PORT", "19092"))
     with running_broker(port, port + 1, tmp_path_factory.mktemp("kafka")) as started:
         yield started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:

@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     Pipeline,
     Worker,
     free_port,
+    running_broker,
     wait_for,
 )
 from tests.integration.web.conftest import (
@@ -288,38 +289,16 @@ def test_a_restart_after_a_stop_catches_up_to_what_a_rebuild_gives(
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, str]]]:
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker of this test alone (free ports): it is stopped and started again."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "CARWATCH_KAFKA_PORT": str(port),
-        "CARWATCH_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "CARWATCH_STATE_DIR": str(tmp_path / "kafka"),
-        "CARWATCH_PARTITIONS": str(PARTITIONS),
-    }
-    _broker_sh("up", env)
-    try:
-        yield Broker(port), env
-    finally:
-        _broker_sh("down", env)
-
-
-def _broker_sh(command: str, env: dict[str, str]) -> None:
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "broker.sh"), command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"broker.sh {command}:\n{done.stdout}\n{done.stderr}"
+    with running_broker(free_port(), free_port(), tmp_path / "kafka") as started:
+        yield started
 
 
 def test_pages_serve_while_the_broker_is_down_and_an_ack_made_meanwhile_is_sent_after(
-    own_broker: tuple[Broker, dict[str, str]], chromium: Any, tmp_path: Path
+    own_broker: Broker, chromium: Any, tmp_path: Path
 ) -> None:
-    broker, broker_env = own_broker
+    broker = own_broker
     topics = {name: f"outage.{name}" for name in ("labs", "clinical", "alerts", "acks", "dlq")}
     settings = Settings(broker_url=broker.url, partitions=PARTITIONS)
     ensure_topics(settings, list(topics.values()), partitions=PARTITIONS)
@@ -357,7 +336,7 @@ def test_pages_serve_while_the_broker_is_down_and_an_ack_made_meanwhile_is_sent_
         login(page, server)
         assert {row["id"] for row in _rows(page, "unacknowledged")} == {alerts[0].alert_id}
 
-        _broker_sh("down", broker_env)
+        broker.down()
         wait_for(lambda: _banner(page, server).startswith("Kafka unreachable"), 90, "the banner")
         assert {row["id"] for row in _rows(page, "unacknowledged")} == {alerts[0].alert_id}
 
@@ -367,7 +346,7 @@ def test_pages_serve_while_the_broker_is_down_and_an_ack_made_meanwhile_is_sent_
         assert "not yet sent" in page.inner_text("#ack-status")
         time.sleep(3)  # the outbox publisher tries (and fails) meanwhile
 
-        _broker_sh("up", broker_env)
+        broker.up()
         pipeline = Pipeline(broker, tmp_path)
         records = pipeline.read(topics["acks"], timeout=60, expect=1)
         acks = [AckEvent.model_validate_json(r.value) for r in records]

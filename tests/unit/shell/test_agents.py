@@ -1,8 +1,9 @@
 """The monitor agent under Faust's ``agent.test_context()`` (no broker): output topics patched.
 
-Tables are module-level, so every test uses its own patient ids.
+Every test builds its own app (``create_app``), so tables and metrics start empty.
 """
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -16,12 +17,14 @@ import pytest
 from schemas.alert import AlertEvent
 from schemas.deadletter import DeadLetter
 from streams import synthetic
-from streams.pipeline.state_codec import decode_state
-from streams.shell.app import alerts_topic, deadletter_topic, patient_state, pipeline
+from streams.pipeline.store import unpack
+from streams.settings import Settings
+from streams.shell.app import CarwatchApp, create_app
 
 
 @dataclass
 class Harness:
+    app: CarwatchApp
     agent: Any
     alerts: mock.MagicMock
     deadletters: mock.MagicMock
@@ -46,18 +49,31 @@ class Harness:
         ]
 
 
+def acknowledged(**kwargs: Any) -> "asyncio.Future[None]":
+    """What a patched ``send_soon`` returns: a message the broker has acknowledged."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+def app(tmp_path: Any) -> CarwatchApp:
+    return create_app(Settings(app_id=f"ut-{uuid.uuid4().hex[:8]}", data_dir=tmp_path))
+
+
+@pytest.fixture
+async def harness(app: CarwatchApp) -> AsyncIterator[Harness]:
+    topics = app.shell_topics
     with (
-        mock.patch.object(alerts_topic, "send_soon") as alerts,
-        mock.patch.object(deadletter_topic, "send_soon") as deadletters,
+        mock.patch.object(topics.alerts, "send_soon", side_effect=acknowledged) as alerts,
+        mock.patch.object(topics.deadletter, "send_soon", side_effect=acknowledged) as deadletters,
     ):
-        async with pipeline.agent.test_context() as agent:
-            yield Harness(agent, alerts, deadletters)
+        async with app.pipeline.agent.test_context() as agent:
+            yield Harness(app, agent, alerts, deadletters)
 
 
-def sample(name: str, **labels: str) -> float:
-    return pipeline.registry.get_sample_value(name, labels) or 0.0
+def sample(harness: Harness, name: str, **labels: str) -> float:
+    return harness.app.pipeline.registry.get_sample_value(name, labels) or 0.0
 
 
 def patient_id() -> str:
@@ -68,7 +84,11 @@ async def test_enrolled_patient_raises_alerts_keyed_by_patient(harness: Harness)
     pid = patient_id()
     records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
     before = sample(
-        "carwatch_alert_events_total", rule="mrd_positive", severity="critical", action="raised"
+        harness,
+        "carwatch_alert_events_total",
+        rule="mrd_positive",
+        severity="critical",
+        action="raised",
     )
     started = datetime.now(UTC)
     for record in records:
@@ -82,17 +102,21 @@ async def test_enrolled_patient_raises_alerts_keyed_by_patient(harness: Harness)
     assert all(key == pid.encode() for key, _ in sent)
     # decided_at is the worker's wall clock, not the record's resulted_at
     assert all(a.decided_at >= started - timedelta(seconds=1) for _, a in sent)
-    state = decode_state(patient_state[pid.encode()])
+    state = unpack(harness.app.patient_state[pid.encode()])
     assert state.enrollment is not None and len(state.alerts) == 2
     after = sample(
-        "carwatch_alert_events_total", rule="mrd_positive", severity="critical", action="raised"
+        harness,
+        "carwatch_alert_events_total",
+        rule="mrd_positive",
+        severity="critical",
+        action="raised",
     )
     assert after - before == 1
-    assert sample("carwatch_active_alerts", rule="mrd_positive", severity="critical") >= 1
+    assert sample(harness, "carwatch_active_alerts", rule="mrd_positive", severity="critical") >= 1
 
 
 async def test_not_enrolled_results_are_counted_and_never_stored(harness: Harness) -> None:
-    before = sample("carwatch_results_total", analyte="anc", outcome="not_enrolled")
+    before = sample(harness, "carwatch_results_total", analyte="anc", outcome="not_enrolled")
     record = next(synthetic.hospital_labs(1, seed=11))
     record["analyte"], record["unit"] = "anc", "/uL"
     pid = patient_id()
@@ -100,13 +124,16 @@ async def test_not_enrolled_results_are_counted_and_never_stored(harness: Harnes
     out = await harness.put(record)
 
     assert out.outcomes["not_enrolled"] == 1
-    assert pid.encode() not in patient_state
+    assert pid.encode() not in harness.app.patient_state
     assert harness.sent_alerts() == [] and harness.sent_deadletters() == []
-    assert sample("carwatch_results_total", analyte="anc", outcome="not_enrolled") - before == 1
+    assert (
+        sample(harness, "carwatch_results_total", analyte="anc", outcome="not_enrolled") - before
+        == 1
+    )
 
 
 async def test_malformed_input_goes_to_the_dead_letter_topic(harness: Harness) -> None:
-    before = sample("carwatch_rejected_total", reason="malformed_json")
+    before = sample(harness, "carwatch_rejected_total", reason="malformed_json")
     await harness.put(b"{not json", key=b"whoever")
     pid = patient_id()
     await harness.put(
@@ -125,8 +152,8 @@ async def test_malformed_input_goes_to_the_dead_letter_topic(harness: Harness) -
         (pid.encode(), "unknown_unit"),
     ]
     assert letters[0][1].raw == "{not json"
-    assert sample("carwatch_rejected_total", reason="malformed_json") - before == 1
-    assert sample("carwatch_results_total", analyte="igg", outcome="rejected") >= 1
+    assert sample(harness, "carwatch_rejected_total", reason="malformed_json") - before == 1
+    assert sample(harness, "carwatch_results_total", analyte="igg", outcome="rejected") >= 1
 
 
 async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
@@ -136,26 +163,14 @@ async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
     now = datetime.now(UTC)
     records = synthetic.patient("igg_decline", pid, now)
     await harness.put(records[0])  # infusion
-    monitor = __import__("streams.pipeline.monitor", fromlist=["apply"])
-    real_apply, real_apply_all = monitor.apply, monitor.apply_all
+    real_apply_all = __import__("streams.pipeline.monitor", fromlist=["apply_all"]).apply_all
 
-    def poisoned(event: Any) -> bool:
-        return getattr(event, "accession", None) == records[1]["accession"]
-
-    def flaky(state: Any, event: Any, policy: Any) -> Any:
-        if poisoned(event):
-            raise RuntimeError("boom")
-        return real_apply(state, event, policy)
-
-    def flaky_all(state: Any, events: Any, policy: Any) -> Any:
-        if any(poisoned(event) for event in events):
+    def flaky(state: Any, events: Any, policy: Any) -> Any:
+        if any(getattr(e, "accession", None) == records[1]["accession"] for e in events):
             raise RuntimeError("boom")
         return real_apply_all(state, events, policy)
 
-    with (
-        mock.patch("streams.pipeline.monitor.apply", flaky),
-        mock.patch("streams.pipeline.monitor.apply_all", flaky_all),
-    ):
+    with mock.patch("streams.pipeline.monitor.apply_all", flaky):
         out = await harness.put(records[1])
     assert out.outcomes["rejected"] == 1
     ((_, letter),) = harness.sent_deadletters()
@@ -165,55 +180,3 @@ async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
     assert ("hypogammaglobulinemia", "raised") in [
         (a.rule.value, a.action.value) for _, a in harness.sent_alerts()
     ]
-
-
-async def test_a_batch_merges_the_two_topics_by_timestamp() -> None:
-    """Records of one patient from both topics in one batch: infusion first (earlier stamp)."""
-    from prometheus_client import CollectorRegistry
-
-    from streams.core.policy import DEFAULT_POLICY
-    from streams.metrics import PipelineMetrics
-    from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
-    from streams.pipeline.store import DictStore
-
-    pid = patient_id()
-    records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
-    infusion, labs = records[0], records[1:]
-    batch = [
-        InRecord(pid.encode(), json.dumps(r).encode(), LABS, 0, i, 100.0 + i)
-        for i, r in enumerate(labs, start=1)
-    ]
-    # the clinical record arrives last in the batch but was sent first
-    batch.append(InRecord(pid.encode(), json.dumps(infusion).encode(), CLINICAL_TOPIC, 0, 0, 100.0))
-    monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
-    store = DictStore()
-    out = monitor.process(batch, store)
-    assert out.outcomes["not_enrolled"] == 0
-    assert out.outcomes["accepted"] == len(records)
-    assert [a.rule.value for a in out.alert_events] == ["mrd_positive", "hct_consolidation"]
-
-
-def test_states_are_persisted_only_after_the_alerts_they_record() -> None:
-    """A state saying "announced" must never reach the changelog before its alert is sent."""
-    from prometheus_client import CollectorRegistry
-
-    from streams.core.policy import DEFAULT_POLICY
-    from streams.metrics import PipelineMetrics
-    from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor
-    from streams.pipeline.state_codec import decode_state
-    from streams.pipeline.store import DictStore
-
-    pid = patient_id()
-    records = synthetic.patient("mrd_positive", pid, datetime.now(UTC))
-    batch = [InRecord(pid.encode(), json.dumps(records[0]).encode(), CLINICAL_TOPIC, 0, 0, 100.0)]
-    batch += [
-        InRecord(pid.encode(), json.dumps(r).encode(), LABS, 0, i, 100.0 + i)
-        for i, r in enumerate(records[1:], start=1)
-    ]
-    monitor = Monitor(DEFAULT_POLICY, PipelineMetrics(CollectorRegistry()))
-    store = DictStore()
-    out = monitor.process(batch, store)
-    assert out.alerts and store.data == {}  # nothing persisted while the alerts are unsent
-    out.persist(store)
-    state = decode_state(store.data[pid.encode()])
-    assert {a.rule.value for a in state.alerts.values()} == {"mrd_positive", "hct_consolidation"}
