@@ -150,6 +150,11 @@ class RejectReason(StrEnum):
     UNSUPPORTED_MESSAGE = "unsupported_message"
     MISSING_PATIENT_ID = "missing_patient_id"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    #: the worker: the patient's stored state is in a format this release does not read
+    #: (a release that changed it needs a rebuild: docs/deploy.md "Upgrading")
+    STATE_UNREADABLE = "state_unreadable"
+    #: the worker: the engine raised on this record (a defect; the worker log has the trace)
+    PROCESSING_ERROR = "processing_error"
 
 
 class Outcome(StrEnum):

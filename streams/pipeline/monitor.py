@@ -52,6 +52,7 @@ from streams.core.policy import Policy
 from streams.core.state import PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
 from streams.metrics import CLINICAL, UNKNOWN_ANALYTE, PipelineMetrics
+from streams.pipeline.state_codec import StateFormatError
 from streams.pipeline.store import OpenAlerts, PatientStates, open_alerts
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ class Monitor:
                     _Decoded(record, decoded, topic, _collected_at(decoded))
                 )
         for patient_id, group in groups.items():
-            self._patient(patient_id, group, states, out, counts, deadlettered)
+            self._patient(patient_id, group, states, out, counts, rejected, deadlettered)
         self._flush_counts(counts, consumed, rejected, deadlettered)
         if saw_lab:
             self.metrics.last_result_timestamp.set(self.wall_clock())
@@ -248,12 +249,17 @@ class Monitor:
         states: PatientStates,
         out: Outgoing,
         counts: Counter[tuple[str, str]],
+        rejected: Counter[str],
         deadlettered: Counter[str],
     ) -> None:
         key = patient_id.encode()
         origin = group[0].record.origin
         partition = group[0].record.partition
-        state = states.get(key, partition, origin)
+        try:
+            state = states.get(key, partition, origin)
+        except StateFormatError as exc:
+            self._unreadable(group, exc, out, counts, rejected, deadlettered)
+            return
         if state is None and not any(isinstance(d.event, Infusion) for d in group):
             for item in group:
                 counts[(_analyte_label(item.event), Outcome.NOT_ENROLLED.value)] += 1
@@ -264,16 +270,12 @@ class Monitor:
         state, results, poisoned = self._apply(
             state or PatientState.new(patient_id), ordered, states, key, partition
         )
-        for item in poisoned:
-            rejection = Rejection.of(
-                RejectReason.INVALID_FIELD,
-                "the record could not be processed (internal error; see the worker log)",
-                patient_id=patient_id,
-            )
-            counts[(_analyte_label(item.event), Outcome.REJECTED.value)] += 1
-            out.outcomes[Outcome.REJECTED] += 1
-            deadlettered[item.topic] += 1
-            self._dead_letter(out, item.record, item.topic, rejection)
+        rejection = Rejection.of(
+            RejectReason.PROCESSING_ERROR,
+            "the record could not be processed (internal error; see the worker log)",
+            patient_id=patient_id,
+        )
+        self._reject_all(poisoned, rejection, out, counts, rejected, deadlettered)
         for item, result in results:
             counts[(_analyte_label(item.event), result.outcome.value)] += 1
             out.outcomes[result.outcome] += 1
@@ -284,6 +286,42 @@ class Monitor:
             after = open_alerts(state)
             if after != before or key not in self.index.entries:
                 self.index.update(key, partition, after)
+
+    def _unreadable(
+        self,
+        group: list[_Decoded],
+        error: StateFormatError,
+        out: Outgoing,
+        counts: Counter[tuple[str, str]],
+        rejected: Counter[str],
+        deadlettered: Counter[str],
+    ) -> None:
+        """A stored state this release cannot read is never replaced by a fresh one (that
+        would forget the patient's history and re-raise old alerts): the records go to the
+        dead-letter topic, to be reprocessed after the rebuild (docs/deploy.md "Upgrading")."""
+        log.error("a patient's stored state is unreadable (%s); records dead-lettered", error)
+        rejection = Rejection.of(
+            RejectReason.STATE_UNREADABLE,
+            f"the patient's stored state cannot be read by this release ({error})",
+            patient_id=group[0].event.patient_id,
+        )
+        self._reject_all(group, rejection, out, counts, rejected, deadlettered)
+
+    def _reject_all(
+        self,
+        items: list[_Decoded],
+        rejection: Rejection,
+        out: Outgoing,
+        counts: Counter[tuple[str, str]],
+        rejected: Counter[str],
+        deadlettered: Counter[str],
+    ) -> None:
+        for item in items:
+            rejected[rejection.reason.value] += 1
+            counts[(_analyte_label(item.event), Outcome.REJECTED.value)] += 1
+            out.outcomes[Outcome.REJECTED] += 1
+            deadlettered[item.topic] += 1
+            self._dead_letter(out, item.record, item.topic, rejection)
 
     def _apply(
         self,
@@ -406,7 +444,10 @@ class Monitor:
         out = Outgoing()
         decided_at = now
         for key, partition, origin in entries:
-            state = states.get(key, partition, origin)
+            try:
+                state = states.get(key, partition, origin)
+            except StateFormatError:  # counted and reported when its records arrive
+                state = None
             if state is None:
                 self.index.update(key, partition, None)
                 continue

@@ -173,3 +173,22 @@ def test_a_tick_with_news_returns_the_state_to_write() -> None:
     assert {a.rule.value for a in out.alert_events} == {"monitoring_gap"}
     assert [key for key, *_ in out.states] == [pid.encode()]
     assert monitor.index.open_alerts(None)
+
+
+def test_a_state_this_release_cannot_read_dead_letters_the_records_and_is_kept() -> None:
+    """A first-release (format 1) state is never replaced by a fresh one: that would forget the
+    history and raise its alerts again. Its records wait in the dead-letter topic."""
+    pid = patient_id()
+    records = synthetic.patient("igg_decline", pid, datetime.now(UTC))
+    old = json.dumps({"f": 1, "p": pid}).encode()
+    store = DictStore()
+    store.data[pid.encode()] = old
+    states = PatientStates(store)
+    monitor = new_monitor()
+    out = monitor.process(records_of(pid, records), states)
+    assert out.outcomes["rejected"] == len(records) and not out.alert_events
+    assert {letter.reason.value for letter in out.dead_letters} == {"state_unreadable"}
+    assert "cannot be read" in out.dead_letters[0].details[0].message
+    out.persist(states)
+    assert store.data[pid.encode()] == old
+    assert monitor.tick(datetime.now(UTC), [(pid.encode(), 0, None)], states).states == []

@@ -174,7 +174,9 @@ async def test_an_engine_failure_dead_letters_the_record_and_keeps_going(
         out = await harness.put(records[1])
     assert out.outcomes["rejected"] == 1
     ((_, letter),) = harness.sent_deadletters()
-    assert letter.reason.value == "invalid_field" and "internal error" in letter.details[0].message
+    assert (
+        letter.reason.value == "processing_error" and "internal error" in letter.details[0].message
+    )
     for record in records[2:]:
         await harness.put(record)
     assert ("hypogammaglobulinemia", "raised") in [

@@ -1,5 +1,5 @@
-"""Only ``streams/shell/`` knows Faust, and importing any module builds no app (DESIGN.md
-"Layout")."""
+"""Only ``streams/shell/`` knows Faust, and importing any module builds no app
+(docs/architecture.md "Layout")."""
 
 import ast
 import subprocess
@@ -9,13 +9,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 PACKAGES = ("schemas", "streams")
 SHELL = REPO / "streams" / "shell"
+#: alembic's scripts, run by alembic with its context set up (streams/web/db.py), not imported
+MIGRATIONS = REPO / "streams" / "web" / "migrations"
 
 
 def modules(include_shell: bool) -> list[str]:
     found = []
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
-            if path.name == "__main__.py" or (not include_shell and SHELL in path.parents):
+            if path.name == "__main__.py" or MIGRATIONS in path.parents:
+                continue
+            if not include_shell and SHELL in path.parents:
                 continue
             parts = path.relative_to(REPO).with_suffix("").parts
             found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
