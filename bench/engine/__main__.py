@@ -6,8 +6,8 @@ Figures: (1) baseline -- the same records only decoded and validated (``decode_r
 ``normalise_lab_result``), no rules; (2) engine -- ``apply_all`` over the already-validated records, each run of
 consecutive records of one patient at a time as the worker and replay apply them (one specimen's
 results together);
-(3) end to end -- both. Then peak RSS and the serialized state per patient (the Faust table's
-codec). Targets (issue #2): engine ≥ 100,000 results/s, ≤ 8 KB of state per patient after a year.
+(3) end to end -- both. Then peak RSS, the serialized state per patient (the Faust table's
+codec) and the codec's cost per state. Targets (issue #2): engine ≥ 100,000 results/s, ≤ 8 KB of state per patient after a year.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from streams.core.engine import apply_all
 from streams.core.policy import DEFAULT_POLICY
 from streams.core.state import PatientState
 from streams.ingest.normalise import Unmapped, normalise_lab_result
-from streams.pipeline.state_codec import encode_state
+from streams.pipeline.state_codec import decode_state, encode_state
 
 
 def main() -> None:
@@ -65,7 +65,19 @@ def main() -> None:
         alerts += sum(len(result.alerts) for result in apply_all(state, list(group), policy))
     engine_s = time.perf_counter() - started
 
-    sizes = [len(encode_state(state)) for state in states.values()]
+    kept = list(states.values())
+    started = time.perf_counter()
+    blobs = [encode_state(state) for state in kept]
+    first_encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for state in kept:
+        encode_state(state)
+    encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for blob in blobs:
+        decode_state(blob)
+    decode_s = time.perf_counter() - started
+    sizes = [len(blob) for blob in blobs]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(records)
     print(f"{'stage':<44}{'records/s':>14}{'seconds':>10}")
@@ -78,6 +90,12 @@ def main() -> None:
     print(
         f"serialized state per patient after a year: mean {statistics.mean(sizes):,.0f} B, "
         f"p99 {sorted(sizes)[int(len(sizes) * 0.99)]:,} B, max {max(sizes):,} B"
+    )
+    per_state = 1e6 / len(kept)
+    print(
+        f"state codec per patient-year: first encode {first_encode_s * per_state:,.0f} us, "
+        f"encode again (rows kept on the results) {encode_s * per_state:,.0f} us, "
+        f"decode {decode_s * per_state:,.0f} us"
     )
     print("targets: engine >= 100,000 results/s; state <= 8,192 B per patient")
 

@@ -30,23 +30,39 @@ def instant(value: float) -> datetime:
 
 
 def result_row(result: StoredResult, source_id: Any = None) -> list[Any]:
-    """A result as a compact list; trailing empty fields dropped. ``source_id`` maps sources."""
+    """A result as a compact list, trailing empty fields after the source dropped; ``source_id``
+    maps the source (a state's table of sources). The row is made once per result and kept on it:
+    the caller must not change it."""
+    row = result.row
+    if row is None:
+        row = result.row = _row(result)
+    if source_id is None:
+        return row
+    mapped = row.copy()
+    mapped[4] = source_id(mapped[4])
+    return mapped
+
+
+#: the source's place in a row; rows are never shorter, so it can always be mapped
+_SOURCE = 4
+
+
+def _row(result: StoredResult) -> list[Any]:
+    collected = timestamp(result.collected_at)
     row = [
-        timestamp(result.collected_at),
+        collected,
         result.value,
         result.status.value,
         result.accession,
-        result.source if source_id is None else source_id(result.source),
-        None
-        if result.resulted_at is None
-        else timestamp(result.resulted_at) - timestamp(result.collected_at),
+        result.source,
+        None if result.resulted_at is None else timestamp(result.resulted_at) - collected,
         result.detected,
         None if result.method is None else result.method.value,
         result.sensitivity,
         list(result.replaced),
         None if result.comparator is None else result.comparator.value,
     ]
-    while row and row[-1] in (None, []):
+    while len(row) > _SOURCE + 1 and row[-1] in (None, []):
         row.pop()
     return row
 
@@ -55,12 +71,14 @@ def result_from_row(row: list[Any], sources: list[str | None] | None = None) -> 
     collected, value, status, accession, source, resulted, detected, method, sens, old, comp = (
         row + [None] * (11 - len(row))
     )
-    return StoredResult(
+    if sources is not None:
+        source = sources[source]
+    result = StoredResult(
         collected_at=instant(collected),
         value=value,
         status=ResultStatus(status),
         accession=accession,
-        source=source if sources is None else sources[source],
+        source=source,
         resulted_at=None if resulted is None else instant(collected + resulted),
         detected=detected,
         method=None if method is None else MrdMethod(method),
@@ -68,6 +86,11 @@ def result_from_row(row: list[Any], sources: list[str | None] | None = None) -> 
         replaced=tuple(old or ()),
         comparator=None if comp is None else Comparator(comp),
     )
+    kept = row + [None] * (_SOURCE + 1 - len(row))
+    if sources is not None:
+        kept[_SOURCE] = source
+    result.row = kept
+    return result
 
 
 def encode(value: Any) -> Any:

@@ -69,6 +69,9 @@ class StoredResult:
     replaced: tuple[str, ...] = ()
     #: ``collected_at`` as epoch seconds (derived; day numbers are computed from it)
     collected_ts: float = field(init=False, repr=False, compare=False)
+    #: the compact row of ``streams.core.carry.result_row`` (derived, made once: a stored result
+    #: does not change, and a state is encoded after every batch that touches its patient)
+    row: list[Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.collected_ts = self.collected_at.timestamp()

@@ -33,6 +33,23 @@ def test_round_trip_is_exact_for_any_history(specs: list, with_tick: bool) -> No
     assert encode_state(decode_state(encode_state(state))) == encode_state(state)
 
 
+@settings(max_examples=60, deadline=None)
+@given(result_specs)
+def test_rows_kept_on_results_encode_as_rows_made_afresh(specs: list) -> None:
+    """Each stored result keeps its encoded row; a state encoded (and read back) after every
+    record encodes exactly as one whose rows are all made anew."""
+    t = timeline(specs)
+    state = PatientState.new(t.events[0].patient_id)
+    for event in t.events:
+        apply(state, event, DEFAULT_POLICY)
+        state = decode_state(encode_state(state))
+    kept = encode_state(state)
+    for history in state.results.values():
+        for result in history:
+            result.row = None
+    assert kept == encode_state(state)
+
+
 def test_round_trip_keeps_every_field_of_a_rich_state() -> None:
     t = Timeline("RICH").infusion(
         day=0, costim="CD28", prior_hct=True, hct_eligible=None, risk_factors=["tp53_mutated"]
