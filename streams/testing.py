@@ -109,7 +109,7 @@ class Timeline:
                 resulted_at=at_day(day, hour) + timedelta(hours=4),
                 status=ResultStatus(status),
                 accession=accession,
-                source="lab-main",
+                source=extra.pop("source", "lab-main"),
                 **extra,
             )
         )

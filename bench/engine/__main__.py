@@ -94,7 +94,7 @@ def main() -> None:
     per_state = 1e6 / len(kept)
     print(
         f"state codec per patient-year: first encode {first_encode_s * per_state:,.0f} us, "
-        f"encode again (rows kept on the results) {encode_s * per_state:,.0f} us, "
+        f"encode again (texts kept) {encode_s * per_state:,.0f} us, "
         f"decode {decode_s * per_state:,.0f} us"
     )
     print("targets: engine >= 100,000 results/s; state <= 8,192 B per patient")

@@ -184,6 +184,9 @@ class PatientState:
     accessions: dict[Analyte, dict[str, StoredResult]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: what the store's codec keeps between writes of this state (its own business; never
+    #: stored, never compared)
+    codec_memo: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, patient_id: str) -> "PatientState":

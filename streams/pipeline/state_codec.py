@@ -13,6 +13,7 @@ under a new application id (docs/deploy.md "Upgrading").
 """
 
 import json
+from operator import is_
 from typing import Any
 
 from schemas.vocab import (
@@ -31,6 +32,7 @@ from streams.core.state import (
     Enrollment,
     GapRecord,
     PatientState,
+    StoredResult,
 )
 
 FORMAT = 2
@@ -50,21 +52,71 @@ def _pad(row: list[Any], width: int) -> list[Any]:
     return row + [None] * (width - len(row))
 
 
+class _Fragment:
+    """One analyte's history as JSON text, with the results it was made from."""
+
+    __slots__ = ("results", "sources", "text", "texts")
+
+    def __init__(self, history: list[StoredResult], memo: "_Memo", before: "_Fragment | None"):
+        known = before.texts if before is not None else {}
+        self.results = list(history)
+        #: id of a result → (the result, so the id is not another's; its row's text)
+        self.texts: dict[int, tuple[StoredResult, str]] = {}
+        for result in history:
+            hit = known.get(id(result))
+            if hit is None or hit[0] is not result:
+                row = result_row(result, memo.source_id)
+                hit = (result, json.dumps(row, separators=(",", ":"), ensure_ascii=False))
+            self.texts[id(result)] = hit
+        self.sources = {result.source for result in history}
+        self.text = ",".join(self.texts[id(result)][1] for result in history)
+
+    def holds(self, history: list[StoredResult]) -> bool:
+        return len(history) == len(self.results) and all(map(is_, history, self.results))
+
+
+class _Memo:
+    """A state's table of sources and its histories as JSON text, kept between writes: a stored
+    result never changes, so a write encodes only the histories that changed, and in them only
+    the new results. The table only grows while the state lives (indices stay valid); it is made
+    anew, with every text, when it holds a source no result uses any more."""
+
+    __slots__ = ("fragments", "index", "sources")
+
+    def __init__(self, sources: list[str | None]) -> None:
+        self.sources = sources
+        self.index = {source: n for n, source in enumerate(sources)}
+        self.fragments: dict[Analyte, _Fragment] = {}
+
+    def source_id(self, source: str | None) -> int:
+        n = self.index.get(source)
+        if n is None:  # appended: the texts made so far stay valid
+            n = self.index[source] = len(self.sources)
+            self.sources.append(source)
+        return n
+
+    def encode(self, results: dict[Analyte, list[StoredResult]]) -> str | None:
+        """The ``r`` member's text, or None when the table holds a source no longer used."""
+        fragments: dict[Analyte, _Fragment] = {}
+        for analyte, history in results.items():
+            if history:
+                before = self.fragments.get(analyte)
+                if before is None or not before.holds(history):
+                    before = _Fragment(history, self, before)
+                fragments[analyte] = before
+        self.fragments = fragments
+        if len(self.sources) > len(set().union(*(f.sources for f in fragments.values()))):
+            return None
+        return ",".join(f'"{a.value}":[{f.text}]' for a, f in fragments.items())
+
+
 def encode_state(state: PatientState) -> bytes:
-    sources: list[str | None] = []
-    index: dict[str | None, int] = {}
-
-    def source_id(source: str | None) -> int:
-        if source not in index:
-            index[source] = len(sources)
-            sources.append(source)
-        return index[source]
-
-    results = {
-        analyte.value: [result_row(r, source_id) for r in history]
-        for analyte, history in state.results.items()
-        if history
-    }
+    memo: _Memo | None = state.codec_memo
+    results = None if memo is None else memo.encode(state.results)
+    if memo is None or results is None:
+        memo = state.codec_memo = _Memo([])
+        results = memo.encode(state.results)
+        assert results is not None  # a table made by this very encoding holds only used sources
     e = state.enrollment
     document: dict[str, Any] = {
         "f": FORMAT,
@@ -81,8 +133,7 @@ def encode_state(state: PatientState) -> bytes:
                 [f.value for f in e.risk_factors],
             ]
         ),
-        "s": sources,
-        "r": results,
+        "s": memo.sources,
         "v": [_trim([ev.kind.value, timestamp(ev.at), ev.detail]) for ev in state.events],
         "a": [
             [
@@ -114,7 +165,8 @@ def encode_state(state: PatientState) -> bytes:
             for g in state.gaps
         ],
     }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return f'{text[:-1]},"r":{{{results}}}}}'.encode()
 
 
 def decode_state(data: bytes) -> PatientState:
@@ -132,6 +184,7 @@ def decode_state(data: bytes) -> PatientState:
 def _decode(document: dict[str, Any]) -> PatientState:
     sources: list[str | None] = document["s"]
     state = PatientState(patient_id=document["p"])
+    state.codec_memo = _Memo(sources)
     if document["e"] is not None:
         infused, product, costim, prior, eligible, factors = _pad(document["e"], 6)
         state.enrollment = Enrollment(

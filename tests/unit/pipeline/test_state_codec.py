@@ -1,12 +1,13 @@
 """The Faust table codec: exact round trips, compact states, clear errors on bad bytes."""
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.vocab import ClinicalEventKind
+from schemas.vocab import Analyte, ClinicalEventKind
 from streams.core.engine import apply, tick
 from streams.core.policy import DEFAULT_POLICY, Policy
 from streams.core.state import PatientState
@@ -36,8 +37,9 @@ def test_round_trip_is_exact_for_any_history(specs: list, with_tick: bool) -> No
 @settings(max_examples=60, deadline=None)
 @given(result_specs)
 def test_rows_kept_on_results_encode_as_rows_made_afresh(specs: list) -> None:
-    """Each stored result keeps its encoded row; a state encoded (and read back) after every
-    record encodes exactly as one whose rows are all made anew."""
+    """Each stored result keeps its encoded row and the codec its JSON text; a state encoded
+    (and read back) after every record encodes exactly as one whose rows and texts are made
+    anew, and as the same state when its table of sources is made anew too."""
     t = timeline(specs)
     state = PatientState.new(t.events[0].patient_id)
     for event in t.events:
@@ -47,7 +49,10 @@ def test_rows_kept_on_results_encode_as_rows_made_afresh(specs: list) -> None:
     for history in state.results.values():
         for result in history:
             result.row = None
+    state.codec_memo.fragments.clear()
     assert kept == encode_state(state)
+    state.codec_memo = None
+    assert decode_state(encode_state(state)) == decode_state(kept)
 
 
 def test_round_trip_keeps_every_field_of_a_rich_state() -> None:
@@ -108,3 +113,19 @@ def test_a_state_stored_and_read_back_after_every_record_decides_the_same(values
         a.model_dump_json() for a in kept_alerts
     ]
     assert kept.cut is not None
+
+
+def test_the_table_of_sources_grows_and_is_made_anew_when_a_source_is_gone() -> None:
+    t = Timeline("SRC").infusion(day=0)
+    t.igg(day=10, mg_dl=700, source="LAB-A").igg(day=20, mg_dl=650, source="LAB-B")
+    state = _state_after(t.events)
+    first = encode_state(state)
+    assert json.loads(first)["s"] == ["LAB-A", "LAB-B"]
+    apply(state, Timeline("SRC").anc(day=30, per_ul=900, source="LAB-C").events[0], DEFAULT_POLICY)
+    grown = encode_state(state)
+    assert json.loads(grown)["s"] == ["LAB-A", "LAB-B", "LAB-C"]  # appended: texts stay valid
+    assert decode_state(grown) == state
+    state.results[Analyte.IGG] = [r for r in state.results[Analyte.IGG] if r.source != "LAB-A"]
+    shrunk = encode_state(state)
+    assert json.loads(shrunk)["s"] == ["LAB-B", "LAB-C"]
+    assert decode_state(shrunk) == state
