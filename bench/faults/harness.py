@@ -169,6 +169,23 @@ def build_file(plan: FaultPlan, path: Path, now: datetime) -> tuple[int, int]:
     return len(mixed), len(labs)
 
 
+def whole_specimens(lines: list[bytes], size: int) -> int:
+    """``size``, moved past the rest of the specimen the slice would cut: a lab sends the results
+    of one specimen together (one HL7 message, one Bundle), and the worker applies together only
+    what arrives together (docs/clinical-spec.md section 0), as the replay does for the file."""
+
+    def specimen(line: bytes) -> tuple[Any, Any]:
+        record = json.loads(line)
+        return record.get("patient_id"), record.get("collected_at")
+
+    if size >= len(lines):
+        return len(lines)
+    last = specimen(lines[size - 1])
+    while size < len(lines) and specimen(lines[size]) == last:
+        size += 1
+    return size
+
+
 def replay(path: Path, policy: Path | None, now: datetime | None = None) -> list[dict[str, Any]]:
     command = [sys.executable, "-m", "streams.cli", "replay", str(path)]
     if policy is not None:
@@ -398,7 +415,7 @@ class FaultRun:
         is measured while the worker has it to drain)."""
         if not self._pending:
             return
-        size = max(1, int(self.plan.rate * self.slice_seconds))
+        size = whole_specimens(self._pending, max(1, int(self.plan.rate * self.slice_seconds)))
         chunk, self._pending = self._pending[:size], self._pending[size:]
         started = time.monotonic()
         self.publish(chunk, self.topics["labs"])

@@ -11,7 +11,9 @@ hardware -- five times the cost of decoding and checking the record itself, and 
 fetched run of records of one input partition as *one* message whose value is a ``Chunk``.
 Offsets stay exact for at-least-once: the chunk's message carries the offset of its last record,
 and only when the agent acknowledges the chunk (after processing it) are the offsets before it
-marked done -- the commit can never pass a record that was not processed. Everything else
+marked done -- the commit can never pass a record that was not processed. A chunk never ends
+inside a run of one patient's records (``whole_key_runs``): the batch takes whole chunks, so the
+results of a specimen fetched together are applied together. Everything else
 (changelog recovery, other topics) goes through Faust's normal path. Relies on: the driver's
 ``Consumer.getmany`` / ``_wait_next_records`` / ``_to_message`` / ``flow_active`` /
 ``perform_seek`` / ``_buffered_partitions``, and the base consumer's ``_read_offset``, ``_gap``
@@ -75,8 +77,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 for record in fetched:
                     yield tp, self._to_message(tp, record)
                 continue
-            for start in range(0, len(fetched), chunk_size):
-                part = fetched[start : start + chunk_size]
+            for part in whole_key_runs(fetched, chunk_size):
                 yield tp, self._chunk_message(tp, part, generation_id)
 
     def _chunk_message(self, tp: TP, part: Sequence[Any], generation_id: int) -> Message:
@@ -112,6 +113,19 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 gap.addi(begin, message.offset)
                 gap.merge_overlaps()
         return bool(super().ack(message))
+
+
+def whole_key_runs(records: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of ``size`` records or a few more: a slice never ends inside a run of
+    one key, so a patient's records that were fetched together -- a specimen's results -- reach
+    one batch and are applied together (docs/clinical-spec.md section 0)."""
+    start = 0
+    while start < len(records):
+        end = min(start + size, len(records))
+        while end < len(records) and records[end].key == records[end - 1].key:
+            end += 1
+        yield records[start:end]
+        start = end
 
 
 class ChunkingTransport(faust_aiokafka.Transport):

@@ -1,8 +1,9 @@
 """The fault harness's verdict: lost, spurious and surviving duplicate alert events, order."""
 
+import json
 from typing import Any
 
-from bench.faults.harness import FaultReport, compare
+from bench.faults.harness import FaultReport, compare, whole_specimens
 
 
 def event(
@@ -62,3 +63,22 @@ def test_a_patient_s_events_out_of_order_are_reported() -> None:
     expected = [event("e1"), event("e22", action="resolved")]
     report = verdict(expected, list(reversed(expected)))
     assert report.out_of_order == ["P1"] and not report.ok
+
+
+def lab(patient: str, collected: str) -> bytes:
+    return json.dumps({"patient_id": patient, "collected_at": collected}).encode()
+
+
+def test_a_slice_never_cuts_a_specimen_in_two() -> None:
+    lines = [
+        lab("P1", "2026-01-01T08:00:00Z"),
+        lab("P1", "2026-01-02T08:00:00Z"),
+        lab("P1", "2026-01-02T08:00:00Z"),
+        lab("P2", "2026-01-02T08:00:00Z"),
+        lab("P2", "2026-01-02T08:00:00Z"),
+    ]
+    assert whole_specimens(lines, 1) == 1
+    assert whole_specimens(lines, 2) == 3  # P1's second specimen stays whole
+    assert whole_specimens(lines, 3) == 3
+    assert whole_specimens(lines, 4) == 5  # another patient's specimen at the same time
+    assert whole_specimens(lines, 9) == 5

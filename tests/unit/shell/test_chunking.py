@@ -23,7 +23,13 @@ from faust.types import TP
 
 from streams.settings import Settings
 from streams.shell.app import CarwatchApp, create_app
-from streams.shell.chunking import Chunk, ChunkingConsumer, bound_to, partition_event
+from streams.shell.chunking import (
+    Chunk,
+    ChunkingConsumer,
+    bound_to,
+    partition_event,
+    whole_key_runs,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -156,3 +162,17 @@ async def test_a_table_access_is_bound_to_the_given_event(tmp_path: Path) -> Non
         assert faust.streams.current_event() is event
         assert app.patient_state.partition_for_key(b"P1") == 3
     assert faust.streams.current_event() is None
+
+
+def test_a_chunk_never_ends_inside_one_patients_run_of_records() -> None:
+    keys = [b"P1", b"P1", b"P2", b"P2", b"P2", b"P3", b"P1"]
+    records = [Record(n, key=key) for n, key in enumerate(keys)]
+    runs = [[r.offset for r in run] for run in whole_key_runs(records, 2)]
+    assert runs == [[0, 1], [2, 3, 4], [5, 6]]
+    assert [len(run) for run in whole_key_runs(records, 100)] == [7]
+    assert [[r.offset for r in run] for run in whole_key_runs(records, 1)] == [
+        [0, 1],
+        [2, 3, 4],
+        [5],
+        [6],
+    ]
