@@ -26,6 +26,7 @@ in section 5). Every ingest path (NDJSON, HL7 v2, FHIR) ends here, so the same r
 Rejections carry the patient id so that the dead-letter record can be traced.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -117,8 +118,16 @@ def lab_result_from_fields(
 ) -> LabResult | Rejection | Unmapped:
     """A message's result, laid out as a wire record, validated and normalised.
 
-    What a feed parser (HL7 v2, FHIR) ends with: rejections name the message's own fields.
+    What a feed parser (HL7 v2, FHIR) ends with: rejections name the message's own fields. A
+    number too large for a double (5000 digits in HL7 NM, ``1e999`` in JSON) is a number, but
+    beyond every plausibility limit: ``implausible_value`` (``negative_value`` below zero).
     """
+    value = record.get("value")
+    if isinstance(value, float) and math.isinf(value):
+        reason = RejectReason.NEGATIVE_VALUE if value < 0 else RejectReason.IMPLAUSIBLE_VALUE
+        return Rejection.of(
+            reason, "value is beyond any plausible value", fields.get("value"), patient_id
+        )
     decoded = decode_record({"type": "lab_result", **record})
     if isinstance(decoded, Rejection):
         return relocate(decoded, fields, patient_id)
@@ -240,8 +249,16 @@ _POSITIVE = re.compile(
     r"|\bbelow\s+(?:the\s+)?(?:loq|limit\s+of\s+quantification|quantification\s+limit)\b"
 )
 _SENSITIVITY_KEYWORD = re.compile(r"sensitivity|\blod\b|limit\s+of\s+detection")
+#: "not detected at 10^-4": for a negative finding, the level it was sought at is the sensitivity
+#: (for a positive one, "detected at 10^-3" is the disease level, never read as sensitivity).
+_NEGATIVE_AT = re.compile(r"(?:detect(?:ed|able)|negative|\bneg)\s+at\b(?:\s+(?:a\s+)?level\s+of)?")
 _SENSITIVITY_FORMS = (
-    (re.compile(r"^\D{0,25}?\b10\s*(?:\^|\*\*|\*|e)?\s*-\s*(\d{1,2})\b"), "exponent"),
+    (
+        re.compile(
+            r"^\D{0,25}?\b(?:1(?:\.0+)?\s*[x×*]\s*)?10\s*(?:\^|\*\*|\*|e)?\s*-\s*(\d{1,2})\b"
+        ),
+        "exponent",
+    ),
     (re.compile(r"^\D{0,25}?\b1(?:\.0*)?\s*e\s*-\s*0*(\d{1,2})\b"), "exponent"),
     (re.compile(r"^\D{0,25}?(\d*\.\d+|\d+)\s*%"), "percent"),
 )
@@ -272,13 +289,18 @@ def mrd_from_text(text: str) -> MrdFinding | None:
     positive = _POSITIVE.search(remainder) is not None
     if (negatives > 0) == positive:
         return None
-    return MrdFinding(detected=positive, sensitivity=sensitivity_from_text(lowered))
+    return MrdFinding(
+        detected=positive, sensitivity=sensitivity_from_text(lowered, negative=not positive)
+    )
 
 
-def sensitivity_from_text(text: str) -> float | None:
-    """Sensitivity from text: "sensitivity 10^-4", "of 1e-5", "LOD 0.01 %" → 1e-4, 1e-5, 1e-4."""
+def sensitivity_from_text(text: str, *, negative: bool = False) -> float | None:
+    """Sensitivity from text: "sensitivity 10^-4", "of 1e-5", "LOD 0.01 %", "1x10^-6" → 1e-4,
+    1e-5, 1e-4, 1e-6; for a ``negative`` finding also "not detected at 10^-4"."""
     lowered = text.translate(_SUPERSCRIPTS).lower()
     keyword = _SENSITIVITY_KEYWORD.search(lowered)
+    if keyword is None and negative:
+        keyword = _NEGATIVE_AT.search(lowered)
     if keyword is None:
         return None
     tail = lowered[keyword.end() :]

@@ -21,9 +21,9 @@ Matching is lenient only where it cannot change meaning:
 
 Per analyte (canonical unit first):
 
-- counts ANC, ALC, WBC, CD19 abs: ``/uL``; ``10*3/uL`` and ``10*9/L`` (× 1000); ``/mm3`` (= /µL,
-  exact; common for lymphocyte subsets);
-- platelets: ``10*3/uL``; ``10*9/L`` (× 1); ``/uL`` (÷ 1000);
+- counts ANC, ALC, WBC, CD19 abs: ``/uL``; ``10*3/uL`` and ``10*9/L`` (× 1000); ``/mm3`` and
+  ``10*6/L`` (= /µL, exact; common for lymphocyte subsets, ``10*6/L`` in European reports);
+- platelets: ``10*3/uL``; ``10*9/L`` (× 1); ``/uL``, ``/mm3``, ``10*6/L`` (÷ 1000);
 - mass concentrations (IgG, ferritin, fibrinogen, hemoglobin, bilirubin, triglycerides, CRP):
   any of ``g/L g/dL g/mL mg/L mg/dL mg/mL ug/L ug/dL ug/mL ng/L ng/dL ng/mL pg/mL`` converted
   exactly (the factors are powers of ten, computed as fractions). ``g/mL`` is deliberately known:
@@ -68,6 +68,7 @@ _MASS_G_PER_L: Final[dict[str, Fraction]] = {
 _COUNT_PER_UL: Final[dict[str, Fraction]] = {
     "/ul": Fraction(1),
     "/mm3": Fraction(1),
+    "10*6/l": Fraction(1),
     "10*3/ul": Fraction(1000),
     "10*9/l": Fraction(1000),
 }
@@ -102,6 +103,7 @@ def _build_factors() -> dict[Analyte, dict[str, Fraction]]:
             "10*9/l": Fraction(1),
             "/ul": Fraction(1, 1000),
             "/mm3": Fraction(1, 1000),
+            "10*6/l": Fraction(1, 1000),
         },
         Analyte.IGG: _mass("mg/dl"),
         Analyte.FERRITIN: _mass("ng/ml"),

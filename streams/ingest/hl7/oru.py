@@ -20,11 +20,13 @@ What is read:
 
 - MSH-1/2 separators (4 or 5 encoding characters, the 5th being v2.7's truncation character),
   MSH-3/4 sending application/facility (``source``), MSH-9 type (only ``ORU^R01``), MSH-10
-  control id, MSH-11/12 for the ACK, MSH-18 character set (UTF-8, else ``8859/1``).
+  control id, MSH-11/12 for the ACK, MSH-18 character set (UTF-8, or ``8859/1``; empty and the
+  bytes not UTF-8: ISO 8859-1 as well, so that a stray byte spoils only its own field).
 - PID-3 patient identifier list: the identifier whose assigning authority (CX-4, namespace or
   universal id) equals ``Hl7Config.assigning_authority``; without that setting, the first.
 - OBR-2/3 placer/filler order numbers (``accession`` = OBR-3, else OBR-2, else MSH-10),
-  OBR-7 collection time, OBR-22 report time, OBR-25 result status (fallback for OBX-11).
+  OBR-7 collection time, OBR-22 report time, OBR-25 result status (fallback for OBX-11), and
+  SPM-17 (the collection time of the OBR group's specimen) when OBX-14 and OBR-7 are empty.
 - OBX-2 value type, OBX-3 test code, OBX-5 value, OBX-6 unit (CWE, first component),
   OBX-11 result status, OBX-14 collection time (wins over OBR-7), OBX-17 method (MRD),
   OBX-19 analysis time (wins over OBR-22 as ``resulted_at``).
@@ -63,8 +65,8 @@ Decisions (safety first — a wrong value must never become an alert):
 - Order of checks per OBX: the code first — an OBX that is not ours is ``Unmapped`` whatever
   else is wrong with it (a hospital feed is mostly other tests) — then status, times, value,
   unit and plausibility. A cancellation (X, D, W) whose value cannot be read still cancels.
-- Whole-message rejections (``message_rejection``, no items): undecodable or not HL7
-  (``malformed_hl7``), not ``ORU^R01`` (``unsupported_message``), a PID without a usable
+- Whole-message rejections (``message_rejection``, no items): undecodable, not HL7 or without
+  a message type in MSH-9 (``malformed_hl7``), not ``ORU^R01`` (``unsupported_message``), a PID without a usable
   identifier or no PID at all (``missing_patient_id``).
 
 ``location`` of an item is ``OBX n`` with n the OBX's position among the message's OBX segments
@@ -299,11 +301,15 @@ def _decode(raw: bytes | str) -> str:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _MessageError(
-                    RejectReason.MALFORMED_HL7,
-                    f"not UTF-8 at byte {exc.start} and MSH-18 does not declare 8859/1",
-                    "MSH-18",
-                ) from None
+                if charset:
+                    raise _MessageError(
+                        RejectReason.MALFORMED_HL7,
+                        f"not UTF-8 at byte {exc.start} although MSH-18 says {charset[:20]!r}",
+                        "MSH-18",
+                    ) from None
+                # Undeclared and not UTF-8: a Latin-1 system (docs/feeds.md section 1). Every
+                # byte is a character, so a stray byte spoils only the field it is in.
+                text = data.decode("latin-1")
     return text.lstrip("\ufeff").strip("\x0b\x1c\r\n\t ")
 
 
@@ -373,6 +379,7 @@ _DTM = re.compile(
 class _TimeError:
     reason: RejectReason
     message: str
+    field_name: str | None = None
 
 
 def dtm_offset(text: str) -> tzinfo | None:
@@ -491,6 +498,8 @@ class _Context:
     #: zone of timestamps without an offset: MSH-7's offset, else the feed's, else the policy's
     zone: tzinfo
     obr: _Segment | None = None
+    #: SPM-17 of the current OBR group (its SPM follows the group's OBX segments)
+    specimen_time: str = ""
 
 
 def parse_oru(raw: bytes | str, config: Hl7Config, policy: Policy = DEFAULT_POLICY) -> Hl7Message:
@@ -528,9 +537,11 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
     def reject(reason: RejectReason, message: str, field_name: str) -> Hl7Message:
         return Hl7Message(control_id, Rejection.of(reason, message, field_name), [], header)
 
+    if not header.message_type:
+        return reject(RejectReason.MALFORMED_HL7, "MSH-9 (message type) is empty", "MSH-9")
     kind = tuple(part.upper() for part in header.message_type[:2])
     if kind != ("ORU", "R01"):
-        shown = "^".join(header.message_type) or "(empty)"
+        shown = "^".join(header.message_type)
         return reject(
             RejectReason.UNSUPPORTED_MESSAGE, f"message type {shown} is not ORU^R01", "MSH-9"
         )
@@ -560,13 +571,15 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
     items: list[ResultItem] = []
     context: _Context | None = None
     obx_number = 0
-    for segment in segments:
+    specimen_times = _specimen_times(segments, fields)
+    for index, segment in enumerate(segments):
         if segment.name == "PID":
             patient_id = _patient_id(segment, fields, config.assigning_authority)
             assert patient_id is not None  # checked above
             context = _Context(patient_id, source, control_id, zone)
         elif segment.name == "OBR" and context is not None:
             context.obr = segment
+            context.specimen_time = specimen_times.get(index, "")
         elif segment.name == "OBX":
             obx_number += 1
             location = f"OBX {obx_number}"
@@ -579,6 +592,21 @@ def _parse(raw: bytes | str, config: Hl7Config, policy: Policy) -> Hl7Message:
                 outcome, claimed = _observation(segment, context, fields, config, policy)
             items.append(result_item(location, segment.raw, outcome, claimed))
     return Hl7Message(control_id, None, items, header)
+
+
+def _specimen_times(segments: list[_Segment], fields: _Fields) -> dict[int, str]:
+    """SPM-17 (specimen collection time, DR: its start) of each OBR group, keyed by the OBR's
+    position: in ORU^R01 the SPECIMEN group comes after the group's OBX segments."""
+    times: dict[int, str] = {}
+    obr_at: int | None = None
+    for index, segment in enumerate(segments):
+        if segment.name in ("OBR", "PID"):
+            obr_at = index if segment.name == "OBR" else None
+        elif segment.name == "SPM" and obr_at is not None:
+            text = fields.component(segment.field(17), 1)
+            if text:
+                times.setdefault(obr_at, text)
+    return times
 
 
 def _patient_id(pid: _Segment, fields: _Fields, authority: str | None) -> str | None:
@@ -677,29 +705,9 @@ def _coded_observation(
             status_field,
         )
 
-    times: dict[str, datetime | None] = {}
-    for key, obx_field, obr_field, required in (
-        ("collected_at", 14, 7, True),
-        ("resulted_at", 19, 22, False),
-    ):
-        field_name = f"OBX-{obx_field}"
-        text = fields.component(obx.field(obx_field), 1)
-        if not text and obr is not None:
-            field_name = f"OBR-{obr_field}"
-            text = fields.component(obr.field(obr_field), 1)
-        if not text:
-            if required:
-                return reject(
-                    RejectReason.MISSING_FIELD,
-                    f"no specimen collection time (OBX-{obx_field} or OBR-{obr_field})",
-                    f"OBX-{obx_field}",
-                )
-            times[key] = None
-            continue
-        moment = parse_dtm(text, context.zone)
-        if isinstance(moment, _TimeError):
-            return reject(moment.reason, moment.message, field_name)
-        times[key] = moment
+    times = _times(obx, context, fields)
+    if isinstance(times, _TimeError):
+        return reject(times.reason, times.message, times.field_name or "OBX-14")
 
     cancelled = status is ResultStatus.CANCELLED
     try:
@@ -759,10 +767,44 @@ _WIRE_TO_HL7: Final = {
 }
 
 
+def _times(
+    obx: _Segment, context: _Context, fields: _Fields
+) -> dict[str, datetime | None] | _TimeError:
+    """Collection time (OBX-14, else OBR-7, else SPM-17: required) and result time (OBX-19,
+    else OBR-22); the first of each that is valued is read, and must be valid."""
+    obr = context.obr
+
+    def obr_text(number: int) -> str:
+        return fields.component(obr.field(number), 1) if obr is not None else ""
+
+    sources = {
+        "collected_at": (
+            ("OBX-14", fields.component(obx.field(14), 1)),
+            ("OBR-7", obr_text(7)),
+            ("SPM-17", context.specimen_time),
+        ),
+        "resulted_at": (("OBX-19", fields.component(obx.field(19), 1)), ("OBR-22", obr_text(22))),
+    }
+    times: dict[str, datetime | None] = {}
+    for key, candidates in sources.items():
+        field_name, text = next(((f, t) for f, t in candidates if t), ("", ""))
+        if not text and key == "collected_at":
+            return _TimeError(
+                RejectReason.MISSING_FIELD,
+                "no specimen collection time (OBX-14, OBR-7 or SPM-17)",
+                "OBX-14",
+            )
+        moment = parse_dtm(text, context.zone) if text else None
+        if isinstance(moment, _TimeError):
+            return _TimeError(moment.reason, moment.message, field_name)
+        times[key] = moment
+    return times
+
+
 def _value(obx: _Segment, fields: _Fields, analyte: Analyte) -> _Value:
     """OBX-5 read by OBX-2; raises ``_ValueError`` for what cannot be accepted."""
     value_type = fields.component(obx.field(2), 1).upper()
-    repetitions = [r for r in fields.repetitions(obx.field(5)) if r.strip()]
+    repetitions = [r for r in fields.repetitions(obx.field(5)) if fields.text(r)]
     if not repetitions:
         return _Value()
     if len(repetitions) > 1:

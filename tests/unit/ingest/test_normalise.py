@@ -176,6 +176,13 @@ class TestCancellations:
         ("not detected at a sensitivity of 10^-4", False, 1e-4),
         ("Not detected (sensitivity 10⁻⁶)", False, 1e-6),
         ("undetectable, sensitivity 1E-05", False, 1e-5),
+        ("Not detected, sensitivity 1x10^-5", False, 1e-5),
+        # a negative sought at a level: that level is the sensitivity
+        ("NOT DETECTED at 1x10^-6", False, 1e-6),
+        ("not detected at 10^-4", False, 1e-4),
+        ("negative at a level of 0.01 %", False, 1e-4),
+        ("not detected at 5x10^-5", False, None),  # only a power of ten is read
+        ("MRD detected at 10^-3", True, None),  # a positive's level is the disease, not the assay
         ("MRD negative", False, None),
         ("NEG", False, None),
         ("none detected; LOD 0.01 %", False, 1e-4),

@@ -36,6 +36,11 @@ A = Analyte
         (A.ALC, 0.3, "10*3{cells}/uL", 300),
         (A.WBC, 4.6, "10*9/L", 4600),
         (A.CD19_ABS, 3, "cells/mm3", 3),
+        # 10*6/L is exactly /uL (1 L = 10*6 uL): European lymphocyte subset reports
+        (A.CD19_ABS, 250, "10*6/L", 250),
+        (A.CD19_ABS, 250, "x10^6/L", 250),
+        (A.ALC, 310, "10*6/L", 310),
+        (A.PLATELETS, 45000, "10*6/L", 45),
         # platelets are canonical in 10*3/uL
         (A.PLATELETS, 45, "10*3/uL", 45),
         (A.PLATELETS, 45, "10^9/L", 45),

@@ -234,14 +234,30 @@ def test_bom_mllp_framing_and_trailing_bytes() -> None:
     assert isinstance(only(parse(raw)), LabResult)
 
 
-def test_latin1_needs_msh18() -> None:
+def test_latin1_declared_or_undeclared() -> None:
     pid = "PID|1||P\xe9001^^^HOSP^MR"
-    undeclared = message(NM_ANC, pid=pid).encode("latin-1")
-    parsed = parse(undeclared)
-    assert parsed.message_rejection is not None
-    assert parsed.message_rejection.reason is RejectReason.MALFORMED_HL7
     declared = message(NM_ANC, msh=MSH + "||||||8859/1", pid=pid).encode("latin-1")
     assert only(parse(declared)).patient_id == "P\xe9001"
+    # no MSH-18 and not UTF-8: a Latin-1 system that does not say so (docs/feeds.md section 1)
+    undeclared = message(NM_ANC, pid=pid).encode("latin-1")
+    assert only(parse(undeclared)).patient_id == "P\xe9001"
+
+
+def test_bytes_that_contradict_a_declared_utf8_reject_the_message() -> None:
+    pid = "PID|1||P\xe9001^^^HOSP^MR"
+    raw = message(NM_ANC, msh=MSH + "||||||UNICODE UTF-8", pid=pid).encode("latin-1")
+    rejection = parse(raw).message_rejection
+    assert rejection is not None
+    assert rejection.reason is RejectReason.MALFORMED_HL7
+    assert "UNICODE UTF-8" in rejection.details[0].message
+
+
+def test_a_stray_byte_in_a_value_rejects_only_that_value() -> None:
+    raw = message(NM_ANC, NM_ANC.replace("|0.42|", "|0.4\xb72|")).encode("latin-1")
+    first, second = outcomes(parse(raw))
+    assert isinstance(first, LabResult)
+    assert isinstance(second, Rejection)
+    assert second.reason is RejectReason.INVALID_VALUE
 
 
 @pytest.mark.parametrize(
@@ -250,14 +266,14 @@ def test_latin1_needs_msh18() -> None:
         ("", RejectReason.MALFORMED_HL7),
         ("hello world", RejectReason.MALFORMED_HL7),
         ("MSH", RejectReason.MALFORMED_HL7),
-        ("MSH|^~\\&", RejectReason.UNSUPPORTED_MESSAGE),  # no MSH-9
+        ("MSH|^~\\&", RejectReason.MALFORMED_HL7),  # no MSH-9: cut off, or not filled in
         ("MSH|^^\\&|x", RejectReason.MALFORMED_HL7),  # repeated encoding character
         ("MSHA^~\\&|x", RejectReason.MALFORMED_HL7),  # alphanumeric field separator
         (message(NM_ANC) + "this is not a segment\r", RejectReason.MALFORMED_HL7),
         (message(NM_ANC) + message(NM_ANC), RejectReason.MALFORMED_HL7),  # two messages
         (message(msh=MSH.replace("ORU^R01^ORU_R01", "ADT^A01")), RejectReason.UNSUPPORTED_MESSAGE),
         (message(msh=MSH.replace("ORU^R01^ORU_R01", "ORU^R30")), RejectReason.UNSUPPORTED_MESSAGE),
-        (message(msh=MSH.replace("ORU^R01^ORU_R01", "")), RejectReason.UNSUPPORTED_MESSAGE),
+        (message(msh=MSH.replace("ORU^R01^ORU_R01", "")), RejectReason.MALFORMED_HL7),
         ("\r".join([MSH, OBR, NM_ANC]), RejectReason.MISSING_PATIENT_ID),
         (message(NM_ANC, pid="PID|1||"), RejectReason.MISSING_PATIENT_ID),
         (message(NM_ANC, pid='PID|1||""^^^HOSP'), RejectReason.MISSING_PATIENT_ID),
@@ -366,6 +382,23 @@ def test_obx14_wins_over_obr7() -> None:
     result = only(parse(message(obx)))
     assert result.collected_at == datetime(2026, 1, 5, 12, 15, tzinfo=UTC)
     assert result.resulted_at == datetime(2026, 1, 5, 10, tzinfo=UTC)  # OBR-22
+
+
+def test_spm17_is_the_collection_time_when_obx14_and_obr7_are_empty() -> None:
+    obr = "OBR|1||FILLER-2|2465-3^IgG^LN"
+    spm = "SPM|1|||BLD^Blood^HL70487|||||||||||||20260105071500-0500^20260105072000-0500"
+    result = only(parse(message("OBX|1|NM|2465-3^IgG^LN||320|mg/dL|||||F", spm, obr=obr)))
+    assert result.collected_at == datetime(2026, 1, 5, 12, 15, tzinfo=UTC)
+    # the SPM of one OBR group never lends its time to the next group
+    second = "OBR|2||FILLER-3|2465-3^IgG^LN"
+    text = message("OBX|1|NM|2465-3^IgG^LN||320|mg/dL|||||F", spm, second, NM_ANC, obr=obr)
+    assert [type(r) for r in outcomes(parse(text))] == [LabResult, Rejection]
+
+
+def test_no_collection_time_anywhere_is_a_missing_field() -> None:
+    result = only(parse(message(NM_ANC, obr="OBR|1||FILLER-2|58410-2^CBC^LN")))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.details[0].field) == (RejectReason.MISSING_FIELD, "OBX-14")
 
 
 @pytest.mark.parametrize(
@@ -502,6 +535,25 @@ def test_censored_values_keep_their_comparator(
     result = only(parse(message(f"OBX|1|{value_type}|751-8^ANC^LN||{value}|10*9/L|||||F")))
     assert isinstance(result, LabResult)
     assert (result.comparator, result.value) == (comparator, expected)  # the limit, converted
+
+
+@pytest.mark.parametrize("value", ["", '""', '""~'])
+def test_an_empty_or_null_value_is_missing(value: str) -> None:
+    result = only(parse(message(f"OBX|1|NM|751-8^ANC^LN||{value}|10*9/L|||||F")))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.details[0].field) == (RejectReason.MISSING_VALUE, "OBX-5")
+    cancelled = only(parse(message(f"OBX|1|NM|751-8^ANC^LN||{value}|10*9/L|||||X")))
+    assert (cancelled.status, cancelled.value) == (ResultStatus.CANCELLED, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("9" * 5000, RejectReason.IMPLAUSIBLE_VALUE), ("-" + "9" * 5000, RejectReason.NEGATIVE_VALUE)],
+)
+def test_a_number_beyond_a_double_is_not_plausible(value: str, reason: RejectReason) -> None:
+    result = only(parse(message(f"OBX|1|NM|751-8^ANC^LN||{value}|10*9/L|||||F")))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.details[0].field) == (reason, "OBX-5")
 
 
 def test_cancelled_with_unreadable_value_still_cancels() -> None:
