@@ -5,6 +5,9 @@ through, and what made the first release crash or answer 500 forever, is checked
 
 - bytes that are not UTF-8 (a BOM is allowed);
 - ``NaN``/``Infinity`` (not JSON numbers);
+- duplicate names in one object (``{"value": 0.42, "value": 4.2}``): RFC 8259 leaves their
+  meaning open — ``json`` keeps the last, other parsers the first — so which value was meant is
+  unknown, and a value we cannot read with certainty is never picked;
 - nesting deeper than ``MAX_DEPTH`` (``json`` itself raises ``RecursionError`` near 1000, and
   the pydantic models behind it recurse again);
 - lone surrogates (``"\\ud800"``): valid JSON escapes, but no character, so the text cannot be
@@ -14,6 +17,7 @@ through, and what made the first release crash or answer 500 forever, is checked
 
 import json
 import re
+from collections import Counter
 from typing import Any, Final
 
 #: Deepest nesting of objects and arrays accepted (a FHIR Bundle of Observations needs about 10).
@@ -35,13 +39,27 @@ def load_json(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     else:
         text = data.lstrip("\ufeff")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
+    except _DuplicateName as exc:
+        raise ValueError(str(exc)) from None
     except ValueError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     _check(value, max_depth, surrogates=_SURROGATE_ESCAPE.search(text) is not None)
     return value
+
+
+class _DuplicateName(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        name = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise _DuplicateName(f"the name {name[:40]!r} occurs twice in one object")
+    return obj
 
 
 def _check(value: Any, max_depth: int, *, surrogates: bool) -> None:

@@ -9,7 +9,8 @@ What is read, per Observation:
 
 - ``code.coding`` with system ``http://loinc.org`` (our LOINC table), else any coding listed in
   ``FhirConfig.local_codes`` (keyed ``system|code`` or bare ``code``); a LOINC coding and a local
-  coding that disagree → ``invalid_field``.
+  coding that disagree → ``invalid_field``; a ``code`` that is not a CodeableConcept →
+  ``malformed_fhir`` (it cannot be read, so it cannot be called "not ours").
 - ``subject``: ``Patient/123`` (relative or absolute, ``_history`` ignored) → ``123``; a
   logical reference (``subject.identifier``) → its value; ``urn:uuid:…`` (transaction bundles)
   → the Patient resource of that ``fullUrl`` in the Bundle and its first identifier (or the one
@@ -27,7 +28,8 @@ What is read, per Observation:
   its display text instead. A ``comparator`` (``<``, ``<=``, ``>=``, ``>``) is a censored value,
   accepted with the limit as value and the comparator kept (docs/clinical-spec.md §0); R4's ``ad``
   ("sufficient to achieve") is no limit → ``invalid_field``. A value that is not a JSON number
-  (``"250"``) → ``invalid_value``, never coerced. ``valueString`` and
+  (``"250"``, ``true``) → ``invalid_value``, never coerced — also where the R4 model would call
+  it malformed; a number beyond a double (``1e999``) → ``implausible_value``. ``valueString`` and
   ``valueCodeableConcept`` (SNOMED CT detected/not detected/positive/negative, else text) and
   ``valueBoolean`` carry qualitative MRD; ``valueInteger`` is a number without a unit (so
   ``unknown_unit``); other value types → ``invalid_field``. MRD ``method`` from
@@ -40,13 +42,14 @@ What is read, per Observation:
   preliminary; ``cancelled``/``entered-in-error`` → cancelled; ``registered`` (no result yet)
   → ``Unmapped``, like HL7's pending ``I``; ``unknown`` → ``invalid_field`` (a value whose
   status its sender does not know cannot be acted on, and must not vanish silently).
-- ``accession`` = ``identifier[0].value``, else the resource id; ``source`` =
+- ``accession`` = ``identifier[0].value``, else the ``accessionIdentifier`` of the Specimen
+  that ``specimen`` references (in the Bundle or contained), else the resource id; ``source`` =
   ``FhirConfig.source``, else ``meta.source``, else the first performer's display or reference.
 - Timestamps (docs/clinical-spec.md §0 "Time zones of feeds", rev. 2): FHIR requires an offset on every
   time; a date-time with a time but without one is invalid FHIR and rejected
   ``naive_datetime``. A date alone (``2005-07-05``, US Core's examples) is the start of that day
-  in the policy's ``timezone``. Less than a day (``2005-07``) or impossible values →
-  ``invalid_timestamp``.
+  in the policy's ``timezone``. Less than a day (``2005-07``), a time without seconds (FHIR's
+  grammar requires them) or impossible values → ``invalid_timestamp``.
 - Hostile input: the body is read by ``streams.ingest.jsonsafe`` (bounded nesting, no lone
   surrogates, strict UTF-8); references are split, not matched with a regular expression (the
   first release's pattern backtracked for minutes on a 1 MB ``subject.reference``).
@@ -60,6 +63,7 @@ Locations: ``entry i`` is ``Bundle.entry[i]`` (0-based, as in FHIRPath); a lone 
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -321,7 +325,7 @@ def _effective_raw(resource: dict[str, Any]) -> Any:
 # --- timestamps ---------------------------------------------------------------------------------
 
 _FHIR_DATETIME = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 
@@ -377,6 +381,10 @@ class _Code:
 
 
 def _identify(code: Any, config: FhirConfig) -> _Code:
+    """The analyte of a ``code``; a code that is not a CodeableConcept cannot be read, so it is
+    rejected (``malformed_fhir``) rather than called "not ours" — ``"751-8"`` is an ANC."""
+    if code is not None and not _is_codeable_concept(code):
+        raise _Reject(RejectReason.MALFORMED_FHIR, "code is not a CodeableConcept", "code")
     listed = code.get("coding") if isinstance(code, dict) else None
     codings = [
         c
@@ -396,6 +404,18 @@ def _identify(code: Any, config: FhirConfig) -> _Code:
         raise _Reject(RejectReason.INVALID_FIELD, match.conflict, "code")
     shown = match.loinc or (sent[0].code if sent else None)
     return _Code(match.analyte, match.loinc, match.local, shown)
+
+
+def _is_codeable_concept(code: Any) -> bool:
+    """JSON types of a CodeableConcept as far as codes are read: an object whose ``coding`` is a
+    list of objects with string ``system`` and ``code``."""
+    if not isinstance(code, dict):
+        return False
+    codings = code.get("coding", [])
+    return isinstance(codings, list) and all(
+        isinstance(c, dict) and all(isinstance(c.get(k) or "", str) for k in ("system", "code"))
+        for c in codings
+    )
 
 
 def _unmapped(code: _Code, code_text: Any) -> Unmapped:
@@ -468,6 +488,8 @@ def _validate(resource: dict[str, Any], day_zone: tzinfo) -> None:
     except ValidationError as exc:
         details = []
         for error in exc.errors(include_url=False):
+            if _is_quantity_value(error["loc"]):
+                continue  # read by _quantity and the wire model, with their own reasons
             where = ".".join(str(part) for part in error["loc"]) or None
             reason = RejectReason.MALFORMED_FHIR
             message = str(error["msg"])[:300]
@@ -481,9 +503,18 @@ def _validate(resource: dict[str, Any], day_zone: tzinfo) -> None:
                 except _Reject as time_error:
                     reason, message = time_error.reason, time_error.message
             details.append((reason, where, message))
+        if not details:
+            return
         details.sort(key=lambda d: d[0] is RejectReason.MALFORMED_FHIR)
         reason, where, message = details[0]
         raise _Reject(reason, message, where) from None
+
+
+def _is_quantity_value(location: tuple[int | str, ...]) -> bool:
+    """Whether a validation error is about a ``valueQuantity.value`` (of the Observation or a
+    component): ``true``, ``"250"`` or ``1e999`` there is a value that is not a usable number
+    (``invalid_value``, ``implausible_value``), not a malformed resource."""
+    return len(location) >= 2 and location[-2:] == ("valueQuantity", "value")
 
 
 def _patient_id(resource: dict[str, Any], bundle: _BundleIndex, config: FhirConfig) -> str:
@@ -494,14 +525,7 @@ def _patient_id(resource: dict[str, Any], bundle: _BundleIndex, config: FhirConf
     if isinstance(reference, str) and reference.strip():
         reference = reference.strip()
         if reference.startswith("#"):
-            contained = next(
-                (
-                    c
-                    for c in resource.get("contained") or []
-                    if isinstance(c, dict) and f"#{c.get('id')}" == reference
-                ),
-                None,
-            )
+            contained = _contained(resource, reference)
             found = _identifier_of(contained, config) if contained else None
             if found:
                 return found
@@ -544,6 +568,19 @@ def _patient_id(resource: dict[str, Any], bundle: _BundleIndex, config: FhirConf
         return found
     raise _Reject(
         RejectReason.MISSING_PATIENT_ID, "subject has no reference or identifier", "subject"
+    )
+
+
+def _contained(resource: dict[str, Any], reference: str) -> dict[str, Any] | None:
+    """The contained resource a local reference (``#id``) names."""
+    contained = resource.get("contained")
+    return next(
+        (
+            c
+            for c in (contained if isinstance(contained, list) else [])
+            if isinstance(c, dict) and f"#{c.get('id')}" == reference
+        ),
+        None,
     )
 
 
@@ -640,7 +677,7 @@ def _result(
         "collected_at": collected_at,
         "resulted_at": resulted_at,
         "status": status,
-        "accession": accession or resource.get("id"),
+        "accession": accession or _specimen_accession(resource, bundle) or resource.get("id"),
         "source": config.source or _source(resource),
         "loinc": code.loinc,
         "method": method,
@@ -662,6 +699,23 @@ _FIELDS: Final = {
     "sensitivity": "value[x]",
     "status": "status",
 }
+
+
+def _specimen_accession(resource: dict[str, Any], bundle: _BundleIndex) -> str | None:
+    """``accessionIdentifier`` of the Specimen the Observation references (in the Bundle, or
+    contained): the laboratory's accession number, as a transaction Bundle carries it."""
+    specimen = resource.get("specimen")
+    reference = specimen.get("reference") if isinstance(specimen, dict) else None
+    if not isinstance(reference, str):
+        return None
+    target = (
+        _contained(resource, reference) if reference.startswith("#") else bundle.resolve(reference)
+    )
+    if not isinstance(target, dict) or target.get("resourceType") != "Specimen":
+        return None
+    accession = target.get("accessionIdentifier")
+    value = accession.get("value") if isinstance(accession, dict) else None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _time(value: Any, day_zone: tzinfo, field_name: str) -> datetime:
@@ -698,7 +752,7 @@ def _value(holder: dict[str, Any], analyte: Analyte) -> _Value:
     if isinstance(quantity, dict):
         return _quantity(quantity)
     if "valueInteger" in holder and isinstance(holder["valueInteger"], int):
-        return _Value(value=float(holder["valueInteger"]))
+        return _Value(value=_as_float(holder["valueInteger"]))
     if isinstance(holder.get("valueString"), str):
         text = holder["valueString"]
         if analyte is not Analyte.MRD:
@@ -771,7 +825,15 @@ def _quantity(quantity: dict[str, Any]) -> _Value:
         unit = code
     elif isinstance(text, str) and text.strip():
         unit = text
-    return _Value(value=float(number), unit=unit, comparator=censored)
+    return _Value(value=_as_float(number), unit=unit, comparator=censored)
+
+
+def _as_float(number: int | float) -> float:
+    """A JSON number as a float; an integer beyond a double is infinite (then implausible)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf
 
 
 def _mrd_text(text: str, field_name: str) -> _Value:

@@ -18,6 +18,9 @@ from streams.ingest.jsonsafe import MAX_DEPTH, clean_text, load_json
         (b'{"a": NaN}', "not a JSON number"),
         (b"\xff\xfe{}", "not UTF-8 at byte 0"),
         (b"{", "not JSON"),
+        # which one was meant is unknown: json keeps the last, other parsers the first
+        (b'{"value": 0.42, "value": 4.2}', "'value' occurs twice"),
+        (b'[{"a": {"b": 1, "c": 2, "b": 1}}]', "'b' occurs twice"),
     ],
 )
 def test_hostile_json_is_a_value_error(data: bytes, message: str) -> None:

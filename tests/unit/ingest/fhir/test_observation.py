@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -188,6 +189,15 @@ def test_date_only_is_the_start_of_the_day_in_the_policy_zone() -> None:
     assert naive.reason is RejectReason.NAIVE_DATETIME  # invalid FHIR: no default applies
 
 
+@pytest.mark.parametrize(
+    "text", ["2026-01-05T08:00Z", "2026-01-05T08:00+01:00", "2026-01-05T08Z", "2026-01"]
+)
+def test_a_time_without_seconds_is_not_a_fhir_datetime(text: str) -> None:
+    result = only(parse_fhir(observation(effectiveDateTime=text)))
+    assert isinstance(result, Rejection)
+    assert result.reason is RejectReason.INVALID_TIMESTAMP
+
+
 # --- documents ----------------------------------------------------------------------------------
 
 
@@ -210,6 +220,12 @@ def test_date_only_is_the_start_of_the_day_in_the_policy_zone() -> None:
         ),
         (
             b'{"resourceType": "Bundle", "type": "collection", "bogus": 1}',
+            RejectReason.MALFORMED_FHIR,
+        ),
+        (  # 0.42 or 4.2? JSON does not say which of two equal names counts
+            json.dumps(observation())
+            .replace('"value": 0.42', '"value": 0.42, "value": 4.2')
+            .encode(),
             RejectReason.MALFORMED_FHIR,
         ),
     ],
@@ -307,6 +323,66 @@ def test_unmapped_observations_are_not_validated() -> None:
     result = only(parse_fhir(junk))
     assert result == Unmapped("2345-7", "LOINC 2345-7 is not one of our analytes")
     assert only(parse_fhir({"resourceType": "Observation", "code": {"text": "x"}})).code is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (True, RejectReason.INVALID_VALUE),  # not 1 (1000 /uL)
+        ("0.42", RejectReason.INVALID_VALUE),
+        ([0.42], RejectReason.INVALID_VALUE),
+        (math.inf, RejectReason.IMPLAUSIBLE_VALUE),  # what json makes of 1e999
+        pytest.param(10**400, RejectReason.IMPLAUSIBLE_VALUE, id="int-beyond-a-double"),
+    ],
+)
+def test_a_quantity_value_that_is_no_usable_number(value: Any, reason: RejectReason) -> None:
+    quantity = {"value": value, "system": "http://unitsofmeasure.org", "code": "10*9/L"}
+    panel = observation(
+        valueQuantity=None, component=[{"code": observation()["code"], "valueQuantity": quantity}]
+    )
+    for resource in (observation(valueQuantity=quantity), panel):
+        result = only(parse_fhir(resource))
+        assert isinstance(result, Rejection)
+        assert result.reason is reason
+
+
+def test_a_huge_exponent_in_the_body_is_implausible() -> None:
+    raw = json.dumps(observation()).replace('"value": 0.42', '"value": 1e999')
+    result = only(parse_fhir(raw.encode()))
+    assert isinstance(result, Rejection)
+    assert result.reason is RejectReason.IMPLAUSIBLE_VALUE
+
+
+@pytest.mark.parametrize(
+    "code", ["751-8", ["751-8"], {"coding": "751-8"}, {"coding": [{"code": 751}]}]
+)
+def test_a_code_that_is_no_codeable_concept_is_rejected_not_unmapped(code: Any) -> None:
+    parsed = parse_fhir(bundle(observation(code=code), observation()))
+    results = outcomes(parsed)
+    assert [type(r) for r in results] == [Rejection, LabResult]
+    assert (results[0].reason, results[0].details[0].field) == (RejectReason.MALFORMED_FHIR, "code")
+
+
+def test_accession_from_the_referenced_specimen() -> None:
+    specimen = {
+        "resourceType": "Specimen",
+        "accessionIdentifier": {"system": "urn:oid:2.16.840.1.113883.19.5.99", "value": "L-15"},
+    }
+    entries = [
+        {"fullUrl": "urn:uuid:s1", "resource": specimen},
+        {"resource": observation(identifier=None, specimen={"reference": "urn:uuid:s1"})},
+    ]
+    parsed = parse_fhir({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert only(parsed).accession == "L-15"
+    contained = observation(
+        identifier=None,
+        specimen={"reference": "#sp"},
+        contained=[{**specimen, "id": "sp"}],
+    )
+    assert only(parse_fhir(contained)).accession == "L-15"
+    # Observation.identifier first; the resource id last
+    assert only(parse_fhir(observation(specimen={"reference": "#sp"}))).accession == "ACC-1"
+    assert only(parse_fhir(observation(identifier=None))).accession == "obs-1"
 
 
 def test_value_integer_has_no_unit() -> None:
