@@ -28,7 +28,8 @@ What is read:
   OBR-7 collection time, OBR-22 report time, OBR-25 result status (fallback for OBX-11), and
   SPM-17 (the collection time of the OBR group's specimen) when OBX-14 and OBR-7 are empty.
 - OBX-2 value type, OBX-3 test code, OBX-5 value, OBX-6 unit (CWE, first component),
-  OBX-11 result status, OBX-14 collection time (wins over OBR-7), OBX-17 method (MRD),
+  OBX-11 result status, OBX-14 collection time (wins over OBR-7, unless it is later than the
+  result time, as a verification time put there would be), OBX-17 method (MRD),
   OBX-19 analysis time (wins over OBR-22 as ``resulted_at``).
 
 Decisions (safety first — a wrong value must never become an alert):
@@ -770,35 +771,47 @@ _WIRE_TO_HL7: Final = {
 def _times(
     obx: _Segment, context: _Context, fields: _Fields
 ) -> dict[str, datetime | None] | _TimeError:
-    """Collection time (OBX-14, else OBR-7, else SPM-17: required) and result time (OBX-19,
-    else OBR-22); the first of each that is valued is read, and must be valid."""
+    """Result time (OBX-19, else OBR-22) and collection time (OBX-14, else OBR-7, else SPM-17:
+    required); the first valued source of each is read and must be valid. A collection time
+    later than the result time is none (some vendors put the verification time in OBX-14): then
+    the next source not later than the result time is read, if there is one."""
     obr = context.obr
 
     def obr_text(number: int) -> str:
         return fields.component(obr.field(number), 1) if obr is not None else ""
 
-    sources = {
-        "collected_at": (
+    def read(source: tuple[str, str]) -> datetime | _TimeError:
+        moment = parse_dtm(source[1], context.zone)
+        if isinstance(moment, _TimeError):
+            return _TimeError(moment.reason, moment.message, source[0])
+        return moment
+
+    analysis = ("OBX-19", fields.component(obx.field(19), 1))
+    resulted = next((read(s) for s in (analysis, ("OBR-22", obr_text(22))) if s[1]), None)
+    if isinstance(resulted, _TimeError):
+        return resulted
+    sources = [
+        (name, text)
+        for name, text in (
             ("OBX-14", fields.component(obx.field(14), 1)),
             ("OBR-7", obr_text(7)),
             ("SPM-17", context.specimen_time),
-        ),
-        "resulted_at": (("OBX-19", fields.component(obx.field(19), 1)), ("OBR-22", obr_text(22))),
-    }
-    times: dict[str, datetime | None] = {}
-    for key, candidates in sources.items():
-        field_name, text = next(((f, t) for f, t in candidates if t), ("", ""))
-        if not text and key == "collected_at":
-            return _TimeError(
-                RejectReason.MISSING_FIELD,
-                "no specimen collection time (OBX-14, OBR-7 or SPM-17)",
-                "OBX-14",
-            )
-        moment = parse_dtm(text, context.zone) if text else None
-        if isinstance(moment, _TimeError):
-            return _TimeError(moment.reason, moment.message, field_name)
-        times[key] = moment
-    return times
+        )
+        if text
+    ]
+    if not sources:
+        return _TimeError(
+            RejectReason.MISSING_FIELD, "no specimen collection time (OBX-14, OBR-7 or SPM-17)"
+        )
+    collected = read(sources[0])
+    if isinstance(collected, _TimeError):
+        return collected
+    if resulted is not None and collected > resulted:
+        others = (read(source) for source in sources[1:])
+        collected = next(
+            (m for m in others if isinstance(m, datetime) and m <= resulted), collected
+        )
+    return {"collected_at": collected, "resulted_at": resulted}
 
 
 def _value(obx: _Segment, fields: _Fields, analyte: Analyte) -> _Value:

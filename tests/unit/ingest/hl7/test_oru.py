@@ -378,10 +378,28 @@ def test_unmapped_codes_are_not_checked_further() -> None:
 
 
 def test_obx14_wins_over_obr7() -> None:
-    obx = "OBX|1|NM|751-8^ANC^LN||0.42|10*9/L|||||F|||20260105071500-0500"
+    obx = "OBX|1|NM|751-8^ANC^LN||0.42|10*9/L|||||F|||20260105021500-0500"
     result = only(parse(message(obx)))
-    assert result.collected_at == datetime(2026, 1, 5, 12, 15, tzinfo=UTC)
+    assert result.collected_at == datetime(2026, 1, 5, 7, 15, tzinfo=UTC)
     assert result.resulted_at == datetime(2026, 1, 5, 10, tzinfo=UTC)  # OBR-22
+
+
+@pytest.mark.parametrize(
+    ("obx14", "obx19", "collected"),
+    [
+        # OBX-14 after the analysis (OBX-19): a verification time, not a collection time
+        ("20260105104200-0500", "20260105104000-0500", datetime(2026, 1, 5, 7, tzinfo=UTC)),
+        # after the report time (OBR-22, 10:00Z) when OBX-19 is empty
+        ("20260105071500-0500", "", datetime(2026, 1, 5, 7, tzinfo=UTC)),
+        # OBR-7 no earlier than the result time either: OBX-14 stays
+        ("20260105104200-0500", "20260105070000+0100", datetime(2026, 1, 5, 15, 42, tzinfo=UTC)),
+    ],
+)
+def test_a_collection_time_after_the_result_time_gives_way_to_obr7(
+    obx14: str, obx19: str, collected: datetime
+) -> None:
+    obx = f"OBX|1|NM|751-8^ANC^LN||0.42|10*9/L|||||F|||{obx14}|||||{obx19}"
+    assert only(parse(message(obx))).collected_at == collected
 
 
 def test_spm17_is_the_collection_time_when_obx14_and_obr7_are_empty() -> None:
