@@ -106,8 +106,17 @@ def test_the_issue_cases_are_in_the_corpus() -> None:
 
 
 def seeds(kind: str) -> list[bytes]:
+    """The fixture messages, and the clean-room cases of the kind under 16 KB."""
     folder = {"hl7": DATA / "hl7", "fhir": DATA / "fhir"}[kind]
-    return [p.read_bytes() for p in sorted(folder.iterdir())]
+    cleanroom = DATA / "feeds_cleanroom" / kind
+    found = sorted(folder.iterdir()) + sorted(
+        p
+        for p in cleanroom.iterdir()
+        if p.suffix in (".hl7", ".json")
+        and not p.name.endswith(".expected.json")
+        and p.stat().st_size < 16_384
+    )
+    return [p.read_bytes() for p in found]
 
 
 @st.composite
