@@ -306,5 +306,5 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
 
 def _partition_of(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), which every producer of the inputs uses
-    (DESIGN.md: topics keyed by patient id), so the table's partition of a key."""
+    (docs/architecture.md: topics keyed by patient id), so the table's partition of a key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

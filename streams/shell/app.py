@@ -2,7 +2,7 @@
 
 ``carwatch worker`` runs ``run_worker(settings)``; ``faust -A streams.shell.app worker`` finds
 ``app`` here, built from ``CARWATCH_*`` on first access (a module ``__getattr__``). Choices, and
-why (DESIGN.md "Real components", FACTS.md, docs/capacity.md):
+why (docs/architecture.md "Kafka and Faust facts", docs/capacity.md):
 
 - ``processing_guarantee="at_least_once"``: alert ids are deterministic, so a record processed
   twice re-sends events that subscribers drop by ``event_id``; Faust's exactly-once mode has open
