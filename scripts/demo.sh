@@ -38,10 +38,12 @@ fi
 # One consumer group for all demo runs: a new run resumes where the last stopped (its patients
 # recovered from the changelog) instead of re-reading every earlier run's records.
 export CARWATCH_APP_ID="${CARWATCH_APP_ID:-carwatch-demo}"
-# The production store: RocksDB (rocksdict) under var/demo/worker, a static group member (a
-# restarted demo worker resumes at once).
+# The production store: RocksDB (rocksdict), a static group member (a restarted demo worker
+# resumes at once). The store lives in the broker's state dir (var/kafka/demo-worker), so it goes
+# with the broker's topics: Faust refuses to start on a store that is ahead of a changelog made
+# afresh ("ConsistencyError"), which a store kept apart from a new broker would be.
 export CARWATCH_STORE="${CARWATCH_STORE:-rocksdb://}"
-export CARWATCH_DATA_DIR="${CARWATCH_DATA_DIR:-$REPO_DIR/var/demo/worker}"
+export CARWATCH_DATA_DIR="${CARWATCH_DATA_DIR:-${CARWATCH_STATE_DIR:-$REPO_DIR/var/kafka}/demo-worker}"
 export CARWATCH_GROUP_INSTANCE_ID="${CARWATCH_GROUP_INSTANCE_ID:-demo-worker}"
 
 [[ -z $DURATION || $DURATION =~ ^[1-9][0-9]*$ ]] || {

@@ -111,12 +111,14 @@ ALLOWED_LABEL_VALUES: dict[str, frozenset[str]] = {
     "result": frozenset(ATTEMPT_RESULTS),
     "listener": frozenset(LISTENERS),
     "code": frozenset(LISTENER_CODES),
+    #: the garbage collector's generations (prometheus-client's ``GCCollector``, on the worker)
+    "generation": frozenset(("0", "1", "2")),
 }
 
 
 @dataclass
 class IngestMetrics:
-    """What every process that ingests or decides records counts (CONTRACTS.md)."""
+    """What every process that ingests or decides records counts (docs/runbook.md: jobs and ports)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -320,7 +322,7 @@ class DeliveryMetrics:
 
 @dataclass(frozen=True)
 class Process:
-    """A long-running process: its Prometheus job and default metrics port (CONTRACTS.md)."""
+    """A long-running process: its Prometheus job and default metrics port (docs/runbook.md: jobs and ports)."""
 
     command: str
     job: str

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     #: at the default 5 ms the two threads hand the GIL back and forth and a busy worker loses
     #: half its throughput. Only matters while the worker is saturated.
     gil_switch_interval_seconds: float = Field(default=0.05, gt=0, le=1)
+    #: Seconds between two freezes of the worker's live heap out of the garbage collector's
+    #: scans (``streams.shell.heap``): a full scan of thousands of year-long patient states stops
+    #: the worker for a second. Once an hour the heap is collected in full instead.
+    gc_freeze_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod

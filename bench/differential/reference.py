@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent, deliberately simple reference implementation of the CAR-T Watch
-lab-alerting rules (clinical-rules.md, revision 2).
+lab-alerting rules (the clinical rules, revision 2: docs/clinical-spec.md).
 
 Usage:
     python3 ref.py INPUT.ndjson [--now ISO]
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 UTC = timezone.utc
 
 # --------------------------------------------------------------------------
-# Policy defaults (clinical-rules.md)
+# Policy defaults (docs/clinical-spec.md)
 # --------------------------------------------------------------------------
 CD19_PCT_THRESHOLD = 1.0  # %   (aplastic when below)
 CD19_ABS_THRESHOLD = 10.0  # /uL (aplastic when below)

@@ -306,7 +306,10 @@ class FaultRun:
             self._producer = KafkaProducer(
                 bootstrap_servers=self.broker.bootstrap,
                 acks="all",
-                linger_ms=5,
+                # a slice leaves at its flush, one batch per partition: a specimen in it is
+                # fetched whole (``whole_specimens``)
+                linger_ms=60_000,
+                batch_size=1024 * 1024,
                 retries=2**31 - 1,
                 max_in_flight_requests_per_connection=1,
             )

@@ -44,7 +44,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from bench.engine.cohort import cohort as year_cohort
-from bench.processes import REPO, Broker, Worker, produce, wait_until, worker_env
+from bench.processes import (
+    REPO,
+    Broker,
+    Offsets,
+    Worker,
+    partitions_of,
+    produce,
+    wait_until,
+    worker_env,
+)
 from streams import synthetic
 from streams.core.policy import DEFAULT_POLICY
 from streams.metrics import PipelineMetrics
@@ -313,9 +322,29 @@ class Bench:
         worker = self.ready_worker(name, topics)
         try:
             self.drain_rate(worker, topics["labs"], lines, before=1)
+            self.changelog_settled(name, worker)
             return asyncio.run(self._latency(worker, topics, ends, rate, seconds))
         finally:
             worker.stop()
+
+    def changelog_settled(self, name: str, worker: Worker) -> None:
+        """Wait until the worker has written the states of the history load: its changelog's
+        end offsets stand still for two seconds. (Consumed is not written: the latency phase
+        would otherwise measure its first alerts queued behind megabytes of states.)"""
+        offsets = Offsets(self.broker.bootstrap)
+        changelog = partitions_of([f"{name}-patient_state-changelog"], self.broker.partitions)
+        seen: list[dict[Any, int] | None] = [None]
+
+        def still() -> bool:
+            ends = offsets.ends(changelog)
+            settled = ends is not None and ends == seen[0]
+            seen[0] = ends
+            return settled
+
+        try:
+            wait_until(still, 600, "the history's states written", [worker], interval=2.0)
+        finally:
+            offsets.close()
 
     async def _latency(
         self,

@@ -17,7 +17,7 @@ Per batch (``Monitor.process``):
    input topics are merged by Kafka timestamp (ties: clinical first), which restores the order
    the sources sent them in whenever both are in the batch. Across batches Kafka gives no order
    between two topics; sources send a patient's ``infusion`` before the labs it enrols
-   (DESIGN.md), and the demo feed and the tests do.
+   (docs/architecture.md "Kafka and Faust facts"), and the demo feed and the tests do.
 4. Every alert event is sent to ``carwatch.alerts`` keyed by patient id, with ``decided_at`` set
    to this worker's wall clock.
 

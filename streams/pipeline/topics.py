@@ -2,7 +2,7 @@
 
 Faust creates only its own internal topics (the table changelog). A broker that auto-creates a
 source topic on first use picks its own partition count, which then disagrees with the table's
-and breaks co-partitioning (FACTS.md). So the worker, the feed and the tests call
+and breaks co-partitioning (docs/architecture.md "Kafka and Faust facts"). So the worker, the feed and the tests call
 ``ensure_topics`` first: missing topics are created with the configured partition count, and an
 existing topic with another count is an error with a clear message, never silently used.
 """

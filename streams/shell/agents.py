@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
 from faust.types import TP, AppT, EventT
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, start_http_server
 
 from streams.metrics import PipelineMetrics
 from streams.pipeline.monitor import CLINICAL_TOPIC, LABS, InRecord, Monitor, Outgoing
@@ -30,15 +30,21 @@ from streams.pipeline.state_codec import StateFormatError
 from streams.pipeline.store import PatientStates, open_alerts_of
 from streams.settings import Settings
 from streams.shell.chunking import Chunk, bound_to, flow_of, partition_event
+from streams.shell.heap import Heap
 from streams.shell.topics import PatientTable, Topics
 
 log = logging.getLogger(__name__)
 
-#: Patients ticked under one hold of the lock: batches get their turn in between.
-TICK_SLICE = 256
+#: Patients ticked under one hold of the lock (about 10 ms with year-long histories), and the
+#: pause after each: a batch needs a few turns of the event loop to form and reach the lock, which
+#: ``sleep(0)`` does not give -- the tick of 2,000 patients then held the agent off for 0.3 s.
+TICK_SLICE = 64
+TICK_PAUSE_SECONDS = 0.005
 #: Seconds without a batch, while input records wait, after which the worker logs its
 #: consumer's state (assignment, paused partitions, lag) once per period.
 STALL_SECONDS = 30.0
+#: Seconds between two full garbage collections of the frozen heap (``streams.shell.heap``).
+FULL_COLLECTION_SECONDS = 3600.0
 
 
 class TableStore:
@@ -164,6 +170,7 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
     """Define the agent, the timer and the hooks on ``app``."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
     metrics = PipelineMetrics(registry)
     monitor = Monitor(settings.load_policy(), metrics)
     states = PatientStates(TableStore(table), settings.state_cache_size)
@@ -240,7 +247,7 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
                 out = monitor.tick(now, part, states)
                 await deliver(out)
             raised += len(out.alert_events)
-            await asyncio.sleep(0)
+            await asyncio.sleep(TICK_PAUSE_SECONDS)
         monitor.publish_gauges(partitions)
         if raised:
             log.info("tick: %d alert events", raised)
@@ -250,6 +257,12 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
         report = lag.stall()
         if report is not None:
             log.warning("stalled: %s", report)
+
+    heap = Heap(max(1, round(FULL_COLLECTION_SECONDS / settings.gc_freeze_interval_seconds)))
+
+    @app.timer(interval=settings.gc_freeze_interval_seconds)
+    async def settle_heap() -> None:
+        heap.settle()
 
     recovery_began = [time.monotonic()]
 
@@ -306,5 +319,5 @@ def register(app: AppT, settings: Settings, topics: Topics, table: PatientTable)
 
 def _partition_of(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), which every producer of the inputs uses
-    (DESIGN.md: topics keyed by patient id), so the table's partition of a key."""
+    (docs/architecture.md: topics keyed by patient id), so the table's partition of a key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -9,7 +9,7 @@
   (co-partitioning). With ``rocksdb://`` the rocksdict driver is named explicitly.
 - Topics are created before the worker starts (``streams.pipeline.topics.ensure_topics``): Faust
   does not create source topics, and a broker that auto-creates them picks its own partition
-  count (FACTS.md).
+  count (docs/architecture.md "Kafka and Faust facts").
 """
 
 from collections.abc import Awaitable, Callable, Set

@@ -27,7 +27,7 @@ class UiSettings(BaseSettings):
     port: int = Field(default=8468, ge=0, le=65535)
     #: address of the web's Prometheus metrics
     metrics_host: str = "127.0.0.1"
-    #: CONTRACTS.md: the web's metrics port, apart from the page port (pages need a login)
+    #: The web's metrics port (docs/runbook.md), apart from the page port (pages need a login)
     metrics_port: int = Field(default=9468, ge=0, le=65535)
     #: SQLite file, access log and other local state live here unless set one by one
     data_dir: Path = Path("var/web")

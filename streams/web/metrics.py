@@ -1,4 +1,4 @@
-"""Metrics of ``carwatch web`` (CONTRACTS.md "Clinician web"), on their own registry and port.
+"""Metrics of ``carwatch web`` (docs/web.md), on their own registry and port.
 
 The page port needs a login; Prometheus scrapes these on ``CARWATCH_WEB_METRICS_PORT`` (9468),
 bound to 127.0.0.1 unless configured. Labels are bounded enums -- topic, outcome, route name,

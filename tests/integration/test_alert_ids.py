@@ -1,4 +1,4 @@
-"""An alert keeps its id for life (DESIGN.md "Layout"): fixed when it is raised and stored with the
+"""An alert keeps its id for life (docs/architecture.md): fixed when it is raised and stored with the
 open alert, carried by every later event of that alert whatever the policy then says.
 
 The worker raises alerts under one policy, stops, and restarts under another that changes an

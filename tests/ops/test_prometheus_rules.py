@@ -78,7 +78,7 @@ EXPECTED_ALERTS = {
 #: Alerts that say "this process cannot be scraped"; Alertmanager mutes the others behind them.
 DOWN_ALERTS = {"CarwatchWorkerDown", "CarwatchTargetDown"}
 JOB = "carwatch-worker"
-#: Every scraped process: its job and local default metrics port (CONTRACTS.md).
+#: Every scraped process: its job and local default metrics port (docs/runbook.md: jobs and ports).
 PROCESSES = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB)
 RUNBOOK_TEMPLATE = "{{ $externalLabels.runbook_base }}#"
 TIMEOUT = 30.0  # seconds any live check may wait

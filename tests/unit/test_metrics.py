@@ -1,4 +1,4 @@
-"""Per-process metric sets (CONTRACTS.md): each process exports its own series, nothing else."""
+"""Per-process metric sets (docs/runbook.md: jobs and ports): each process exports its own series, nothing else."""
 
 import socket
 import urllib.request
