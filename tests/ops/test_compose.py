@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from streams.cli import cli
-from streams.metrics import FHIR_GATEWAY, MLLP, WEBHOOK, WORKER
+from streams.metrics import FHIR_GATEWAY, MLLP, WEB, WEBHOOK, WORKER
 from streams.settings import check_environment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def parse(args: list[str]) -> click.Context:
     """What ``carwatch ARGS`` would parse to (raises ``click.UsageError`` as the CLI would)."""
     command: click.Command = cli
     args = list(args)
-    while isinstance(command, click.Group):
+    while isinstance(command, click.Group) and (args or not command.invoke_without_command):
         command = command.commands[args.pop(0)]
     return command.make_context(command.name or "", args)
 
@@ -43,7 +43,11 @@ def test_every_carwatch_service_has_a_valid_command_and_known_settings(name: str
     check_environment({k: str(v) for k, v in service.get("environment", {}).items()})
 
 
-@pytest.mark.parametrize("process", [WORKER, MLLP, FHIR_GATEWAY, WEBHOOK], ids=lambda p: p.job)
+#: The variables that bind a process's metrics endpoint (the web's are its own: CARWATCH_UI_*).
+METRICS_VARIABLES = {WEB.job: ("CARWATCH_UI_METRICS_HOST", "CARWATCH_UI_METRICS_PORT")}
+
+
+@pytest.mark.parametrize("process", [WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB], ids=lambda p: p.job)
 def test_prometheus_scrapes_each_process_of_compose(process: Any) -> None:
     jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
     (files,) = [sd["files"] for sd in jobs[process.job]["file_sd_configs"]]
@@ -59,5 +63,8 @@ def test_prometheus_scrapes_each_process_of_compose(process: Any) -> None:
         SERVICES[host].get("command", ["worker"])[: len(process.command.split()) - 1]
         == (process.command.split()[1:])
     )
-    assert environment["CARWATCH_METRICS_HOST"] == "0.0.0.0"
-    assert int(environment["CARWATCH_METRICS_PORT"]) == int(port) == process.metrics_port
+    host_variable, port_variable = METRICS_VARIABLES.get(
+        process.job, ("CARWATCH_METRICS_HOST", "CARWATCH_METRICS_PORT")
+    )
+    assert environment[host_variable] == "0.0.0.0"
+    assert int(environment[port_variable]) == int(port) == process.metrics_port
