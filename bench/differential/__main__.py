@@ -29,12 +29,12 @@ Where the two differ by a documented choice, the difference is named and counted
   first stood and then updates it to how it stands now; the product raises it as it stands now
   (docs/clinical-spec.md "Resolved vs retracted": raised, then resolved if over).
 - ``late less sensitive negative``: an MRD negative too insensitive to resolve, collected before
-  the latest one of the episode but arriving after it (or withdrawn by a cancellation or
-  correction): the reference sends ``updated`` at its time, since every less sensitive negative
-  is context to it; the product's alert shows the latest such negative, which has not changed,
-  and sends nothing ("``updated`` carries escalation or new evidence", docs/clinical-spec.md
+  the latest one of the episode but arriving after it, or withdrawn by a cancellation or
+  correction: the reference sends ``updated`` at its time, since every less sensitive negative
+  is context to it; the product sends ``updated`` only when what its alert shows changes (the
+  latest such negative), as "``updated`` carries escalation or new evidence" (docs/clinical-spec.md
   "Episodes and alert ids"). Matched as an ``mrd_positive`` ``updated`` earlier than an
-  ``mrd_positive`` event printed before it.
+  ``mrd_positive`` event printed before it, or equal to one.
 A patient whose events differ by several of these at once is counted under the fewest that
 explain it together ("recovery span + iec-hs join at resolution").
 Everything else that differs is printed in full: each is a bug in one of the two.
@@ -227,13 +227,14 @@ def _late_episode(events: list[Event], i: int) -> bool:
 
 
 def _late_mrd_update(events: list[Event], i: int) -> bool:
-    """An ``mrd_positive`` ``updated`` earlier than one of its events printed before it."""
+    """An ``mrd_positive`` ``updated`` earlier than one of its events printed before it, or
+    the same as one (sent again when the negative is withdrawn)."""
     e = events[i]
     earlier = [x[3] for x in events[:i] if x[0] == "mrd_positive" and x[3] is not None]
     return (
         e[:2] == ("mrd_positive", "updated")
         and e[3] is not None
-        and e[3] < max(earlier, default="")
+        and (e[3] < max(earlier, default="") or e in events[:i])
     )
 
 
