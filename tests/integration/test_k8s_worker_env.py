@@ -1,6 +1,7 @@
-"""The worker starts with exactly the environment deploy/k8s/worker.yaml gives it (issue #14).
+"""The worker and the web start with exactly the environment deploy/k8s/ gives them (issue #14).
 
-The StatefulSet's container is taken as Kubernetes would run it: its command (``carwatch worker``
+The worker's StatefulSet container (worker.yaml) and the web's Deployment container (web.yaml) are
+taken as Kubernetes would run them: its command (``carwatch worker``
 from the venv), its working directory and every ``env`` entry, and nothing else of this
 machine's environment but ``PATH``. What a cluster would supply comes from the test instead:
 
@@ -16,7 +17,9 @@ machine's environment but ``PATH``. What a cluster would supply comes from the t
   are kept, and the probes' ports are tried on 127.0.0.1.
 
 The worker must come up with the rocksdb:// store (rocksdict), report "Worker ready", answer its
-probes, consume a record published over SASL_SSL, and stop cleanly on SIGTERM.
+probes, consume a record published over SASL_SSL, and stop cleanly on SIGTERM. The web must answer
+its probes (``/healthz``), read that topic into its read model over SASL_SSL (its metrics show the
+read model's lag) and stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from kafka import KafkaProducer
 
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
+from streams.web.auth import hash_password
 from tests.integration.conftest import REPO, Broker, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,12 +54,24 @@ KAFKA_DIR = REPO / "deploy" / "kafka"
 PASSWORD = "test-only-scram-password"
 
 
-def worker_container() -> dict[str, Any]:
-    for doc in yaml.safe_load_all((K8S / "worker.yaml").read_text()):
-        if doc and doc["kind"] == "StatefulSet":
+def container_of(manifest: str, kind: str) -> dict[str, Any]:
+    for doc in yaml.safe_load_all((K8S / manifest).read_text()):
+        if doc and doc["kind"] == kind:
             (container,) = doc["spec"]["template"]["spec"]["containers"]
             return dict(container)
-    raise AssertionError("deploy/k8s/worker.yaml has no StatefulSet")
+    raise AssertionError(f"deploy/k8s/{manifest} has no {kind}")
+
+
+def worker_container() -> dict[str, Any]:
+    return container_of("worker.yaml", "StatefulSet")
+
+
+def web_container() -> dict[str, Any]:
+    return container_of("web.yaml", "Deployment")
+
+
+def sasl_user(container: dict[str, Any]) -> str:
+    return str(next(e["value"] for e in container["env"] if e["name"] == "CARWATCH_SASL_USERNAME"))
 
 
 def declared_topics() -> dict[str, int]:
@@ -94,7 +110,8 @@ def make_certificates(directory: Path) -> tuple[Path, Path]:
 class SecureBroker:
     port: int
     ca_file: Path
-    user: str
+    #: the SCRAM users the broker knows (the worker's and the web's KafkaUser), one password
+    users: frozenset[str]
 
 
 def java() -> str:
@@ -122,9 +139,7 @@ def kafka_java(*args: str, log: Path | None = None, popen: bool = False) -> Any:
 @pytest.fixture
 def secure_broker(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
     """One KRaft node with a SASL_SSL (SCRAM-SHA-512) listener; ``broker`` fetched the jars."""
-    user = next(
-        e["value"] for e in worker_container()["env"] if e["name"] == "CARWATCH_SASL_USERNAME"
-    )
+    users = frozenset({sasl_user(worker_container()), sasl_user(web_container())})
     ca_file, keystore = make_certificates(tmp_path / "pki")
     plain, controller, secure = free_port(), free_port(), free_port()
     config = tmp_path / "server.properties"
@@ -152,7 +167,8 @@ def secure_broker(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     kafka_java("kafka.tools.StorageTool", "format", "--config", str(config),
                "--cluster-id", cluster_id,
-               "--add-scram", f"SCRAM-SHA-512=[name={user},password={PASSWORD}]")  # fmt: skip
+               *(arg for user in sorted(users)
+                 for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={PASSWORD}]")))  # fmt: skip
     log = tmp_path / "secure-broker.log"
     process = kafka_java("kafka.Kafka", str(config), log=log, popen=True)
     try:
@@ -164,7 +180,7 @@ def secure_broker(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
                 return probe.connect_ex(("127.0.0.1", secure)) == 0
 
         wait_for(answers, 90, "the SASL_SSL listener")
-        yield SecureBroker(secure, ca_file, user)
+        yield SecureBroker(secure, ca_file, users)
     finally:
         process.terminate()
         try:
@@ -184,7 +200,7 @@ def manifest_environment(
     for entry in container["env"]:
         if "valueFrom" in entry:
             ref = entry["valueFrom"]["secretKeyRef"]
-            assert (ref["name"], ref["key"]) == (kafka.user, "password"), entry["name"]
+            assert ref["name"] in kafka.users and ref["key"] == "password", entry["name"]
             env[entry["name"]] = PASSWORD
             continue
         value = str(entry["value"])
@@ -194,9 +210,66 @@ def manifest_environment(
     scheme, _, address = env["CARWATCH_BROKER_URL"].partition("://")
     assert address.rsplit(":", 1)[1] == "9093", "the TLS listener of kafka.yaml"
     env["CARWATCH_BROKER_URL"] = f"{scheme}://127.0.0.1:{kafka.port}"
-    env["CARWATCH_METRICS_PORT"] = str(free_port())
-    env["CARWATCH_WEB_PORT"] = str(free_port())
+    for port in PORT_SETTINGS & set(env):
+        env[port] = str(free_port())
     return env
+
+
+#: The port settings a manifest may give: free ports here.
+PORT_SETTINGS = {
+    "CARWATCH_METRICS_PORT",
+    "CARWATCH_WEB_PORT",
+    "CARWATCH_UI_PORT",
+    "CARWATCH_UI_METRICS_PORT",
+}
+
+
+def declare_topics(env: dict[str, str]) -> Settings:
+    """The topic operator's part: every KafkaTopic of topics.yaml, over the manifest's SASL_SSL
+    login (with one replica: the broker is alone); the settings the manifest's env makes."""
+    settings = Settings(
+        **{
+            k.removeprefix("CARWATCH_").lower(): v
+            for k, v in env.items()
+            if k.startswith("CARWATCH_") and not k.startswith("CARWATCH_UI_")
+        }
+    )
+    assert settings.security_protocol == "SASL_SSL"
+    one_replica = settings.model_copy(update={"replication_factor": 1})
+    for topic, partitions in declared_topics().items():
+        ensure_topics(one_replica, [topic], partitions=partitions)
+    return settings
+
+
+def start(container: dict[str, Any], env: dict[str, str], cwd: Path, log: Path) -> Any:
+    """The container's command from this venv, with nothing of this machine's env but PATH."""
+    command = [
+        str(Path(sys.executable).parent / container["command"][0]),
+        *container["command"][1:],
+    ]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={"PATH": os.environ["PATH"], **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def publish_lab(settings: Settings) -> None:
+    producer = KafkaProducer(acks="all", **settings.kafka_python_config())
+    record = {"type": "lab_result", "patient_id": "K8S-1", "analyte": "anc", "value": 420,
+              "unit": "/uL", "collected_at": "2026-01-05T08:00:00Z", "status": "final"}  # fmt: skip
+    producer.send(settings.labs_topic, key=b"K8S-1", value=json.dumps(record).encode())
+    producer.flush(30)
+    producer.close(10)
+
+
+def metrics_text(port: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        return str(response.read().decode())
 
 
 def prepare_volumes(container: dict[str, Any], root: Path) -> None:
@@ -216,34 +289,9 @@ def test_the_worker_starts_with_the_statefulsets_environment(
     ca_target.write_bytes(secure_broker.ca_file.read_bytes())
     assert env["CARWATCH_STORE"] == "rocksdb://"
     assert env["CARWATCH_METRICS_HOST"] == env["CARWATCH_WEB_HOST"] == "0.0.0.0"
-
-    # the topic operator's part: every KafkaTopic of topics.yaml, over the same SASL_SSL login
-    settings = Settings(
-        **{
-            k.removeprefix("CARWATCH_").lower(): v
-            for k, v in env.items()
-            if k.startswith("CARWATCH_")
-        }
-    )
-    assert settings.security_protocol == "SASL_SSL"
-    one_replica = settings.model_copy(update={"replication_factor": 1})  # the broker is alone
-    for topic, partitions in declared_topics().items():
-        ensure_topics(one_replica, [topic], partitions=partitions)
-
-    command = [
-        str(Path(sys.executable).parent / container["command"][0]),
-        *container["command"][1:],
-    ]
-    workdir = root / container["workingDir"].lstrip("/")
+    settings = declare_topics(env)
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env={"PATH": os.environ["PATH"], **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = start(container, env, root / container["workingDir"].lstrip("/"), log)
     try:
 
         def ready() -> bool:
@@ -261,16 +309,10 @@ def test_the_worker_starts_with_the_statefulsets_environment(
             pass  # readiness probe: TCP on the web port
         assert (Path(env["CARWATCH_DATA_DIR"])).is_dir(), "the store's directory"
 
-        producer = KafkaProducer(acks="all", **settings.kafka_python_config())
-        record = {"type": "lab_result", "patient_id": "K8S-1", "analyte": "anc", "value": 420,
-                  "unit": "/uL", "collected_at": "2026-01-05T08:00:00Z", "status": "final"}  # fmt: skip
-        producer.send(settings.labs_topic, key=b"K8S-1", value=json.dumps(record).encode())
-        producer.flush(30)
-        producer.close(10)
+        publish_lab(settings)
 
         def consumed() -> bool:
-            with urllib.request.urlopen(metrics_url, timeout=5) as response:
-                text = response.read().decode()
+            text = metrics_text(env["CARWATCH_METRICS_PORT"])
             return 'carwatch_messages_consumed_total{topic="carwatch.labs"} 1.0' in text
 
         wait_for(consumed, 60, "the record to be consumed over SASL_SSL")
@@ -280,3 +322,61 @@ def test_the_worker_starts_with_the_statefulsets_environment(
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+
+
+def test_the_web_starts_with_the_deployments_environment(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    container = web_container()
+    root = tmp_path / "pod"
+    prepare_volumes(container, root)
+    env = manifest_environment(container, root, secure_broker)
+    Path(env["CARWATCH_SSL_CAFILE"]).write_bytes(secure_broker.ca_file.read_bytes())
+    # the users Secret, as the kubelet mounts it
+    Path(env["CARWATCH_UI_USERS_FILE"]).write_text(
+        f'[users.nurse]\nname = "Nurse"\npassword_hash = "{hash_password("x" * 12)}"\n'
+    )
+    assert env["CARWATCH_UI_HOST"] == env["CARWATCH_UI_METRICS_HOST"] == "0.0.0.0"
+    assert env["CARWATCH_CREATE_TOPICS"] == "false", "its KafkaUser may not create topics"
+    settings = declare_topics(env)
+    publish_lab(settings)
+    log = tmp_path / "web.log"
+    web = start(container, env, root, log)
+    try:
+
+        def healthy() -> bool:
+            if web.poll() is not None:
+                raise AssertionError(f"web exited {web.returncode}:\n{log.read_text()[-4000:]}")
+            url = f"http://127.0.0.1:{env['CARWATCH_UI_PORT']}/healthz"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # both probes
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, 120, "the web's /healthz")
+        assert Path(env["CARWATCH_UI_DATA_DIR"], "web.db").is_file(), "the read model on the volume"
+
+        seen = [""]
+
+        def read() -> bool:
+            text = seen[0] = metrics_text(env["CARWATCH_UI_METRICS_PORT"])
+            read = (
+                'carwatch_readmodel_events_total{outcome="not_enrolled",topic="carwatch.labs"} 1.0'
+            )
+            return (
+                read in text
+                and 'carwatch_readmodel_lag_messages{topic="carwatch.labs"} 0.0' in text
+            )
+
+        try:
+            wait_for(read, 90, "the lab record read into the read model over SASL_SSL")
+        except AssertionError as exc:
+            readmodel = [line for line in seen[0].splitlines() if "readmodel" in line]
+            raise AssertionError(f"{exc}\n{readmodel}\n{log.read_text()[-3000:]}") from None
+        web.send_signal(signal.SIGTERM)
+        web.wait(60)
+    finally:
+        if web.poll() is None:
+            web.kill()
+            web.wait(10)

@@ -25,8 +25,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.metrics import FHIR_GATEWAY, MLLP, WEBHOOK, WORKER
-from streams.settings import known_variables
+from streams.metrics import FHIR_GATEWAY, MLLP, WEB, WEBHOOK, WORKER
+from streams.settings import Settings, known_variables
+from streams.web.ingest import topic_names
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy/k8s"
@@ -73,7 +74,16 @@ PROCESSES = {
         },
     ),
     "carwatch-webhook": (WEBHOOK, {"carwatch.alerts": {"Read"}}),
+    # what the read model follows (from the web's own code), the acks it publishes, and the alert
+    # or ack records it cannot read (dead-lettered)
+    "carwatch-web": (
+        WEB,
+        {name: {"Read"} for name in topic_names(Settings()).values()}
+        | {Settings().acks_topic: {"Read", "Write"}, Settings().deadletter_topic: {"Write"}},
+    ),
 }
+#: The settings that place a process's metrics server (the web's are its own, ``CARWATCH_UI_``).
+METRICS_SETTINGS = {"carwatch-web": ("CARWATCH_UI_METRICS_HOST", "CARWATCH_UI_METRICS_PORT")}
 
 
 def load_documents() -> list[tuple[str, dict[str, Any]]]:
@@ -345,9 +355,10 @@ def test_each_process_is_a_kafka_user_with_the_acls_of_its_role(name: str) -> No
 def test_each_process_serves_metrics_where_probes_and_the_servicemonitor_look(name: str) -> None:
     process, _ = PROCESSES[name]
     settings = env(name)
-    assert settings["CARWATCH_METRICS_HOST"] == "0.0.0.0", "127.0.0.1 is unreachable in a pod"
+    host, port = METRICS_SETTINGS.get(name, ("CARWATCH_METRICS_HOST", "CARWATCH_METRICS_PORT"))
+    assert settings[host] == "0.0.0.0", "127.0.0.1 is unreachable in a pod"
     ports = {p["name"]: p["containerPort"] for p in container(name)["ports"]}
-    assert ports["metrics"] == int(settings["CARWATCH_METRICS_PORT"]) == process.metrics_port
+    assert ports["metrics"] == int(settings[port]) == process.metrics_port
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if probe in container(name):
             check = container(name)[probe]
@@ -453,3 +464,25 @@ def test_prometheusrule_carries_the_same_rules() -> None:
         "deploy/k8s/prometheusrule.yaml is out of date: "
         "run .venv/bin/python scripts/sync-k8s-rules.py"
     )
+
+
+def test_only_the_ingress_controller_reaches_the_web_pages() -> None:
+    web_labels = workloads()["carwatch-web"]["spec"]["template"]["metadata"]["labels"]
+    admitting = [
+        p
+        for p in of_kind("NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"]
+        and pod_selected(p["spec"]["podSelector"], web_labels)
+        and p["spec"].get("ingress")
+    ]
+    ports = {
+        port["port"]: [peer for peer in rule["from"]]
+        for p in admitting
+        for rule in p["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+    assert set(ports) == {"web", "metrics"}, ports
+    (ingress,) = ports["web"]
+    assert ingress == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    }
