@@ -1,19 +1,9 @@
 """The worker starts with exactly the environment deploy/k8s/worker.yaml gives it (issue #14).
 
-The StatefulSet's container is taken as Kubernetes would run it: its command (``carwatch worker``
-from the venv), its working directory and every ``env`` entry, and nothing else of this
-machine's environment but ``PATH``. What a cluster would supply comes from the test instead:
-
-- Kafka: a broker of its own on 127.0.0.1 (deploy/kafka's jars, the session broker's fetch) with a
-  SASL_SSL listener -- TLS with a certificate of a CA the test makes, SCRAM-SHA-512 with the
-  worker's user and password, as Strimzi's listener and KafkaUser of kafka.yaml/users.yaml would.
-  Only the bootstrap address is replaced; the topics of topics.yaml are created first (with one
-  replica: the broker is alone), as the topic operator would have.
-- Secrets and volumes: ``secretKeyRef`` values are the test's password, files under a
-  ``volumeMount`` live under the test's directory at the same relative path (the CA file).
-- Ports: the metrics and web ports are free ports of this shared machine (the manifest's own are
-  checked against the container ports by tests/ops/test_k8s_manifests.py); their 0.0.0.0 hosts
-  are kept, and the probes' ports are tried on 127.0.0.1.
+The StatefulSet's container is run as Kubernetes would run it (tests/integration/k8s_pod.py): its
+command (``carwatch worker`` from the venv), its working directory and every ``env`` entry, against
+a broker like Strimzi's (SASL_SSL, SCRAM-SHA-512, the ACLs of users.yaml enforced), with free ports
+and the volumes under the test's directory.
 
 The worker must come up with the rocksdb:// store (rocksdict), report "Worker ready", answer its
 probes, consume a record published over SASL_SSL, and stop cleanly on SIGTERM.
@@ -21,229 +11,51 @@ probes, consume a record published over SASL_SSL, and stop cleanly on SIGTERM.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kafka import KafkaProducer
 
-from streams.pipeline.topics import ensure_topics
-from streams.settings import Settings
-from tests.integration.conftest import REPO, Broker, free_port, wait_for
+from tests.integration.conftest import Broker, wait_for
+from tests.integration.k8s_pod import (
+    Pod,
+    SecureBroker,
+    pod_volumes,
+    secure_broker,
+    workload_container,
+)
 
 pytestmark = pytest.mark.integration
 
-K8S = REPO / "deploy" / "k8s"
-KAFKA_DIR = REPO / "deploy" / "kafka"
-PASSWORD = "test-only-scram-password"
-
-
-def worker_container() -> dict[str, Any]:
-    for doc in yaml.safe_load_all((K8S / "worker.yaml").read_text()):
-        if doc and doc["kind"] == "StatefulSet":
-            (container,) = doc["spec"]["template"]["spec"]["containers"]
-            return dict(container)
-    raise AssertionError("deploy/k8s/worker.yaml has no StatefulSet")
-
-
-def declared_topics() -> dict[str, int]:
-    """topicName → partitions of every KafkaTopic in topics.yaml."""
-    docs = yaml.safe_load_all((K8S / "topics.yaml").read_text())
-    return {
-        d["spec"].get("topicName", d["metadata"]["name"]): d["spec"]["partitions"]
-        for d in docs
-        if d and d["kind"] == "KafkaTopic"
-    }
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_certificates(directory: Path) -> tuple[Path, Path]:
-    """A CA and a broker certificate for 127.0.0.1 signed by it: (ca.crt, broker PEM keystore)."""
-    directory.mkdir(parents=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "broker.key", "-out", "broker.csr", cwd=directory)  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "broker.crt",
-            cwd=directory)  # fmt: skip
-    keystore = directory / "broker.pem"
-    keystore.write_text(
-        (directory / "broker.key").read_text() + (directory / "broker.crt").read_text()
-    )
-    return directory / "ca.crt", keystore
-
-
-@dataclass
-class SecureBroker:
-    port: int
-    ca_file: Path
-    user: str
-
-
-def java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    return str(Path(home) / "bin" / "java") if home else "java"
-
-
-def kafka_java(*args: str, log: Path | None = None, popen: bool = False) -> Any:
-    command = [
-        java(),
-        "-Xms128m",
-        "-Xmx512m",
-        f"-Dlog4j2.configurationFile={KAFKA_DIR / 'tools-log4j2.properties'}",
-        "-cp",
-        f"{KAFKA_DIR / 'lib'}/*",
-        *args,
-    ]
-    if popen:
-        assert log is not None
-        with log.open("wb") as out:
-            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    return subprocess.run(command, check=True, capture_output=True, timeout=120)
-
 
 @pytest.fixture
-def secure_broker(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
-    """One KRaft node with a SASL_SSL (SCRAM-SHA-512) listener; ``broker`` fetched the jars."""
-    user = next(
-        e["value"] for e in worker_container()["env"] if e["name"] == "CARWATCH_SASL_USERNAME"
-    )
-    ca_file, keystore = make_certificates(tmp_path / "pki")
-    plain, controller, secure = free_port(), free_port(), free_port()
-    config = tmp_path / "server.properties"
-    config.write_text(
-        (KAFKA_DIR / "server.properties").read_text()
-        + "\n".join(
-            [
-                "",
-                f"listeners=PLAINTEXT://127.0.0.1:{plain},CONTROLLER://127.0.0.1:{controller},"
-                f"SASL_SSL://127.0.0.1:{secure}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{plain},SASL_SSL://127.0.0.1:{secure}",
-                f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                "listener.security.protocol.map="
-                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
-                "sasl.enabled.mechanisms=SCRAM-SHA-512",
-                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
-                f"listener.name.sasl_ssl.ssl.keystore.location={keystore}",
-                f"log.dirs={tmp_path / 'kafka-data'}",
-                "",
-            ]
-        )
-    )
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    kafka_java("kafka.tools.StorageTool", "format", "--config", str(config),
-               "--cluster-id", cluster_id,
-               "--add-scram", f"SCRAM-SHA-512=[name={user},password={PASSWORD}]")  # fmt: skip
-    log = tmp_path / "secure-broker.log"
-    process = kafka_java("kafka.Kafka", str(config), log=log, popen=True)
-    try:
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"secure broker exited:\n{log.read_text()[-3000:]}")
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", secure)) == 0
-
-        wait_for(answers, 90, "the SASL_SSL listener")
-        yield SecureBroker(secure, ca_file, user)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-def manifest_environment(
-    container: dict[str, Any], root: Path, kafka: SecureBroker
-) -> dict[str, str]:
-    """The container's env as the kubelet would set it, with the test's broker, secrets and
-    volume paths, and free ports."""
-    mounts = [m["mountPath"] for m in container["volumeMounts"]]
-    env: dict[str, str] = {}
-    for entry in container["env"]:
-        if "valueFrom" in entry:
-            ref = entry["valueFrom"]["secretKeyRef"]
-            assert (ref["name"], ref["key"]) == (kafka.user, "password"), entry["name"]
-            env[entry["name"]] = PASSWORD
-            continue
-        value = str(entry["value"])
-        if any(value.startswith(mount + "/") or value == mount for mount in mounts):
-            value = str(root) + value
-        env[entry["name"]] = value
-    scheme, _, address = env["CARWATCH_BROKER_URL"].partition("://")
-    assert address.rsplit(":", 1)[1] == "9093", "the TLS listener of kafka.yaml"
-    env["CARWATCH_BROKER_URL"] = f"{scheme}://127.0.0.1:{kafka.port}"
-    env["CARWATCH_METRICS_PORT"] = str(free_port())
-    env["CARWATCH_WEB_PORT"] = str(free_port())
-    return env
-
-
-def prepare_volumes(container: dict[str, Any], root: Path) -> None:
-    """Mount points exist in a pod (the kubelet makes them); what is below them does not."""
-    for mount in container["volumeMounts"]:
-        (root / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+def kafka(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
+    """``broker`` fetched the jars; this one is the cluster's, with its users and ACLs."""
+    with secure_broker(tmp_path, acls=True) as secure:
+        yield secure
 
 
 def test_the_worker_starts_with_the_statefulsets_environment(
-    secure_broker: SecureBroker, tmp_path: Path
+    kafka: SecureBroker, tmp_path: Path
 ) -> None:
-    container = worker_container()
-    root = tmp_path / "pod"
-    prepare_volumes(container, root)
-    env = manifest_environment(container, root, secure_broker)
-    ca_target = Path(env["CARWATCH_SSL_CAFILE"])
-    ca_target.write_bytes(secure_broker.ca_file.read_bytes())
-    assert env["CARWATCH_STORE"] == "rocksdb://"
-    assert env["CARWATCH_METRICS_HOST"] == env["CARWATCH_WEB_HOST"] == "0.0.0.0"
-
-    # the topic operator's part: every KafkaTopic of topics.yaml, over the same SASL_SSL login
-    settings = Settings(
-        **{
-            k.removeprefix("CARWATCH_").lower(): v
-            for k, v in env.items()
-            if k.startswith("CARWATCH_")
-        }
+    pod = Pod(
+        workload_container("worker.yaml", "carwatch-worker"),
+        pod_volumes("worker.yaml", "carwatch-worker"),
+        tmp_path / "pod",
+        kafka,
+        {},
     )
+    assert pod.env["CARWATCH_STORE"] == "rocksdb://"
+    assert pod.env["CARWATCH_METRICS_HOST"] == pod.env["CARWATCH_WEB_HOST"] == "0.0.0.0"
+    settings = pod.settings()
     assert settings.security_protocol == "SASL_SSL"
-    one_replica = settings.model_copy(update={"replication_factor": 1})  # the broker is alone
-    for topic, partitions in declared_topics().items():
-        ensure_topics(one_replica, [topic], partitions=partitions)
 
-    command = [
-        str(Path(sys.executable).parent / container["command"][0]),
-        *container["command"][1:],
-    ]
-    workdir = root / container["workingDir"].lstrip("/")
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env={"PATH": os.environ["PATH"], **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = pod.run(pod.container["command"], log)
     try:
 
         def ready() -> bool:
@@ -254,19 +66,18 @@ def test_the_worker_starts_with_the_statefulsets_environment(
             return b"Worker ready" in log.read_bytes()
 
         wait_for(ready, 180, "the worker to be ready")
-        metrics_url = f"http://127.0.0.1:{env['CARWATCH_METRICS_PORT']}/metrics"
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:  # liveness probe
-            assert response.status == 200
-        with socket.create_connection(("127.0.0.1", int(env["CARWATCH_WEB_PORT"])), 5):
-            pass  # readiness probe: TCP on the web port
-        assert (Path(env["CARWATCH_DATA_DIR"])).is_dir(), "the store's directory"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert pod.probe(probe), probe
+        assert (Path(pod.env["CARWATCH_DATA_DIR"])).is_dir(), "the store's directory"
 
-        producer = KafkaProducer(acks="all", **settings.kafka_python_config())
+        # a listener's write (the test writes as the operators' super user)
+        producer = KafkaProducer(acks="all", **kafka.operator)
         record = {"type": "lab_result", "patient_id": "K8S-1", "analyte": "anc", "value": 420,
                   "unit": "/uL", "collected_at": "2026-01-05T08:00:00Z", "status": "final"}  # fmt: skip
         producer.send(settings.labs_topic, key=b"K8S-1", value=json.dumps(record).encode())
         producer.flush(30)
         producer.close(10)
+        metrics_url = f"http://127.0.0.1:{pod.ports['metrics']}/metrics"
 
         def consumed() -> bool:
             with urllib.request.urlopen(metrics_url, timeout=5) as response:
