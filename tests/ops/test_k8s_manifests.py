@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from streams.metrics import FHIR_GATEWAY, MLLP, WEB, WEBHOOK, WORKER
+from streams.metrics import PROCESSES as ALL_PROCESSES
 from streams.settings import Settings, known_variables
 from streams.web.ingest import topic_names
 
@@ -308,6 +309,13 @@ def test_worker_replicas_do_not_exceed_partitions(worker: dict[str, Any]) -> Non
     assert 1 <= replicas <= partitions, (
         f"{replicas} workers for {partitions} partitions: the extra ones would sit idle"
     )
+
+
+def test_every_long_running_process_is_deployed() -> None:
+    """Each process of streams.metrics has its workload here, named after its job."""
+    assert {p.job for p in ALL_PROCESSES} == {process.job for process, _ in PROCESSES.values()}
+    assert set(PROCESSES) <= set(workloads())
+    assert all(PROCESSES[name][0].job == name for name in PROCESSES)
 
 
 @pytest.mark.parametrize("name", PROCESSES)
