@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -357,6 +358,23 @@ class Pod:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    @contextmanager
+    def running(self, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+        """The container's command, killed on the way out unless it stopped."""
+        process = self.run(self.container["command"], log)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    @staticmethod
+    def stop(process: subprocess.Popen[bytes], log: Path) -> None:
+        """SIGTERM, as the kubelet stops a pod; the process must exit 0 within the grace period."""
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
 
     def probe(self, kind: str) -> bool:
         """The container's ``kind`` probe (readinessProbe, ...) on 127.0.0.1, as the kubelet

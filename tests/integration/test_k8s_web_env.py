@@ -14,9 +14,7 @@ read it back; then stop cleanly on SIGTERM.
 
 from __future__ import annotations
 
-import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.testing import Timeline, run
 from streams.web.metrics import WebMetrics
 from streams.web.readmodel import Source
-from tests.integration.conftest import Broker, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.k8s_pod import (
     Pod,
     SecureBroker,
     pod_volumes,
-    secure_broker,
     workload_container,
 )
 from tests.integration.web.conftest import users_file
@@ -39,13 +36,6 @@ from tests.integration.web.conftest import users_file
 pytestmark = pytest.mark.integration
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def kafka(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
-    """``broker`` fetched the jars; this one is the cluster's, with its users and ACLs."""
-    with secure_broker(tmp_path, acls=True) as secure:
-        yield secure
 
 
 def web_pod(kafka: SecureBroker, tmp_path: Path) -> Pod:
@@ -77,17 +67,16 @@ def events(samples: Samples, topic: str, outcome: str) -> float:
 
 
 def test_the_web_starts_with_the_deployments_environment(
-    kafka: SecureBroker, tmp_path: Path
+    strimzi_kafka: SecureBroker, tmp_path: Path
 ) -> None:
-    pod = web_pod(kafka, tmp_path)
+    pod = web_pod(strimzi_kafka, tmp_path)
     assert pod.env["CARWATCH_UI_HOST"] == pod.env["CARWATCH_UI_METRICS_HOST"] == "0.0.0.0"
     settings = pod.settings()
     assert settings.security_protocol == "SASL_SSL"
     assert not settings.create_topics
 
     log = tmp_path / "web.log"
-    web = pod.run(pod.container["command"], log)
-    try:
+    with pod.running(log) as web:
 
         def ready() -> bool:
             if web.poll() is not None:
@@ -119,7 +108,7 @@ def test_the_web_starts_with_the_deployments_environment(
         timeline.igg(-3, 700).igg(30, 350).igg(45, 300).ferritin(-1, 400).anc(2, 300).anc(3, 0)
         alerts = run(timeline.events)
         assert alerts, "the story raises alerts"
-        producer = KafkaProducer(acks="all", **kafka.operator)
+        producer = KafkaProducer(acks="all", **strimzi_kafka.operator)
         for event in timeline.events:
             topic = settings.labs_topic if event.type == "lab_result" else settings.clinical_topic
             producer.send(topic, key=b"K8S-WEB", value=event.model_dump_json().encode())
@@ -145,7 +134,7 @@ def test_the_web_starts_with_the_deployments_environment(
             )
 
         wait_for(read, 60, "the web to read every topic under its ACLs")
-        checker = KafkaConsumer(**kafka.operator)
+        checker = KafkaConsumer(**strimzi_kafka.operator)
         try:
             topic = settings.deadletter_topic
             partitions = [TopicPartition(topic, p) for p in checker.partitions_for_topic(topic)]
@@ -158,15 +147,15 @@ def test_the_web_starts_with_the_deployments_environment(
         ack = pod.run(
             ["carwatch", "alerts", "ack", alerts[0].alert_id, "--by", "k8s"], tmp_path / "ack.log"
         )
-        assert ack.wait(60) == 0, (tmp_path / "ack.log").read_text()
+        try:
+            assert ack.wait(60) == 0, (tmp_path / "ack.log").read_text()
+        finally:
+            if ack.poll() is None:
+                ack.kill()
+                ack.wait(10)
         wait_for(
             lambda: events(scrape(pod)[1], Source.ACKS, "applied") == 1,
             60,
             "the acknowledgement to come back from carwatch.acks",
         )
-        web.send_signal(signal.SIGTERM)
-        assert web.wait(60) == 0, log.read_text()[-3000:]
-    finally:
-        if web.poll() is None:
-            web.kill()
-            web.wait(10)
+        pod.stop(web, log)

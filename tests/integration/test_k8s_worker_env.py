@@ -12,41 +12,31 @@ probes, consume a record published over SASL_SSL, and stop cleanly on SIGTERM.
 from __future__ import annotations
 
 import json
-import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 
-from tests.integration.conftest import Broker, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.k8s_pod import (
     Pod,
     SecureBroker,
     pod_volumes,
-    secure_broker,
     workload_container,
 )
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def kafka(broker: Broker, tmp_path: Path) -> Iterator[SecureBroker]:
-    """``broker`` fetched the jars; this one is the cluster's, with its users and ACLs."""
-    with secure_broker(tmp_path, acls=True) as secure:
-        yield secure
-
-
 def test_the_worker_starts_with_the_statefulsets_environment(
-    kafka: SecureBroker, tmp_path: Path
+    strimzi_kafka: SecureBroker, tmp_path: Path
 ) -> None:
     pod = Pod(
         workload_container("worker.yaml", "carwatch-worker"),
         pod_volumes("worker.yaml", "carwatch-worker"),
         tmp_path / "pod",
-        kafka,
+        strimzi_kafka,
         {},
     )
     assert pod.env["CARWATCH_STORE"] == "rocksdb://"
@@ -55,8 +45,7 @@ def test_the_worker_starts_with_the_statefulsets_environment(
     assert settings.security_protocol == "SASL_SSL"
 
     log = tmp_path / "worker.log"
-    worker = pod.run(pod.container["command"], log)
-    try:
+    with pod.running(log) as worker:
 
         def ready() -> bool:
             if worker.poll() is not None:
@@ -71,7 +60,7 @@ def test_the_worker_starts_with_the_statefulsets_environment(
         assert (Path(pod.env["CARWATCH_DATA_DIR"])).is_dir(), "the store's directory"
 
         # a listener's write (the test writes as the operators' super user)
-        producer = KafkaProducer(acks="all", **kafka.operator)
+        producer = KafkaProducer(acks="all", **strimzi_kafka.operator)
         record = {"type": "lab_result", "patient_id": "K8S-1", "analyte": "anc", "value": 420,
                   "unit": "/uL", "collected_at": "2026-01-05T08:00:00Z", "status": "final"}  # fmt: skip
         producer.send(settings.labs_topic, key=b"K8S-1", value=json.dumps(record).encode())
@@ -85,9 +74,4 @@ def test_the_worker_starts_with_the_statefulsets_environment(
             return 'carwatch_messages_consumed_total{topic="carwatch.labs"} 1.0' in text
 
         wait_for(consumed, 60, "the record to be consumed over SASL_SSL")
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(60) == 0, log.read_text()[-3000:]
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        pod.stop(worker, log)
