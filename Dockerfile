@@ -15,9 +15,8 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY streams ./streams
 # rocksdict: the production table store (CARWATCH_STORE=rocksdb:// uses the rocksdict driver);
-# postgresql: the driver of a web read model on PostgreSQL (CARWATCH_UI_DATABASE_URL).
 # -c: only the runtime packages are installed, each at its locked version.
-RUN pip install -c requirements.lock ".[rocksdict,postgresql]" \
+RUN pip install -c requirements.lock ".[rocksdict]" \
     && pip check \
     && useradd --system --uid 10001 --home-dir /var/lib/carwatch --create-home carwatch
 

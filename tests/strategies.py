@@ -2,7 +2,8 @@
 
 ``result_specs`` draws results ((analyte, day, hour), value); ``censored_specs`` adds a comparator
 to some (value = the assay's limit); ``course_specs`` draws clinical and course events
-(kind, day). ``timeline`` builds one patient's records from them, in the order drawn.
+(kind, day). ``timeline`` builds one patient's records from them, in the order drawn. ``mutated`` damages a
+seed input the way the fuzzers do.
 """
 
 from hypothesis import strategies as st
@@ -75,3 +76,46 @@ def timeline(specs: list, patient: str = "PROP", courses: list | tuple = ()) -> 
     for kind, day in courses:
         t.event(kind, day=day, detail="cd19_negative" if kind == "relapse" else None)
     return t
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed_list: list[bytes]) -> bytes:
+    """A fixture message with bytes flipped, cut, duplicated or inserted."""
+    data = bytearray(draw(st.sampled_from(seed_list)))
+    for _ in range(draw(st.integers(1, 8))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["flip", "cut", "copy", "insert"]))
+        if action == "flip":
+            data[at] = draw(st.integers(0, 255))
+        elif action == "cut":
+            del data[at : at + draw(st.integers(1, 64))]
+        elif action == "copy":
+            piece = data[at : at + draw(st.integers(1, 64))]
+            data[at:at] = piece * draw(st.integers(1, 50))
+        else:
+            data[at:at] = draw(
+                st.sampled_from(
+                    [
+                        b"\\",
+                        b"^",
+                        b"~",
+                        b"|",
+                        b"&",
+                        b"\r",
+                        b"\x0b",
+                        b"\x1c",
+                        b"\xed\xa0\x80",
+                        b'"',
+                        b"{",
+                        b"[",
+                        b"\\ud800",
+                        b"<",
+                        b"1e999",
+                        b"NaN",
+                        b"\x00",
+                    ]
+                )
+            )
+    return bytes(data)

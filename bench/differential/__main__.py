@@ -20,10 +20,23 @@ Where the two differ by a documented choice, the difference is named and counted
   "3 consecutive days" (docs/clinical-spec.md section 3). Patients that differ only in
   prolonged_neutropenia and monitoring_gap events are counted under it.
 - ``iec-hs join at resolution``: the reference lets a category join through the ferritin that
-  resolves an episode (updated, then resolved); the product does not.
+  resolves an episode (updated, then resolved); the product does not. After a correction that
+  raises the peak, so that a later ferritin now resolves the episode, the product's category
+  that had joined through that ferritin leaves again (updated, then resolved) and the
+  reference's stays. Matched as an iec_hs ``updated`` right before its ``resolved``, on the
+  side that prints it.
 - ``late episode replayed``: when a late result reveals an episode, the reference raises it as it
   first stood and then updates it to how it stands now; the product raises it as it stands now
   (docs/clinical-spec.md "Resolved vs retracted": raised, then resolved if over).
+- ``late less sensitive negative``: an MRD negative too insensitive to resolve, collected before
+  the latest one of the episode but arriving after it, or withdrawn by a cancellation or
+  correction: the reference sends ``updated`` at its time, since every less sensitive negative
+  is context to it; the product sends ``updated`` only when what its alert shows changes (the
+  latest such negative), as "``updated`` carries escalation or new evidence" (docs/clinical-spec.md
+  "Episodes and alert ids"). Matched as an ``mrd_positive`` ``updated`` earlier than an
+  ``mrd_positive`` event printed before it, or equal to one.
+A patient whose events differ by several of these at once is counted under the fewest that
+explain it together ("recovery span + iec-hs join at resolution").
 Everything else that differs is printed in full: each is a bug in one of the two.
 """
 
@@ -34,7 +47,9 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import combinations
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -186,21 +201,91 @@ def _hct_at_infusion(events: list[Event]) -> list[Event]:
     return events
 
 
+def _icaht(e: Event) -> bool:
+    return e[0] in ("prolonged_neutropenia", "monitoring_gap")
+
+
+def _without_icaht(events: list[Event]) -> list[Event]:
+    return [e for e in events if not _icaht(e)]
+
+
+#: Where one side prints an event the other does not: is ``events[i]`` such an event?
+Extra = Callable[[list[Event], int], bool]
+
+
+def _iec_hs_join(events: list[Event], i: int) -> bool:
+    """An iec_hs ``updated`` right before its ``resolved``."""
+    e, later = events[i], events[i + 1] if i + 1 < len(events) else None
+    return (
+        e[:2] == ("iec_hs", "updated") and later is not None and later[:2] == ("iec_hs", "resolved")
+    )
+
+
+def _late_episode(events: list[Event], i: int) -> bool:
+    """An ``updated`` right after a ``raised`` of its rule (a late-revealed episode replayed)."""
+    return i > 0 and events[i][1] == "updated" and events[i - 1][:2] == (events[i][0], "raised")
+
+
+def _late_mrd_update(events: list[Event], i: int) -> bool:
+    """An ``mrd_positive`` ``updated`` earlier than one of its events printed before it, or
+    the same as one (sent again when the negative is withdrawn)."""
+    e = events[i]
+    earlier = [x[3] for x in events[:i] if x[0] == "mrd_positive" and x[3] is not None]
+    return (
+        e[:2] == ("mrd_positive", "updated")
+        and e[3] is not None
+        and (e[3] < max(earlier, default="") or e in events[:i])
+    )
+
+
+#: The documented differences (module docstring): how each rewrites both sides, or which of the
+#: reference's events it explains.
+REWRITES: dict[str, Callable[[list[Event], list[Event]], tuple[list[Event], list[Event]]]] = {
+    "hct at infusion": lambda ours, ref: (ours, _hct_at_infusion(ref)),
+    "recovery span": lambda ours, ref: (_without_icaht(ours), _without_icaht(ref)),
+}
+EXTRAS: dict[str, Extra] = {
+    "iec-hs join at resolution": _iec_hs_join,
+    "late less sensitive negative": _late_mrd_update,
+    "late episode replayed": _late_episode,
+}
+
+
+def _explained(ours: list[Event], ref: list[Event], extras: list[Extra]) -> bool:
+    """Whether the two agree once the events that ``extras`` explain are left out where the
+    other side does not print them."""
+
+    def explained(events: list[Event]) -> list[bool]:
+        return [any(extra(events, k) for extra in extras) for k in range(len(events))]
+
+    ours_extra, ref_extra = explained(ours), explained(ref)
+    i = j = 0
+    while i < len(ours) or j < len(ref):
+        if i < len(ours) and j < len(ref) and ours[i] == ref[j]:
+            i, j = i + 1, j + 1
+        elif j < len(ref) and ref_extra[j]:
+            j += 1
+        elif i < len(ours) and ours_extra[i]:
+            i += 1
+        else:
+            return False
+    return True
+
+
 def classify(ours: list[Event], ref: list[Event]) -> str | None:
-    """None when they agree; else the name of the documented difference, or "unexplained"."""
+    """None when they agree; else the name of the fewest documented differences that explain
+    it (several at once joined by " + "), or "unexplained"."""
     if ours == ref:
         return None
-    ref = _hct_at_infusion(ref)
-    if ours == ref:
-        return "hct at infusion"
-    icaht = ("prolonged_neutropenia", "monitoring_gap")
-    if [e for e in ours if e[0] not in icaht] == [e for e in ref if e[0] not in icaht]:
-        return "recovery span"
-    joined = [e for e in ref if not (e[0] == "iec_hs" and e[1] == "updated")]
-    if [e for e in ours if not (e[0] == "iec_hs" and e[1] == "updated")] == joined:
-        return "iec-hs join at resolution"
-    if [e for e in ref if e[1] != "updated"] == [e for e in ours if e[1] != "updated"]:
-        return "late episode replayed"
+    names = [*REWRITES, *EXTRAS]
+    for size in range(1, len(names) + 1):
+        for combination in combinations(names, size):
+            a, b = ours, ref
+            for name in combination:
+                if name in REWRITES:
+                    a, b = REWRITES[name](a, b)
+            if _explained(a, b, [EXTRAS[n] for n in combination if n in EXTRAS]):
+                return " + ".join(combination)
     return "unexplained"
 
 

@@ -108,7 +108,7 @@ def apply_all(
         event = events[index]
         if isinstance(event, LabResult):
             end = index + 1
-            while end < len(events) and _same_specimen(event, events[end]):
+            while end < len(events) and _joins(events[index:end], events[end]):  # type: ignore[arg-type]
                 end += 1
             results += _apply_specimen(state, events[index:end], policy)  # type: ignore[arg-type]
             index = end
@@ -135,16 +135,28 @@ def tick(
     return state, _evaluate(ctx, ((GAPS, True),), Step(at=now, decided_at=now))
 
 
-def _same_specimen(first: LabResult, other: PatientEvent) -> bool:
-    """Does ``other`` belong to ``first``'s specimen (consecutive lab results, one collection
-    time)? Decision: a correction or cancellation is a later version of a result, not another
-    result of the specimen -- it starts a new group, so a result and its cancellation in one
-    file still raise and retract (docs/clinical-spec.md "Same specimen")."""
-    return (
+def _joins(group: Sequence[LabResult], other: PatientEvent) -> bool:
+    """Does ``other`` join ``group`` (consecutive lab results of one collection time)?
+    Decision: a correction or cancellation is a later version of a result, not another result of
+    the specimen -- it starts a new group, so a result and its cancellation in one file still
+    raise and retract. The revisions of one corrected report (one report time, each result once)
+    are one group, so a corrected CD19 % and count never alert on half a specimen; a second
+    version of the same result is a later report. New results of the specimen join any group
+    (docs/clinical-spec.md "Same specimen")."""
+    first = group[0]
+    if not (
         isinstance(other, LabResult)
         and other.patient_id == first.patient_id
         and other.collected_at == first.collected_at
-        and other.status in _NEW_VERSIONS
+    ):
+        return False
+    if other.status in _NEW_VERSIONS:
+        return True
+    return all(
+        r.status not in _NEW_VERSIONS
+        and r.resulted_at == other.resulted_at
+        and (r.analyte, r.accession) != (other.analyte, other.accession)
+        for r in group
     )
 
 

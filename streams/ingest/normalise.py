@@ -218,12 +218,22 @@ def normalise_lab_result(result: LabResult, policy: Policy) -> LabResult | Rejec
             patient_id,
         )
 
+    comparator = result.comparator if value is not None else None
+    unit = CANONICAL_UNIT[analyte]
+    if (
+        analyte is result.analyte
+        and value is result.value
+        and comparator is result.comparator
+        and unit == result.unit
+        and detected is result.detected
+    ):
+        return result  # already normalised (a listener's output): no copy
     return result.model_copy(
         update={
             "analyte": analyte,
             "value": value,
-            "comparator": result.comparator if value is not None else None,
-            "unit": CANONICAL_UNIT[analyte],
+            "comparator": comparator,
+            "unit": unit,
             "detected": detected,
         }
     )

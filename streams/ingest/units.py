@@ -44,6 +44,7 @@ no unit; ``normalise_lab_result`` does not call this module for them.
 
 import re
 from fractions import Fraction
+from functools import lru_cache
 from typing import Final
 
 from schemas.vocab import Analyte, RejectReason
@@ -156,10 +157,17 @@ def normalise_unit(unit: str | None) -> str | None:
 
 def factor_for(analyte: Analyte, unit: str | None) -> Fraction | None:
     """The exact factor from ``unit`` to the analyte's canonical unit; ``None`` if not accepted."""
-    key = normalise_unit(unit)
+    key = _unit_key(unit)
     if key is None:
         return None
     return FACTORS[analyte].get(key)
+
+
+@lru_cache(maxsize=1024)
+def _unit_key(unit: str | None) -> str | None:
+    """``normalise_unit``, remembered: a feed sends a handful of spellings, each on every result
+    (the regular expressions were a tenth of a result's cost); bounded, so odd input cannot grow it."""
+    return normalise_unit(unit)
 
 
 def to_canonical(analyte: Analyte, value: float, unit: str | None) -> float | RejectReason:

@@ -204,6 +204,7 @@ def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
         + broker_properties(plain, controller, secure, keystore, tmp_path / "kafka-data")
         + (AUTHORIZER if acls else "")
     )
+    # one id in 64 starts with "-": as "--cluster-id ID" the tool would take it for an option
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     scram = [
         arg
@@ -211,7 +212,7 @@ def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
         for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={PASSWORD}]")
     ]
     kafka_java("kafka.tools.StorageTool", "format", "--config", str(config),
-               "--cluster-id", cluster_id, *scram)  # fmt: skip
+               f"--cluster-id={cluster_id}", *scram)  # fmt: skip
     log = tmp_path / "secure-broker.log"
     process = kafka_java("kafka.Kafka", str(config), log=log, popen=True)
     try:

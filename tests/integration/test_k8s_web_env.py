@@ -3,8 +3,7 @@
 The Deployment's container is run as Kubernetes would run it (tests/integration/k8s_pod.py): its
 command (``carwatch web`` from the venv) and every ``env`` entry, against a broker like Strimzi's
 (SASL_SSL, SCRAM-SHA-512, the ACLs of users.yaml enforced), with free ports and the volumes under
-the test's directory. The Secrets the manifest asks the operator for: the database URL is the
-SQLite file on the pod's data volume (web.yaml's header), the users file one demo user.
+the test's directory. The users Secret the manifest asks the operator for holds one demo user.
 
 The web must answer its probes on /healthz, export its series (the read model's lag per topic
 among them), and do under its own Kafka user what its code does: read the four topics, dead-letter
@@ -39,14 +38,14 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def web_pod(kafka: SecureBroker, tmp_path: Path) -> Pod:
-    container = workload_container("web.yaml", "carwatch-web")
-    root = tmp_path / "pod"
-    (data_dir,) = [e["value"] for e in container["env"] if e["name"] == "CARWATCH_UI_DATA_DIR"]
-    secrets = {
-        ("carwatch-web-database", "url"): f"sqlite:///{root}{data_dir}/web.db",
-        ("carwatch-web-users", "users.toml"): users_file(tmp_path).read_text(),
-    }
-    return Pod(container, pod_volumes("web.yaml", "carwatch-web"), root, kafka, secrets)
+    users = {("carwatch-web-users", "users.toml"): users_file(tmp_path).read_text()}
+    return Pod(
+        workload_container("web.yaml", "carwatch-web"),
+        pod_volumes("web.yaml", "carwatch-web"),
+        tmp_path / "pod",
+        kafka,
+        users,
+    )
 
 
 def scrape(pod: Pod) -> tuple[set[str], Samples]:
@@ -85,7 +84,8 @@ def test_the_web_starts_with_the_deployments_environment(
 
         wait_for(ready, 60, "the web's readiness probe")
         assert pod.probe("livenessProbe")
-        assert Path(pod.env["CARWATCH_UI_DATA_DIR"], "access.log").is_file(), "on the volume"
+        for kept in ("web.db", "access.log"):  # the read model and the audit log on the volume
+            assert Path(pod.env["CARWATCH_UI_DATA_DIR"], kept).is_file(), kept
 
         # every series the web exports, the read model's lag per topic among them
         families, _ = scrape(pod)

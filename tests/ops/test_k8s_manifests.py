@@ -474,24 +474,11 @@ def policies_of(name: str, direction: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_the_web_is_reached_by_prometheus_and_the_ingress_controller_only() -> None:
-    """Its pages (PHI) from the ingress controller's namespace, its metrics from Prometheus',
-    nothing from an address range; it talks to Kafka's TLS listener and DNS only."""
-    admitted: dict[str, list[Any]] = {}
-    for rule in policies_of("carwatch-web", "ingress"):
-        assert rule.get("from") and rule.get("ports"), "an open rule admits everyone"
-        for port in rule["ports"]:
-            admitted.setdefault(port["port"], []).extend(rule["from"])
-    assert set(admitted) == {p["name"] for p in container("carwatch-web")["ports"]}
-    for peers in admitted.values():
-        assert all(set(peer) == {"namespaceSelector"} for peer in peers), peers
-    prometheus = {"kubernetes.io/metadata.name": "monitoring"}
-    assert [p["namespaceSelector"]["matchLabels"] for p in admitted["metrics"]] == [prometheus]
-    assert prometheus not in [p["namespaceSelector"]["matchLabels"] for p in admitted["http"]]
-    egress = policies_of("carwatch-web", "egress")
+def test_the_web_talks_to_kafka_and_dns_only() -> None:
     kafka = {
         "podSelector": {"matchLabels": {"strimzi.io/cluster": one("Kafka")["metadata"]["name"]}}
     }
+    egress = policies_of("carwatch-web", "egress")
     assert [r["to"] for r in egress if r["to"] != [kafka]] == [
         [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
     ]
@@ -501,7 +488,7 @@ def test_the_web_is_reached_by_prometheus_and_the_ingress_controller_only() -> N
 
 def test_the_web_keeps_its_database_and_access_log_on_one_volume() -> None:
     """SQLite and the access log are files one process writes: one replica, the old pod gone
-    before the new one mounts the ReadWriteOnce claim; URL and users come from Secrets."""
+    before the new one mounts the ReadWriteOnce claim; the users come from a Secret."""
     web = workloads()["carwatch-web"]
     assert web["spec"]["replicas"] == 1
     assert web["spec"]["strategy"] == {"type": "Recreate"}
@@ -511,7 +498,7 @@ def test_the_web_keeps_its_database_and_access_log_on_one_volume() -> None:
     claim = volumes[mounts[settings["CARWATCH_UI_DATA_DIR"]]]["persistentVolumeClaim"]
     claims = {c["metadata"]["name"]: c for c in of_kind("PersistentVolumeClaim")}
     assert claims[claim["claimName"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert settings["CARWATCH_UI_DATABASE_URL"]["secretKeyRef"]["name"] == "carwatch-web-database"
+    assert "CARWATCH_UI_DATABASE_URL" not in settings, "the SQLite file under the data dir"
     users_dir, users_file = settings["CARWATCH_UI_USERS_FILE"].rsplit("/", 1)
     users = volumes[mounts[users_dir]]["secret"]
     assert users["secretName"] == "carwatch-web-users"
@@ -537,3 +524,25 @@ def test_prometheusrule_carries_the_same_rules() -> None:
         "deploy/k8s/prometheusrule.yaml is out of date: "
         "run .venv/bin/python scripts/sync-k8s-rules.py"
     )
+
+
+def test_only_the_ingress_controller_reaches_the_web_pages() -> None:
+    web_labels = workloads()["carwatch-web"]["spec"]["template"]["metadata"]["labels"]
+    admitting = [
+        p
+        for p in of_kind("NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"]
+        and pod_selected(p["spec"]["podSelector"], web_labels)
+        and p["spec"].get("ingress")
+    ]
+    ports = {
+        port["port"]: [peer for peer in rule["from"]]
+        for p in admitting
+        for rule in p["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+    assert set(ports) == {"web", "metrics"}, ports
+    (ingress,) = ports["web"]
+    assert ingress == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    }

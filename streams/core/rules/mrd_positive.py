@@ -242,7 +242,11 @@ def _finding(
             ),
         )
 
+    # a late result can move the highest level without changing how often the level rose: the
+    # summary then names another level and day, which is new evidence too
     level = f"rises={episode.rises}"
+    if peak is not None:
+        level += f"|peak@{peak.collected_ts:.0f}={peak.value}"
     # the signature names the insufficient negative even once cleared: a resolution is not an
     # update of the evidence
     weak = episode.insufficient

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from schemas.deadletter import DeadLetter
 from schemas.lab_result import LabResult
@@ -27,6 +26,7 @@ from streams.ingest.hl7.oru import Hl7Config
 from streams.ingest.normalise import Unmapped
 from streams.listeners.jobs import fhir_job, hl7_job
 from streams.listeners.plans import Plan
+from tests.strategies import mutated
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 FUZZ = DATA / "fuzz"
@@ -117,49 +117,6 @@ def seeds(kind: str) -> list[bytes]:
         and p.stat().st_size < 16_384
     )
     return [p.read_bytes() for p in found]
-
-
-@st.composite
-def mutated(draw: st.DrawFn, seed_list: list[bytes]) -> bytes:
-    """A fixture message with bytes flipped, cut, duplicated or inserted."""
-    data = bytearray(draw(st.sampled_from(seed_list)))
-    for _ in range(draw(st.integers(1, 8))):
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        action = draw(st.sampled_from(["flip", "cut", "copy", "insert"]))
-        if action == "flip":
-            data[at] = draw(st.integers(0, 255))
-        elif action == "cut":
-            del data[at : at + draw(st.integers(1, 64))]
-        elif action == "copy":
-            piece = data[at : at + draw(st.integers(1, 64))]
-            data[at:at] = piece * draw(st.integers(1, 50))
-        else:
-            data[at:at] = draw(
-                st.sampled_from(
-                    [
-                        b"\\",
-                        b"^",
-                        b"~",
-                        b"|",
-                        b"&",
-                        b"\r",
-                        b"\x0b",
-                        b"\x1c",
-                        b"\xed\xa0\x80",
-                        b'"',
-                        b"{",
-                        b"[",
-                        b"\\ud800",
-                        b"<",
-                        b"1e999",
-                        b"NaN",
-                        b"\x00",
-                    ]
-                )
-            )
-    return bytes(data)
 
 
 FUZZ_SETTINGS = settings(

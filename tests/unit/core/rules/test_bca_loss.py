@@ -437,3 +437,20 @@ def test_late_earlier_qualifying_specimen_keeps_one_alert_for_the_rest_of_the_ep
     assert [a.action for a in alerts].count(AlertAction.RAISED) == 1
     assert AlertAction.RETRACTED not in [a.action for a in alerts]
     assert list(active(alerts)) == [alerts[0].alert_id]
+
+
+def test_a_corrected_report_of_cd19_pct_and_count_never_alerts_on_half_a_specimen():
+    # day 60: CD19 1.5 % and 5 /µL (aplastic by the count). The lab corrects both in one report:
+    # 0.5 % and 60 /µL -- aplastic by the percentage. Half-corrected (1.5 % and 60 /µL) the
+    # specimen would look like a loss; the corrected report is applied as one group
+    t = patient_in_aplasia().cd19_pct(day=60, pct=1.5).cd19_abs(day=60, per_ul=5)
+    pct, count = t.events[-2].accession, t.events[-1].accession
+    t.cd19_abs(day=60, per_ul=60, status="corrected", accession=count)
+    t.cd19_pct(day=60, pct=0.5, status="corrected", accession=pct)
+    assert bca(run(t.events, ONE_SPECIMEN)) == []
+    # the same corrections in two reports (the second on its own, later) do pass through it
+    later = t.events[-1].model_copy(update={"resulted_at": at_day(62)})
+    assert bca(run([*t.events[:-1], later], ONE_SPECIMEN)) == [
+        ("raised", "critical"),
+        ("retracted", "critical"),
+    ]

@@ -217,3 +217,17 @@ def test_a_level_rising_again_after_a_fall_is_new_evidence():
     alerts = only(run(t.events))
     assert mrd(alerts) == [("raised", "critical"), ("updated", "critical")]
     assert alerts[1].event_time == at_day(90)
+
+
+def test_late_higher_level_that_moves_the_peak_is_an_update():
+    # below LOQ on day 14, 5 × 10⁻⁵ on day 81 (the level rose: updated), then the day-65 marrow at
+    # 10⁻³ arrives late: it rose above the previous detected level and is the episode's highest,
+    # so the alert says something new even though the count of rises is unchanged
+    t = patient().mrd(day=14, fraction=None, detected=True, method="flow")
+    t.mrd(day=81, fraction=5e-5, detected=True, method="flow")
+    t.mrd(day=65, fraction=1e-3, detected=True, method="flow")  # reported late
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("updated", "critical"), ("updated", "critical")]
+    assert alerts[-1].event_time == at_day(65)
+    assert "Highest level 10⁻³ (0.1 %) on day 65" in alerts[-1].summary
+    assert len({a.alert_id for a in alerts}) == 1
