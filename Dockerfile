@@ -1,5 +1,5 @@
 # CAR-T Watch image: every long-running process (`carwatch worker`, `mllp`, `fhir-gateway`,
-# `alerts webhook`) and the tools (`feed`, `alerts tail`, `replay`).
+# `alerts webhook`, `web`) and the tools (`feed`, `alerts tail`, `replay`).
 #   docker build -t carwatch .
 #   docker run --rm -e CARWATCH_BROKER_URL=kafka://kafka:9092 carwatch worker
 # Dependencies come pinned from requirements.lock (`make lock`), the same versions the tests ran.
@@ -25,6 +25,7 @@ WORKDIR /var/lib/carwatch
 ENV CARWATCH_DATA_DIR=/var/lib/carwatch/data
 # Metrics: worker 9464, MLLP 9465, FHIR gateway 9466, webhook deliverer 9467; inside a container
 # bind them with CARWATCH_METRICS_HOST=0.0.0.0. Listeners: MLLP 2575, FHIR 8080 (--host 0.0.0.0).
-EXPOSE 9464 9465 9466 9467 2575 8080
+# The web: pages 8468, metrics 9468 (CARWATCH_UI_HOST / CARWATCH_UI_METRICS_HOST=0.0.0.0).
+EXPOSE 9464 9465 9466 9467 9468 2575 8080 8468
 ENTRYPOINT ["carwatch"]
 CMD ["worker"]

@@ -327,13 +327,21 @@ class Process:
     command: str
     job: str
     metrics_port: int
+    #: the variables that bind its metrics endpoint (host, port); deployments set them
+    metrics_variables: tuple[str, str] = ("CARWATCH_METRICS_HOST", "CARWATCH_METRICS_PORT")
 
 
 WORKER: Final = Process("carwatch worker", "carwatch-worker", 9464)
 MLLP: Final = Process("carwatch mllp", "carwatch-mllp", 9465)
 FHIR_GATEWAY: Final = Process("carwatch fhir-gateway", "carwatch-fhir-gateway", 9466)
 WEBHOOK: Final = Process("carwatch alerts webhook", "carwatch-webhook", 9467)
-WEB: Final = Process("carwatch web", "carwatch-web", 9468)
+#: The web's settings are its own (``CARWATCH_UI_*``, streams/web/config.py).
+WEB: Final = Process(
+    "carwatch web",
+    "carwatch-web",
+    9468,
+    ("CARWATCH_UI_METRICS_HOST", "CARWATCH_UI_METRICS_PORT"),
+)
 PROCESSES: Final = (WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB)
 
 

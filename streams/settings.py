@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
     #: How often processed offsets are committed (Faust's ``broker_commit_interval``).
     commit_interval_seconds: float = Field(default=2.8, gt=0)
-    #: Create missing topics (with ``partitions``) before the worker starts.
+    #: Create missing topics (with ``partitions``) before the worker starts, and let Faust create
+    #: its changelog and leader topics; false where an operator owns them (Strimzi: no Create ACL).
     create_topics: bool = True
     #: Python's GIL switch interval in the worker. Faust's Kafka client runs in its own thread;
     #: at the default 5 ms the two threads hand the GIL back and forth and a busy worker loses

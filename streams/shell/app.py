@@ -68,6 +68,9 @@ def create_app(settings: Settings) -> CarwatchApp:
         processing_guarantee="at_least_once",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
+        # False where an operator owns the topics: Faust would ask to create its changelog and
+        # leader topics at every start, which a user without Create is refused even when they exist.
+        topic_allow_declare=settings.create_topics,
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",
         value_serializer="raw",

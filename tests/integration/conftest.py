@@ -66,6 +66,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield started
 
 
+@pytest.fixture
+def strimzi_kafka(broker: Broker, tmp_path: Path) -> Iterator[Any]:
+    """A broker like deploy/k8s's Strimzi cluster: SASL_SSL, the users of users.yaml and their
+    ACLs enforced, the topics of topics.yaml (tests/integration/k8s_pod.py); ``broker`` fetched
+    the jars."""
+    from tests.integration.k8s_pod import secure_broker
+
+    with secure_broker(tmp_path, acls=True) as kafka:
+        yield kafka
+
+
 def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
     """One sample of the metrics a process serves on 127.0.0.1:port (``None``: not there)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

@@ -43,10 +43,6 @@ def test_every_carwatch_service_has_a_valid_command_and_known_settings(name: str
     check_environment({k: str(v) for k, v in service.get("environment", {}).items()})
 
 
-#: The variables that bind a process's metrics endpoint (the web's are its own: CARWATCH_UI_*).
-METRICS_VARIABLES = {WEB.job: ("CARWATCH_UI_METRICS_HOST", "CARWATCH_UI_METRICS_PORT")}
-
-
 @pytest.mark.parametrize("process", [WORKER, MLLP, FHIR_GATEWAY, WEBHOOK, WEB], ids=lambda p: p.job)
 def test_prometheus_scrapes_each_process_of_compose(process: Any) -> None:
     jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
@@ -63,8 +59,6 @@ def test_prometheus_scrapes_each_process_of_compose(process: Any) -> None:
         SERVICES[host].get("command", ["worker"])[: len(process.command.split()) - 1]
         == (process.command.split()[1:])
     )
-    host_variable, port_variable = METRICS_VARIABLES.get(
-        process.job, ("CARWATCH_METRICS_HOST", "CARWATCH_METRICS_PORT")
-    )
+    host_variable, port_variable = process.metrics_variables
     assert environment[host_variable] == "0.0.0.0"
     assert int(environment[port_variable]) == int(port) == process.metrics_port

@@ -8,9 +8,11 @@ min.insync.replicas 2, no more workers than partitions, a Kafka version the Stri
 every process has its KafkaUser with the ACLs its role needs and reads its password from that
 user's Secret, every process serves metrics on the pod's address at the port its Service and
 the ServiceMonitor scrape under the job the rules select, probes name real ports, every workload
-has a PodDisruptionBudget, NetworkPolicies name real ports, and the PrometheusRule carries the
-rules of deploy/prometheus. That the worker really starts with the StatefulSet's environment is
-tests/integration/test_k8s_worker_env.py.
+has a PodDisruptionBudget, NetworkPolicies name real ports and admit only what should reach a
+pod, and the PrometheusRule carries the rules of deploy/prometheus. The web's Kafka access is
+derived from its code (the topics its ingester assigns, the ones it writes). That the worker and
+the web really start with their manifests' environment is tests/integration/test_k8s_worker_env.py
+and tests/integration/test_k8s_web_env.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 import yaml
 
 from streams.metrics import FHIR_GATEWAY, MLLP, WEB, WEBHOOK, WORKER
+from streams.metrics import PROCESSES as ALL_PROCESSES
 from streams.settings import Settings, known_variables
 from streams.web.ingest import topic_names
 
@@ -44,6 +47,19 @@ STRIMZI_KAFKA_VERSIONS = {
     "4.3.0": "4.3-IV0",
     "4.3.1": "4.3-IV0",
 }
+
+
+def web_kafka_access() -> dict[str, set[str]]:
+    """What ``carwatch web`` does on Kafka with the default topic names: it reads every topic its
+    ingester assigns, and writes acknowledgements (streams/web/acks.py) and the dead letters of
+    rejected alert and ack records (streams/web/ingest.py)."""
+    settings = Settings.model_construct()  # defaults, whatever this machine's environment says
+    access = {topic: {"Read"} for topic in topic_names(settings).values()}
+    for topic in (settings.acks_topic, settings.deadletter_topic):
+        access.setdefault(topic, set()).add("Write")
+    return access
+
+
 #: Workload name → the process's job, and its Kafka access (topic → operations it needs).
 PROCESSES = {
     "carwatch-worker": (
@@ -74,16 +90,8 @@ PROCESSES = {
         },
     ),
     "carwatch-webhook": (WEBHOOK, {"carwatch.alerts": {"Read"}}),
-    # what the read model follows (from the web's own code), the acks it publishes, and the alert
-    # or ack records it cannot read (dead-lettered)
-    "carwatch-web": (
-        WEB,
-        {name: {"Read"} for name in topic_names(Settings()).values()}
-        | {Settings().acks_topic: {"Read", "Write"}, Settings().deadletter_topic: {"Write"}},
-    ),
+    "carwatch-web": (WEB, web_kafka_access()),
 }
-#: The settings that place a process's metrics server (the web's are its own, ``CARWATCH_UI_``).
-METRICS_SETTINGS = {"carwatch-web": ("CARWATCH_UI_METRICS_HOST", "CARWATCH_UI_METRICS_PORT")}
 
 
 def load_documents() -> list[tuple[str, dict[str, Any]]]:
@@ -303,6 +311,13 @@ def test_worker_replicas_do_not_exceed_partitions(worker: dict[str, Any]) -> Non
     )
 
 
+def test_every_long_running_process_is_deployed() -> None:
+    """Each process of streams.metrics has its workload here, named after its job."""
+    assert {p.job for p in ALL_PROCESSES} == {process.job for process, _ in PROCESSES.values()}
+    assert set(PROCESSES) <= set(workloads())
+    assert all(PROCESSES[name][0].job == name for name in PROCESSES)
+
+
 @pytest.mark.parametrize("name", PROCESSES)
 def test_each_process_runs_its_command_with_known_settings(name: str) -> None:
     process, _ = PROCESSES[name]
@@ -343,8 +358,10 @@ def test_each_process_is_a_kafka_user_with_the_acls_of_its_role(name: str) -> No
             prefix = resource["patternType"] == "prefix" and topic.startswith(resource["name"])
             if literal or prefix:
                 granted.setdefault(topic, set()).update(acl["operations"])
+    declared = {topic_name(t) for t in of_kind("KafkaTopic")}
     for topic, operations in needs.items():
         assert operations | {"Describe"} <= granted.get(topic, set()), (name, topic)
+        assert topic in declared, f"{name} uses {topic}, which topics.yaml does not declare"
     all_operations = {
         op for acl in user["spec"]["authorization"]["acls"] for op in acl["operations"]
     }
@@ -355,10 +372,10 @@ def test_each_process_is_a_kafka_user_with_the_acls_of_its_role(name: str) -> No
 def test_each_process_serves_metrics_where_probes_and_the_servicemonitor_look(name: str) -> None:
     process, _ = PROCESSES[name]
     settings = env(name)
-    host, port = METRICS_SETTINGS.get(name, ("CARWATCH_METRICS_HOST", "CARWATCH_METRICS_PORT"))
-    assert settings[host] == "0.0.0.0", "127.0.0.1 is unreachable in a pod"
+    host_variable, port_variable = process.metrics_variables
+    assert settings[host_variable] == "0.0.0.0", "127.0.0.1 is unreachable in a pod"
     ports = {p["name"]: p["containerPort"] for p in container(name)["ports"]}
-    assert ports["metrics"] == int(settings[port]) == process.metrics_port
+    assert ports["metrics"] == int(settings[port_variable]) == process.metrics_port
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if probe in container(name):
             check = container(name)[probe]
@@ -444,6 +461,49 @@ def test_network_policies_deny_by_default_and_name_real_ports() -> None:
         pod_selected(scrape[0]["spec"]["podSelector"], w["spec"]["template"]["metadata"]["labels"])
         for w in workloads().values()
     )
+
+
+def policies_of(name: str, direction: str) -> list[dict[str, Any]]:
+    """The rules of every NetworkPolicy of ``direction`` (ingress, egress) that selects ``name``."""
+    labels = workloads()[name]["spec"]["template"]["metadata"]["labels"]
+    return [
+        rule
+        for p in of_kind("NetworkPolicy")
+        if pod_selected(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get(direction, [])
+    ]
+
+
+def test_the_web_talks_to_kafka_and_dns_only() -> None:
+    kafka = {
+        "podSelector": {"matchLabels": {"strimzi.io/cluster": one("Kafka")["metadata"]["name"]}}
+    }
+    egress = policies_of("carwatch-web", "egress")
+    assert [r["to"] for r in egress if r["to"] != [kafka]] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+    ]
+    ports = {(port["port"], port["protocol"]) for r in egress for port in r["ports"]}
+    assert ports == {(9093, "TCP"), (53, "UDP"), (53, "TCP")}
+
+
+def test_the_web_keeps_its_database_and_access_log_on_one_volume() -> None:
+    """SQLite and the access log are files one process writes: one replica, the old pod gone
+    before the new one mounts the ReadWriteOnce claim; the users come from a Secret."""
+    web = workloads()["carwatch-web"]
+    assert web["spec"]["replicas"] == 1
+    assert web["spec"]["strategy"] == {"type": "Recreate"}
+    settings = env("carwatch-web")
+    volumes = {v["name"]: v for v in pod_spec("carwatch-web")["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container("carwatch-web")["volumeMounts"]}
+    claim = volumes[mounts[settings["CARWATCH_UI_DATA_DIR"]]]["persistentVolumeClaim"]
+    claims = {c["metadata"]["name"]: c for c in of_kind("PersistentVolumeClaim")}
+    assert claims[claim["claimName"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "CARWATCH_UI_DATABASE_URL" not in settings, "the SQLite file under the data dir"
+    users_dir, users_file = settings["CARWATCH_UI_USERS_FILE"].rsplit("/", 1)
+    users = volumes[mounts[users_dir]]["secret"]
+    assert users["secretName"] == "carwatch-web-users"
+    assert users_file in {item["path"] for item in users["items"]}
+    assert settings["CARWATCH_CREATE_TOPICS"] == "false"
 
 
 def pod_selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
