@@ -137,8 +137,12 @@ _POWER_OF_TEN = re.compile(r"(?:x|\*)?10(?:\^|\*|e)(?=[-+]?\d)")
 _LEADING_CELLS = re.compile(r"^(?:(10\*[-+]?\d+))?cells?(?=/)")
 
 
+@lru_cache(maxsize=1024)
 def normalise_unit(unit: str | None) -> str | None:
-    """The lenient matching key of a unit spelling, or ``None`` when nothing usable is left."""
+    """The lenient matching key of a unit spelling, or ``None`` when nothing usable is left.
+
+    Remembered: a feed sends a handful of spellings, each on every result (the regular
+    expressions were a tenth of a result's cost); bounded, so odd input cannot grow it."""
     if unit is None or len(unit) > MAX_UNIT_CHARS:
         return None
     key = "".join(unit.split()).translate(_MICRO).lower()
@@ -157,17 +161,10 @@ def normalise_unit(unit: str | None) -> str | None:
 
 def factor_for(analyte: Analyte, unit: str | None) -> Fraction | None:
     """The exact factor from ``unit`` to the analyte's canonical unit; ``None`` if not accepted."""
-    key = _unit_key(unit)
+    key = normalise_unit(unit)
     if key is None:
         return None
     return FACTORS[analyte].get(key)
-
-
-@lru_cache(maxsize=1024)
-def _unit_key(unit: str | None) -> str | None:
-    """``normalise_unit``, remembered: a feed sends a handful of spellings, each on every result
-    (the regular expressions were a tenth of a result's cost); bounded, so odd input cannot grow it."""
-    return normalise_unit(unit)
 
 
 def to_canonical(analyte: Analyte, value: float, unit: str | None) -> float | RejectReason:

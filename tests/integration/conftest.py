@@ -73,7 +73,7 @@ def strimzi_kafka(broker: Broker, tmp_path: Path) -> Iterator[Any]:
     the jars."""
     from tests.integration.k8s_pod import secure_broker
 
-    with secure_broker(tmp_path, acls=True) as kafka:
+    with secure_broker(tmp_path) as kafka:
         yield kafka
 
 

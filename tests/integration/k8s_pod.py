@@ -192,9 +192,9 @@ AUTHORIZER = (
 
 
 @contextmanager
-def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
-    """One KRaft node with a SASL_SSL (SCRAM-SHA-512) listener, the topics of topics.yaml and,
-    with ``acls``, the ACLs of users.yaml enforced. The jars must be there (the ``broker``
+def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    """One KRaft node with a SASL_SSL (SCRAM-SHA-512) listener, the topics of topics.yaml and the
+    ACLs of users.yaml enforced. The jars must be there (the ``broker``
     fixture fetches them)."""
     ca_file, keystore = make_certificates(tmp_path / "pki")
     plain, controller, secure = free_port(), free_port(), free_port()
@@ -202,7 +202,7 @@ def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
     config.write_text(
         (KAFKA_DIR / "server.properties").read_text()
         + broker_properties(plain, controller, secure, keystore, tmp_path / "kafka-data")
-        + (AUTHORIZER if acls else "")
+        + AUTHORIZER
     )
     # one id in 64 starts with "-": as "--cluster-id ID" the tool would take it for an option
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
@@ -225,7 +225,7 @@ def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
 
         wait_for(answers, 90, "the SASL_SSL listener")
         kafka = SecureBroker(secure, plain, ca_file)
-        operators(kafka, acls=acls)
+        operators(kafka)
         yield kafka
     finally:
         process.terminate()
@@ -236,17 +236,16 @@ def secure_broker(tmp_path: Path, *, acls: bool) -> Iterator[SecureBroker]:
             process.wait(10)
 
 
-def operators(kafka: SecureBroker, *, acls: bool) -> None:
+def operators(kafka: SecureBroker) -> None:
     """What Strimzi's topic and user operators would have done before any process starts."""
     admin = KafkaAdminClient(**kafka.operator, request_timeout_ms=30_000)
     try:
         admin.create_topics(
             [NewTopic(t, p, 1) for t, p in declared_topics().items()], validate_only=False
         )
-        if acls:
-            granted = [acl for name, user in kafka_users().items() for acl in user_acls(name, user)]
-            result = admin.create_acls(granted)
-            assert not result["failed"], result["failed"]
+        granted = [acl for name, user in kafka_users().items() for acl in user_acls(name, user)]
+        result = admin.create_acls(granted)
+        assert not result["failed"], result["failed"]
     finally:
         admin.close()
 

@@ -527,22 +527,11 @@ def test_prometheusrule_carries_the_same_rules() -> None:
 
 
 def test_only_the_ingress_controller_reaches_the_web_pages() -> None:
-    web_labels = workloads()["carwatch-web"]["spec"]["template"]["metadata"]["labels"]
-    admitting = [
-        p
-        for p in of_kind("NetworkPolicy")
-        if "Ingress" in p["spec"]["policyTypes"]
-        and pod_selected(p["spec"]["podSelector"], web_labels)
-        and p["spec"].get("ingress")
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for rule in policies_of("carwatch-web", "ingress"):
+        for port in rule["ports"]:
+            peers.setdefault(port["port"], []).extend(rule["from"])
+    assert set(peers) == {"web", "metrics"}, peers
+    assert peers["web"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     ]
-    ports = {
-        port["port"]: [peer for peer in rule["from"]]
-        for p in admitting
-        for rule in p["spec"]["ingress"]
-        for port in rule["ports"]
-    }
-    assert set(ports) == {"web", "metrics"}, ports
-    (ingress,) = ports["web"]
-    assert ingress == {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
-    }
