@@ -5,6 +5,8 @@ A rule's accumulator is a dataclass of plain fields: numbers, text, booleans, in
 these. ``encode`` turns one into JSON-able lists, ``decode`` rebuilds it from the field types, so
 every evaluation starts from fresh objects (no aliasing between the stored carry and the scan).
 Instants are epoch seconds (UTC); a ``StoredResult`` is the compact row of ``result_row``.
+A field added to an accumulator goes last and has a default: a carry stored before it existed
+decodes with that default (a stored state outlives a release).
 """
 
 import dataclasses
@@ -139,9 +141,10 @@ def _decode(kind: Any, data: Any) -> Any:
         return kind(data)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = _field_types(kind)
-        return kind(
-            **{name: _decode(hint, item) for (name, hint), item in zip(hints, data, strict=True)}
-        )
+        if len(data) > len(hints):
+            raise TypeError(f"{len(data)} values for the {len(hints)} fields of {kind.__name__}")
+        # a carry stored before a field was appended has fewer values: the field's default
+        return kind(**{name: _decode(hint, item) for (name, hint), item in zip(hints, data)})
     if origin is list:
         (item_type,) = get_args(kind)
         return [_decode(item_type, item) for item in data]

@@ -8,8 +8,9 @@ Sources: Westhafen 2025, "Immune-effector cell associated Hemophagocytic Lymphoh
   once a ``crs_resolved`` clinical event has been recorded (results collected at or after it).
 - Ferritin criterion, for a counting ferritin: > 2 × baseline (the last ferritin on or before day
   0; without one > 2 × ULN 300 ng/mL), or ≥ 2-fold rise over an earlier ferritin within 72 h
-  (elapsed hours). The earlier value of a rise may predate the timing window: it is the
-  comparator, not the finding. A censored ``> 40000 ng/mL`` counts with its limit.
+  (elapsed hours). Both ferritins of a rise count under the timing rule (a rise from a day-5
+  value is the CRS, as a fall from a day-5 count is the lymphodepletion); the baseline is the one
+  exception the rule names. A censored ``> 40000 ng/mL`` counts with its limit.
 - Supporting categories, from counting results within 7 days (day numbers) before or after a
   criterion ferritin, each counted once: cytopenia (ANC or platelets fallen ≥ 50 % from their
   highest counting value in the preceding 7 days *and* by at least 250 /µL or 25 × 10³/µL --
@@ -275,6 +276,7 @@ def _criterion(ctx: RuleInput, acc: IecAcc, result: StoredResult) -> str | None:
     for prior in acc.ferritins:
         if (
             prior.collected_at >= window
+            and _counts(ctx, acc, prior)
             and prior.value
             and value >= p.ferritin_rise_multiple * prior.value
         ):

@@ -21,7 +21,8 @@ consolidative HCT with MRD positivity at any level after CAR T-cell infusion) an
   resolves the open alert, and MRD is still monitored after it (a later positive is a new alert).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from schemas.vocab import Analyte, MrdMethod, RuleName, Severity
 from streams.core.policy import Policy
@@ -69,6 +70,9 @@ class MrdEpisode:
     insufficient: StoredResult | None = None
     #: how often the level rose above the previous detected one (each rise is new evidence)
     rises: int = 0
+    #: when the results that rose were collected (a cancelled rise replaced by another is new
+    #: evidence too); empty in a carry stored before this field existed
+    rose_at: list[datetime] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +166,7 @@ def _result(ctx: RuleInput, acc: MrdAcc, result: StoredResult, out: list[Finding
             return
         if (result.value or 0.0) > (episode.latest.value or 0.0):
             episode.rises += 1
+            episode.rose_at.append(result.collected_at)
         episode.latest = result
         if sens < episode.required:
             episode.required, episode.required_method = sens, result.method
@@ -242,9 +247,12 @@ def _finding(
             ),
         )
 
-    # a late result can move the highest level without changing how often the level rose: the
-    # summary then names another level and day, which is new evidence too
+    # a late result can move the highest level without changing how often the level rose, and a
+    # cancelled rise can be replaced by a later one: the alert then names other results, which is
+    # new evidence too
     level = f"rises={episode.rises}"
+    if episode.rose_at:
+        level += "@" + ",".join(f"{moment.timestamp():.0f}" for moment in episode.rose_at)
     if peak is not None:
         level += f"|peak@{peak.collected_ts:.0f}={peak.value}"
     # the signature names the insufficient negative even once cleared: a resolution is not an

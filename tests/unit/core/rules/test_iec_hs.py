@@ -230,6 +230,23 @@ def test_supporting_result_before_day_7_does_not_count():
     assert iec(run(t.events)) == []
 
 
+def test_rise_from_a_ferritin_before_day_7_is_the_crs_not_iec_hs():
+    # 300 on day 5 → 700 on day 7: doubled within 48 h, but the earlier value falls in the CRS
+    # days the timing rule leaves out ("only results collected on day 7 or later count"); the
+    # baseline (day 0) is the one exception the rule names
+    t = patient().ferritin(day=0, ng_ml=1000).ferritin(day=5, ng_ml=300)
+    t.ferritin(day=7, ng_ml=700).fibrinogen(day=7, mg_dl=120)
+    assert iec(run(t.events)) == []
+
+
+def test_rise_from_a_ferritin_collected_after_crs_resolved_counts_before_day_7():
+    t = patient().ferritin(day=0, ng_ml=1000).event("crs_resolved", day=4, hour=9)
+    t.ferritin(day=5, ng_ml=300).ferritin(day=7, ng_ml=700).fibrinogen(day=7, mg_dl=120)
+    alerts = only(run(t.events))
+    assert iec(alerts) == RAISED
+    assert "2-fold rise within 72 h from 300 ng/mL (day 5" in alerts[0].summary
+
+
 def test_results_after_crs_resolved_count_before_day_7():
     t = patient().event("crs_resolved", day=5, hour=9)
     t.ferritin(day=6, ng_ml=3000).fibrinogen(day=6, mg_dl=120)

@@ -231,3 +231,24 @@ def test_late_higher_level_that_moves_the_peak_is_an_update():
     assert alerts[-1].event_time == at_day(65)
     assert "Highest level 10⁻³ (0.1 %) on day 65" in alerts[-1].summary
     assert len({a.alert_id for a in alerts}) == 1
+
+
+def test_cancelled_rise_replaced_by_another_rise_is_an_update():
+    # 10⁻⁴ on day 55, below LOQ on day 232 (reported late), 10⁻⁴ on day 311 (the level rose above
+    # the previous detected one: updated), 10⁻⁵ on day 322 (lower than day 311: nothing); then the
+    # day-311 result is cancelled: day 322 is now the result that rose above the day-232 level, new
+    # evidence the alert has not shown, and the alert must stop citing a cancelled result
+    t = patient().mrd(day=55, fraction=1e-4, detected=True, method="ngs")
+    t.mrd(day=311, fraction=1e-4, detected=True, method="ngs", accession="M-311")
+    t.mrd(day=232, fraction=None, detected=True, method="flow")
+    t.mrd(day=322, fraction=1e-5, detected=True, method="pcr")
+    before = only(run(t.events))
+    assert mrd(before) == [("raised", "critical"), ("updated", "critical")]
+    t.mrd(
+        day=311, fraction=1e-4, detected=True, method="ngs", accession="M-311", status="cancelled"
+    )
+    alerts = only(run(t.events))
+    assert mrd(alerts) == [("raised", "critical"), ("updated", "critical"), ("updated", "critical")]
+    assert alerts[-1].event_time == at_day(311)
+    assert "M-311" not in {e.accession for e in alerts[-1].evidence}
+    assert len({a.alert_id for a in alerts}) == 1
