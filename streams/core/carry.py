@@ -144,7 +144,9 @@ def _decode(kind: Any, data: Any) -> Any:
         if len(data) > len(hints):
             raise TypeError(f"{len(data)} values for the {len(hints)} fields of {kind.__name__}")
         # a carry stored before a field was appended has fewer values: the field's default
-        return kind(**{name: _decode(hint, item) for (name, hint), item in zip(hints, data)})
+        return kind(
+            **{name: _decode(hint, item) for (name, hint), item in zip(hints, data, strict=False)}
+        )
     if origin is list:
         (item_type,) = get_args(kind)
         return [_decode(item_type, item) for item in data]

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from schemas.vocab import MrdMethod, ResultStatus
 from streams.core.carry import decode, encode
 from streams.core.rules.mrd_positive import MrdAcc, MrdEpisode
 from streams.core.state import StoredResult
-from schemas.vocab import MrdMethod, ResultStatus
 
 
 def _positive(day: int) -> StoredResult:
