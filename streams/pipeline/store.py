@@ -94,20 +94,33 @@ class PatientStates:
     The store stays the source of truth: ``forget`` drops the states of revoked partitions (they
     may be updated elsewhere meanwhile), ``reload`` re-reads one patient whose cached state an
     engine error left half-updated.
+
+    It also remembers up to ``absent_capacity`` patients the store does not hold (oldest
+    forgotten first): a hospital feed's never-infused patients, nine results in ten, whose every
+    batch would otherwise ask the store again. While the partition is owned only this process
+    writes the patient, through ``put``, which ends the absence; ``forget`` drops absences with
+    the states.
     """
 
-    def __init__(self, store: StateStore, capacity: int = 10_000) -> None:
+    def __init__(
+        self, store: StateStore, capacity: int = 10_000, absent_capacity: int = 100_000
+    ) -> None:
         self.store = store
         self.capacity = capacity
+        self.absent_capacity = absent_capacity
         self._cached: OrderedDict[bytes, tuple[int, PatientState]] = OrderedDict()
+        self._absent: dict[bytes, int] = {}
 
     def get(self, key: bytes, partition: int, origin: Any) -> PatientState | None:
         hit = self._cached.get(key)
         if hit is not None:
             self._cached.move_to_end(key)
             return hit[1]
+        if key in self._absent:
+            return None
         raw = self.store.get(key, origin)
         if raw is None:
+            self._note_absent(key, partition)
             return None
         state = unpack(raw)
         self._keep(key, partition, state)
@@ -115,24 +128,34 @@ class PatientStates:
 
     def reload(self, key: bytes, partition: int, origin: Any) -> PatientState | None:
         self._cached.pop(key, None)
+        self._absent.pop(key, None)
         return self.get(key, partition, origin)
 
     def put(self, key: bytes, partition: int, state: PatientState, origin: Any) -> None:
         """Encode ``state`` and write it to the store; it stays cached as the current state."""
         self.store.put(key, pack(state), origin)
+        self._absent.pop(key, None)
         self._keep(key, partition, state)
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
-        """Drop the cached states of ``partitions`` (all when None)."""
+        """Drop the cached states and absences of ``partitions`` (all when None)."""
         if partitions is None:
             self._cached.clear()
+            self._absent.clear()
             return
         gone = set(partitions)
         for key in [k for k, (p, _) in self._cached.items() if p in gone]:
             del self._cached[key]
+        for key in [k for k, p in self._absent.items() if p in gone]:
+            del self._absent[key]
 
     def __len__(self) -> int:
         return len(self._cached)
+
+    def _note_absent(self, key: bytes, partition: int) -> None:
+        self._absent[key] = partition
+        if len(self._absent) > self.absent_capacity:
+            del self._absent[next(iter(self._absent))]
 
     def _keep(self, key: bytes, partition: int, state: PatientState) -> None:
         self._cached[key] = (partition, state)

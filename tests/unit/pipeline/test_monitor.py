@@ -192,3 +192,47 @@ def test_a_state_this_release_cannot_read_dead_letters_the_records_and_is_kept()
     out.persist(states)
     assert store.data[pid.encode()] == old
     assert monitor.tick(datetime.now(UTC), [(pid.encode(), 0, None)], states).states == []
+
+
+class CountingStore(DictStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, key: bytes, origin: Any) -> bytes | None:
+        self.reads += 1
+        return super().get(key, origin)
+
+
+def test_a_patient_the_store_lacks_is_asked_for_once_until_enrolled_or_forgotten() -> None:
+    pid = patient_id()
+    records = synthetic.patient("igg_decline", pid, datetime.now(UTC))
+    infusion, labs = records[0], records[1:]
+    store = CountingStore()
+    states = PatientStates(store)
+    monitor = new_monitor()
+    for offset, record in enumerate(labs[:3], start=1):  # results before the infusion arrives
+        out = monitor.process(records_of(pid, [record], offset), states)
+        assert out.outcomes["not_enrolled"] == 1
+    assert store.reads == 1
+    monitor.process(records_of(pid, [infusion]), states).persist(states)
+    states.forget()  # the enrolment is read back from the store, not taken for absent
+    out = monitor.process(records_of(pid, labs[3:4], 4), states)
+    assert out.outcomes["not_enrolled"] == 0 and store.reads == 2
+
+
+def test_an_absence_is_forgotten_with_its_partition_and_bounded() -> None:
+    store = CountingStore()
+    states = PatientStates(store, absent_capacity=2)
+    assert states.get(b"A", 0, None) is None and states.get(b"A", 0, None) is None
+    assert store.reads == 1
+    states.forget([1])
+    assert states.get(b"A", 0, None) is None and store.reads == 1
+    states.forget([0])  # another worker may enrol A while it owns partition 0: ask again
+    assert states.get(b"A", 0, None) is None and store.reads == 2
+    for key in (b"B", b"C", b"D"):  # B, the oldest absence, is dropped at the third
+        states.get(key, 0, None)
+    reads = store.reads
+    states.get(b"B", 0, None)
+    states.get(b"D", 0, None)
+    assert store.reads == reads + 1
