@@ -189,13 +189,16 @@ class Settings(BaseSettings):
     @property
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Per-topic broker settings: the message store keeps raw messages up to the largest
-        accepted FHIR body, for ``inbound_retention_hours``, never compacted."""
+        accepted FHIR body, for ``inbound_retention_hours``, never compacted; the alerts topic
+        keeps every event (the record of what was announced, which ``carwatch web --rebuild``
+        re-reads: a few events per patient and month), never compacted (keyed by patient)."""
         return {
+            self.alerts_topic: {"cleanup.policy": "delete", "retention.ms": "-1"},
             self.inbound_topic: {
                 "cleanup.policy": "delete",
                 "retention.ms": str(int(self.inbound_retention_hours * 3600 * 1000)),
                 "max.message.bytes": str(INBOUND_MAX_MESSAGE_BYTES),
-            }
+            },
         }
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -248,3 +248,34 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_running(
     }
     assert worker.total("carwatch_deadletter_messages_total") == len(bad) + 1
     assert worker.stop() == 0
+
+
+def test_topics_are_created_with_their_retention(broker: Any) -> None:
+    """The alerts topic keeps every event (the web's rebuild re-reads it); the message store
+    keeps raw messages for ``inbound_retention_hours`` -- as the broker reports them."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from streams.pipeline.topics import ensure_topics
+    from streams.settings import Settings
+
+    suffix = datetime.now(UTC).strftime("%H%M%S%f")
+    settings = Settings(
+        broker_url=broker.url,
+        alerts_topic=f"retention-alerts-{suffix}",
+        inbound_topic=f"retention-inbound-{suffix}",
+        inbound_retention_hours=2,
+    )
+    ensure_topics(settings, [settings.alerts_topic, settings.inbound_topic], partitions=1)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        described = admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name)
+                for name in (settings.alerts_topic, settings.inbound_topic)
+            ]
+        )
+    finally:
+        admin.close()
+    topics = next(iter(described.values()))
+    retention = {name: configs["retention.ms"]["value"] for name, configs in topics.items()}
+    assert retention == {settings.alerts_topic: "-1", settings.inbound_topic: str(2 * 3600 * 1000)}
