@@ -517,6 +517,14 @@ def main() -> None:
             results["worker, new results over a month of history (results/s)"] = month
             results["worker, new results over a year of history (results/s)"] = year
             results["year / month of history (%)"] = 100 * year / month
+        if "scale" in phases:
+            print("measuring one worker against two in one group ...", flush=True)
+            lines = enrolled_stream(args.enrolled_patients)
+            one = bench.workers_throughput(1, lines)
+            two = bench.workers_throughput(2, lines)
+            results["one worker, enrolled (results/s)"] = one
+            results["two workers in one group, enrolled (results/s)"] = two
+            results["two / one worker (x)"] = two / one
         if "latency" in phases:
             print(
                 f"measuring latency at {args.rate:,.0f} results/s for {args.latency_seconds:.0f} s ...",

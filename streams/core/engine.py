@@ -132,7 +132,7 @@ def tick(
     ctx = _context(state, policy)
     if not GAPS.observe(ctx, now):
         return state, []
-    return state, _evaluate(ctx, ((GAPS, True),), Step(at=now, decided_at=now))
+    return state, _evaluate(ctx, (GAPS,), Step(at=now, decided_at=now))
 
 
 def _joins(group: Sequence[LabResult], other: PatientEvent) -> bool:
@@ -285,29 +285,26 @@ def _context(state: PatientState, policy: Policy) -> RuleInput:
 @cache
 def _rules_for(
     analytes: frozenset[Analyte], kinds: frozenset[ClinicalEventKind]
-) -> tuple[tuple[Rule, bool], ...]:
-    """The rules that read these analytes or event kinds (direct), and the rules built on them
-    (not direct), in evaluation order."""
-    direct = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
-    chosen = set(direct)
+) -> tuple[Rule, ...]:
+    """The rules that read these analytes or event kinds, and the rules built on them, in
+    evaluation order."""
+    chosen = {r.name for r in RULES if r.reads.analytes & analytes or r.reads.events & kinds}
     for rule in RULES:  # dependents come after their dependencies
         if chosen & set(rule.reads.depends_on):
             chosen.add(rule.name)
-    return tuple((rule, rule.name in direct) for rule in RULES if rule.name in chosen)
+    return tuple(rule for rule in RULES if rule.name in chosen)
 
 
-ALL_RULES = tuple((rule, True) for rule in RULES)
+ALL_RULES = tuple(RULES)
 
 
-def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) -> list[AlertEvent]:
-    """Reconcile the rules' findings. A rule that reads nothing of this step's change (not
-    direct) is evaluated only when a rule it builds on announced something: its findings derive
-    from theirs, so without such an announcement they cannot have changed."""
-    changed: set[RuleName] = set()
+def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEvent]:
+    """Reconcile the rules' findings. A rule that reads nothing of this step's change is here
+    because a rule it builds on reads it, and is always evaluated: the episodes it builds on can
+    change without any announcement (a resolved alert whose onset a late correction moves says
+    nothing, yet the advice built on that onset may now hold)."""
     events: list[AlertEvent] = []
-    for rule, direct in rules:
-        if not direct and not changed.intersection(rule.reads.depends_on):
-            continue
+    for rule in rules:
         fingerprint = ctx.policy.fingerprint((*COMMON_SETTINGS, *rule.reads.settings))
         evaluation = ctx.evaluation(rule.name)
         if not evaluation.complete and not covers_open(ctx.state, rule.name, evaluation.findings):
@@ -318,12 +315,9 @@ def _evaluate(ctx: RuleInput, rules: Sequence[tuple[Rule, bool]], step: Step) ->
             a.rule is rule.name for a in ctx.state.alerts.values()
         ):
             continue  # nothing found, nothing announced: nothing to reconcile
-        emitted = reconcile(
+        events += reconcile(
             ctx, rule.name, fingerprint, evaluation.findings, step, complete=evaluation.complete
         )
-        if emitted:
-            changed.add(rule.name)
-            events += emitted
     return order(events, RULE_ORDER)
 
 

@@ -228,3 +228,21 @@ def test_not_hct_eligible_after_prior_hct_gets_no_hct_advice_even_after_early_bc
     )
     alerts = run(t.events)
     assert [a.rule for a in alerts] == [RuleName.BCA_LOSS]
+
+
+def test_a_resolved_loss_whose_onset_a_cancellation_moves_within_6_months_reveals_the_advice():
+    # aplasia on day 14; CD19 0.3 % and 10 /µL on day 158 (aplastic by the %), back at 2 % on day
+    # 190 (at once: ≥ twice the threshold; onset day 190, a warning, no HCT basis), aplastic again
+    # on day 197 (resolved); HCT performed on day 210. Then the day-158 CD19 % is cancelled: that
+    # specimen qualifies by its count alone, the loss's onset is day 158 (within 6 months) and
+    # the advice to consider HCT held from day 190 to the HCT. The loss alert, already resolved,
+    # says nothing new; the advice it now supports is raised and resolved.
+    t = Timeline("P1").infusion(day=0).cd19_pct(day=14, pct=0.1)
+    t.cd19_pct(day=158, pct=0.3, accession="CD19-158").cd19_abs(day=158, per_ul=10)
+    t.cd19_pct(day=190, pct=2.0).cd19_pct(day=197, pct=0.3).event("hct_performed", day=210)
+    before = run(t.events)
+    assert hct(only(before)) == []
+    t.lab(Analyte.CD19_PCT, day=158, value=None, status="cancelled", accession="CD19-158")
+    alerts = only(run(t.events))
+    assert hct(alerts) == [("raised", "warning"), ("resolved", "warning")]
+    assert [a.event_time for a in alerts] == [at_day(190), at_day(210, 9)]
