@@ -51,6 +51,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
@@ -268,17 +269,20 @@ def _explained(ours: list[Event], ref: list[Event], extras: list[Extra]) -> bool
         return [any(extra(events, k) for extra in extras) for k in range(len(events))]
 
     ours_extra, ref_extra = explained(ours), explained(ref)
-    i = j = 0
-    while i < len(ours) or j < len(ref):
-        if i < len(ours) and j < len(ref) and ours[i] == ref[j]:
-            i, j = i + 1, j + 1
-        elif j < len(ref) and ref_extra[j]:
-            j += 1
-        elif i < len(ours) and ours_extra[i]:
-            i += 1
-        else:
-            return False
-    return True
+
+    @cache
+    def aligned(i: int, j: int) -> bool:
+        """Whether ``ours[i:]`` and ``ref[j:]`` agree, skipping only explained events (every
+        way is tried: an explained event may equal the common one after it)."""
+        if i == len(ours) and j == len(ref):
+            return True
+        return (
+            (i < len(ours) and j < len(ref) and ours[i] == ref[j] and aligned(i + 1, j + 1))
+            or (j < len(ref) and ref_extra[j] and aligned(i, j + 1))
+            or (i < len(ours) and ours_extra[i] and aligned(i + 1, j))
+        )
+
+    return aligned(0, 0)
 
 
 def classify(ours: list[Event], ref: list[Event]) -> str | None:

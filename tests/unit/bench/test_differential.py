@@ -66,3 +66,15 @@ def test_r7_58_recovery_and_a_late_iec_hs_replayed_are_named_together() -> None:
     # an update before its raise is no replay of a later change
     earlier = ("iec_hs", "updated", "critical", "2026-02-20T08:00:00Z")
     assert classify([pn, pn_resolved, iec], [pn, iec, earlier]) == "unexplained"
+
+
+def test_r349_80_a_replayed_update_equal_to_a_later_one_is_still_explained() -> None:
+    # a corrected ferritin reveals an IEC-HS episode: the reference raises it as it first stood and
+    # updates it at its last change (day 33), the product raises it as it stands; then that
+    # change is cancelled and both update at the same instant -- the replayed update and the
+    # common one are equal, and matching the common one against the replay must not hide it
+    iec = ("iec_hs", "raised", "critical", "2026-01-29T18:00:00Z")
+    day_33 = ("iec_hs", "updated", "critical", "2026-02-03T00:00:00Z")
+    assert classify([iec, day_33], [iec, day_33, day_33]) == "late episode replayed"
+    day_40 = ("iec_hs", "updated", "critical", "2026-02-10T00:00:00Z")
+    assert classify([iec, day_33], [iec, day_33, day_40]) == "unexplained"
