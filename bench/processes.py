@@ -25,6 +25,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.kafka_clients import require_reachable
 from streams.pipeline.topics import ensure_topics
 from streams.settings import Settings
 
@@ -234,6 +235,7 @@ class Offsets:
 
     def _clients(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
         if self._admin is None or self._consumer is None:
+            require_reachable(self.bootstrap)  # a broker that is away: no leaked client thread
             self._admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap, request_timeout_ms=5000
             )

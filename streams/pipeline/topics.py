@@ -16,6 +16,7 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.kafka_clients import require_reachable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def ensure_topics(
 
 
 def _ensure(settings: Settings, names: list[str], partitions: int) -> dict[str, int]:
+    require_reachable(settings.bootstrap_servers)  # else a failed client leaks its IO thread
     admin = KafkaAdminClient(
         client_id=f"{settings.app_id}-topics", **settings.kafka_python_config()
     )
