@@ -175,7 +175,7 @@ def _apply_infusion(state: PatientState, event: Infusion, policy: Policy) -> Ste
     at = event.infused_at
     change = "the infusion record changed (day 0 or enrollment fields)"
     alerts = _evaluate(
-        _context(state, policy), ALL_RULES, Step(at=at, decided_at=at, change=lambda: change)
+        _context(state, policy), RULES, Step(at=at, decided_at=at, change=lambda: change)
     )
     return StepResult(state, alerts, Outcome.ACCEPTED)
 
@@ -293,9 +293,6 @@ def _rules_for(
         if chosen & set(rule.reads.depends_on):
             chosen.add(rule.name)
     return tuple(rule for rule in RULES if rule.name in chosen)
-
-
-ALL_RULES = tuple(RULES)
 
 
 def _evaluate(ctx: RuleInput, rules: Sequence[Rule], step: Step) -> list[AlertEvent]:
