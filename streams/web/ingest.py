@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from schemas.deadletter import DeadLetter
 from streams.core.policy import Policy
+from streams.kafka_clients import require_reachable
 from streams.pipeline.topics import TopicError, ensure_topics
 from streams.settings import Settings
 from streams.web.db import ConsumerOffset, Database, IngestStatus
@@ -146,6 +147,7 @@ class Ingester:
             return self._consumer
         if self.settings.create_topics:
             ensure_topics(self.settings, list(self.topics.values()), timeout_s=5)
+        require_reachable(self.settings.bootstrap_servers)  # else a failed consumer leaks a thread
         consumer = KafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
